@@ -1,0 +1,7 @@
+"""grain: GRAIN structured pruning with knowledge distillation (Yang et al., ACL 2023).
+
+Importing the package registers the compact (pruned) model classes with the HF Auto classes, so
+`AutoModelForSequenceClassification.from_pretrained(run_dir / "compact")` works after `import grain`.
+"""
+
+__version__ = "0.1.0"

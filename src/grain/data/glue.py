@@ -1,0 +1,123 @@
+"""GLUE sentence(-pair) classification: SST-2, MNLI, QNLI, QQP.
+
+Reads GLUE TSV files from the data directory (`paths.data_dir`, env GRAIN_DATA_DIR) by header
+names, or, when no data directory is set, the `glue` dataset from the hub.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import datasets
+
+from grain.data.base import TaskDataModule, file_signature
+from grain.errors import GrainError
+from grain.metrics.classification import ClassificationEvaluator
+
+
+def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datasets.Dataset:
+    """Read a GLUE TSV into {text_a, text_b, label} rows; labels map to their index in `labels`."""
+    text_a_key, text_b_key, label_key = columns
+    label_ids = {name: i for i, name in enumerate(labels)}
+    rows = {"text_a": [], "text_b": [], "label": []}
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        needed = [key for key in columns if key]
+        missing = [key for key in needed if key not in (reader.fieldnames or [])]
+        if missing:
+            raise GrainError(
+                f"{path}: header {reader.fieldnames} lacks column(s) {missing}; expected a GLUE TSV "
+                f"with columns {needed}"
+            )
+        for line_no, row in enumerate(reader, start=2):
+            label = (row[label_key] or "").strip()
+            if label not in label_ids:
+                raise GrainError(
+                    f"{path}, line {line_no}: unknown label '{label}'; the task expects one of {labels}. "
+                    f"Check that the file belongs to this task (task=...)"
+                )
+            rows["text_a"].append(row[text_a_key])
+            rows["text_b"].append(row[text_b_key] if text_b_key else None)
+            rows["label"].append(label_ids[label])
+    return datasets.Dataset.from_dict(rows)
+
+
+class GlueDataModule(TaskDataModule):
+    task_type = "classification"
+
+    def __init__(
+        self,
+        task_name: str,
+        hub_name: str,
+        local_subdir: str,
+        local_files: dict[str, str],
+        hub_splits: dict[str, str],
+        local_columns: list[str | None],
+        hub_columns: list[str | None],
+        labels: list[str],
+        optional_splits: list[str] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.task_name = task_name
+        self.hub_name = hub_name
+        self.local_subdir = local_subdir
+        self.local_files = dict(local_files)
+        self.hub_splits = dict(hub_splits)
+        self.local_columns = list(local_columns)
+        self.hub_columns = list(hub_columns)
+        self.labels = [str(label) for label in labels]
+        self.optional_splits = list(optional_splits or [])
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def eval_splits(self) -> list[str]:
+        splits = ["validation"]
+        for split in self.optional_splits:
+            if self.data_dir is None or (self.data_dir / self.local_subdir / self.local_files[split]).exists():
+                splits.append(split)
+        return splits
+
+    def source_signature(self, split: str) -> list:
+        if self.data_dir is None:
+            return ["hub", "glue", self.hub_name, self.hub_splits[split]]
+        return file_signature(self._local_file(split))
+
+    def _local_file(self, split: str) -> Path:
+        path = self.data_dir / self.local_subdir / self.local_files[split]
+        if not path.exists():
+            present = sorted(p.name for p in path.parent.glob("*.tsv")) if path.parent.exists() else []
+            raise GrainError(
+                f"task {self.task_name}: no '{split}' split at {path} (that folder has {present or 'nothing'}). "
+                f"Point GRAIN_DATA_DIR at a GLUE directory that has {self.local_subdir}/{self.local_files[split]}, "
+                f"or unset GRAIN_DATA_DIR to load glue/{self.hub_name} from the hub"
+                + (" (or give a fine-tuned model with teacher.path=... and skip fine-tuning)" if split == "train" else "")
+            )
+        return path
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        if self.data_dir is not None:
+            return read_tsv(self._local_file(split), self.local_columns, self.labels)
+        raw = datasets.load_dataset("glue", self.hub_name, split=self.hub_splits[split])
+        text_a, text_b, label = self.hub_columns
+        return datasets.Dataset.from_dict({
+            "text_a": raw[text_a],
+            "text_b": raw[text_b] if text_b else [None] * len(raw),
+            "label": raw[label],
+        })
+
+    def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
+        def tokenize(batch):
+            pair = batch["text_b"] if self.local_columns[1] else None
+            encoded = self.tokenizer(batch["text_a"], pair, truncation=True, max_length=self.max_length)
+            encoded["labels"] = batch["label"]
+            return encoded
+
+        return raw.map(tokenize, batched=True, remove_columns=raw.column_names, desc=f"tokenize {split}")
+
+    def make_evaluator(self, split: str) -> ClassificationEvaluator:
+        return ClassificationEvaluator(self.num_labels)

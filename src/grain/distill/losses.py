@@ -1,0 +1,56 @@
+"""Distillation losses: temperature-scaled soft cross-entropy on logits, hidden-state MSE."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_cross_entropy(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over positions of -sum softmax(t/T) * log_softmax(s/T) over the last dim (no T^2 factor).
+
+    logits: [..., classes]; valid: bool [...] selecting the positions that count (None: all).
+    """
+    teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    per_position = -(teacher_probs * student_log_probs).sum(dim=-1)
+    if valid is not None:
+        per_position = per_position[valid]
+    return per_position.mean()
+
+
+def prediction_logits(outputs, task_type: str) -> list[torch.Tensor]:
+    """The logits the KD loss compares: one tensor for classification/NER, start and end for QA."""
+    if task_type == "qa":
+        return [outputs.start_logits, outputs.end_logits]
+    return [outputs.logits]
+
+
+def kd_loss(student_out, teacher_out, task_type: str, temperature: float, batch: dict) -> torch.Tensor:
+    """KD on the task's logits: for NER only real first-sub-token positions (labels != -100) count."""
+    valid = batch["labels"] != -100 if task_type == "ner" else None
+    pairs = zip(prediction_logits(student_out, task_type), prediction_logits(teacher_out, task_type))
+    losses = [soft_cross_entropy(s, t, temperature, valid) for s, t in pairs]
+    return torch.stack(losses).mean()
+
+
+def hidden_mse(
+    student_states: list[torch.Tensor],
+    teacher_states: list[torch.Tensor],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Sum over matched layers of the MSE averaged over non-padding tokens and hidden units.
+
+    states: [batch, seq, hidden] each (students already projected); attention_mask: [batch, seq].
+    """
+    weights = attention_mask.unsqueeze(-1).float()
+    denominator = weights.sum() * student_states[0].shape[-1]
+    total = student_states[0].new_zeros((), dtype=torch.float32)
+    for student, teacher in zip(student_states, teacher_states):
+        total = total + (((student.float() - teacher.float()) ** 2) * weights).sum() / denominator
+    return total

@@ -1,0 +1,25 @@
+"""Evaluate any model (teacher, masked student, compact model) on a task's eval splits."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from grain.data.base import model_inputs
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, datamodule, desc: str = "eval") -> dict[str, float]:
+    """Return metrics keyed `<split>/<name>` (e.g. `validation/accuracy`) for every eval split."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    results: dict[str, float] = {}
+    for split in datamodule.eval_splits:
+        evaluator = datamodule.make_evaluator(split)
+        for batch in tqdm(datamodule.eval_dataloader(split), desc=f"{desc} {split}", leave=False):
+            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+            evaluator.update(batch, model(**inputs))
+        results.update({f"{split}/{name}": value for name, value in evaluator.compute().items()})
+    model.train(was_training)
+    return results

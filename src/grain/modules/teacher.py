@@ -1,0 +1,31 @@
+"""Teacher LightningModule: plain fine-tuning of a backbone on the task."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+
+from grain.data.base import model_inputs
+from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule
+
+
+class TeacherModule(SplitEvaluation, pl.LightningModule):
+    metric_prefix = "teacher"
+
+    def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+
+    def eval_model(self):
+        return self.model
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**model_inputs(batch, with_labels=True)).loss
+        self.log("teacher/train_loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return adamw_with_linear_schedule(
+            self.model.parameters(), self.lr, self.weight_decay, self.warmup_ratio,
+            int(self.trainer.estimated_stepping_batches),
+        )

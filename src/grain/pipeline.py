@@ -1,0 +1,124 @@
+"""One grain run: validate the config, then the teacher, prune and compact stages, then summary.json."""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from grain.config import validate_config
+from grain.models.backbone import load_tokenizer
+from grain.summary import versions, write_summary
+
+log = logging.getLogger(__name__)
+
+
+def build_logger(cfg: DictConfig):
+    if cfg.logger.get("_target_") is None:
+        return None
+    return hydra.utils.instantiate(cfg.logger)
+
+
+def finish_wandb() -> None:
+    """Close the W&B run (also after errors), so the next job of a sweep starts its own run."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
+    validate_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    summary = {
+        "status": "running",
+        "task": cfg.task.name,
+        "model": cfg.model.name,
+        "pruner": cfg.pruner.name,
+        "distillation": cfg.distillation.name,
+        "experiment": cfg.experiment_name,
+        "metric_name": cfg.task.metric,
+        "sparsity": float(cfg.sparsity),
+        "eval_split": cfg.task.get("eval_split", "validation"),
+        "run_dir": str(run_dir),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(),
+        "timing": {},
+    }
+    started = time.perf_counter()
+    logger = build_logger(cfg)
+    try:
+        tokenizer = load_tokenizer(cfg.model.tokenizer)
+        stage_start = time.perf_counter()
+        from grain.stages.teacher import run_teacher_stage
+
+        teacher = run_teacher_stage(cfg, tokenizer, run_dir, logger)
+        summary["teacher"] = {
+            "metric": teacher.metrics.get(f"validation/{cfg.task.metric}"),
+            "metrics": teacher.metrics,
+            "path": teacher.path,
+            "train_seconds": teacher.train_seconds,
+            "cached": teacher.cached,
+        }
+        summary["timing"]["teacher_seconds"] = time.perf_counter() - stage_start
+        log.info("teacher %s = %s (%s)", cfg.task.metric, summary["teacher"]["metric"], teacher.path)
+
+        if "prune" in cfg.stages:
+            from grain.stages.prune import run_prune_stage
+
+            stage_start = time.perf_counter()
+            pruned = run_prune_stage(cfg, tokenizer, teacher.model, run_dir, logger)
+            summary["student"] = pruned.summary
+            summary["timing"]["prune_seconds"] = time.perf_counter() - stage_start
+            log.info(
+                "student %s = %s at sparsity %.4f (%d/%d heads)", cfg.task.metric, pruned.summary["metric"],
+                pruned.summary["sparsity"], pruned.summary["heads_kept"], pruned.summary["heads_total"],
+            )
+            if "compact" in cfg.stages:
+                from grain.stages.compact import run_compact_stage
+
+                stage_start = time.perf_counter()
+                summary["compact"] = run_compact_stage(cfg, tokenizer, pruned, summary, run_dir)
+                summary["timing"]["compact_seconds"] = time.perf_counter() - stage_start
+        summary["status"] = "completed"
+        if logger is not None:
+            logger.log_metrics(flat_metrics(summary))
+    except BaseException as err:
+        summary["status"] = "failed"
+        summary["error"] = f"{type(err).__name__}: {err}"
+        summary["traceback"] = traceback.format_exc()
+        raise
+    finally:
+        summary["timing"]["total_seconds"] = time.perf_counter() - started
+        save_summary(run_dir, summary)
+        finish_wandb()
+    return summary
+
+
+@rank_zero_only
+def save_summary(run_dir: Path, summary: dict) -> None:
+    path = write_summary(run_dir, summary)
+    log.info("wrote %s", path)
+
+
+def flat_metrics(summary: dict) -> dict[str, float]:
+    """The headline numbers of summary.json, for the experiment logger."""
+    flat = {}
+    for section in ("teacher", "student", "compact"):
+        for key in ("metric", "sparsity", "speedup", "heads_kept"):
+            value = summary.get(section, {}).get(key)
+            if isinstance(value, (int, float)):
+                flat[f"summary/{section}_{key}"] = float(value)
+    return flat

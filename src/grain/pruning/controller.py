@@ -1,0 +1,225 @@
+"""The pruning controller: masks, importance EMA, schedule and global ranking in one nn.Module.
+
+Its state (masks, scores, step) lives in registered buffers, so it moves with the model and is
+saved in Lightning checkpoints. It does not import Lightning: a notebook can drive it on a plain
+model with `attach`, `begin_step`, `update_scores` and `end_step`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grain.models.masks import EncoderShape, attach_mask_hooks
+from grain.pruning.importance import (
+    UNIT_KINDS,
+    all_reduce_mean_,
+    ema_,
+    magnitude_scores,
+    random_scores,
+    taylor_updates,
+)
+from grain.pruning.ranking import encoder_linear_params, kept_linear_params, select_lowest, unit_costs
+from grain.pruning.regularization import regularize_updates
+from grain.pruning.schedule import CubicSchedule
+
+UNIT_MODES = ("intra", "head", "none")
+SCORE_KINDS = ("grad", "magnitude", "random")
+
+
+class PruningController(nn.Module):
+    def __init__(
+        self,
+        shape: EncoderShape,
+        target_sparsity: float,
+        units: str = "intra",
+        score: str = "grad",
+        beta: float = 0.998,
+        alpha_head: float = 0.3,
+        alpha_layer: float = 1e-4,
+        structure_reg: bool = True,
+        start: float = 0.2,
+        end: float = 0.4,
+        frequency: int = 1,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if units not in UNIT_MODES:
+            raise ValueError(f"pruner.units={units!r}; expected one of {UNIT_MODES}")
+        if score not in SCORE_KINDS:
+            raise ValueError(f"pruner.score={score!r}; expected one of {SCORE_KINDS}")
+        self.shape = shape
+        self.target_sparsity = float(target_sparsity)
+        self.units = units
+        self.score_kind = score
+        self.beta = beta
+        self.alpha_head = alpha_head
+        self.alpha_layer = alpha_layer
+        self.structure_reg = structure_reg
+        self.start, self.end, self.frequency = start, end, frequency
+        self.seed = seed
+        sizes = {"qk": shape.hidden_size, "vo": shape.hidden_size, "ffn": shape.intermediate_size}
+        for kind, size in sizes.items():
+            self.register_buffer(f"mask_{kind}", torch.ones(shape.num_layers, size))
+            self.register_buffer(f"score_{kind}", torch.zeros(shape.num_layers, size))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+        self._live_masks: dict[str, torch.Tensor] | None = None
+        self._hooks: list = []
+        self._model: list[nn.Module] = []  # a list, so the model is not registered as a submodule
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.units != "none" and self.target_sparsity > 0
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {kind: getattr(self, f"mask_{kind}") for kind in UNIT_KINDS}
+
+    def scores(self) -> dict[str, torch.Tensor]:
+        return {kind: getattr(self, f"score_{kind}") for kind in UNIT_KINDS}
+
+    def set_total_steps(self, total_steps: int) -> None:
+        self.total_steps.fill_(int(total_steps))
+
+    @property
+    def schedule(self) -> CubicSchedule:
+        return CubicSchedule.from_fractions(
+            self.target_sparsity, int(self.total_steps), self.start, self.end, self.frequency
+        )
+
+    # --- hooks ------------------------------------------------------------------------------
+    def attach(self, model: nn.Module) -> None:
+        """Apply the masks to `model` (forward hooks) and remember it for magnitude scores."""
+        self.detach()
+        self._model = [model]
+        if self.active:
+            self._hooks = attach_mask_hooks(model, self._mask_for)
+
+    def detach(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks, self._model = [], []
+
+    def _mask_for(self, layer: int, kind: str) -> torch.Tensor:
+        masks = self._live_masks if self._live_masks is not None else self.masks()
+        return masks[kind][layer]
+
+    # --- one training step --------------------------------------------------------------------
+    def needs_scores(self) -> bool:
+        """Whether this step's forward must track mask gradients (only grad scores, until pruning ends)."""
+        return self.active and self.score_kind == "grad" and int(self.step) <= self.schedule.end_step
+
+    def begin_step(self) -> dict[str, torch.Tensor] | None:
+        """Before the forward: returns leaf mask variables to differentiate, or None when not scoring."""
+        if not self.needs_scores():
+            self._live_masks = None
+            return None
+        self._live_masks = {k: m.detach().clone().requires_grad_(True) for k, m in self.masks().items()}
+        return self._live_masks
+
+    @torch.no_grad()
+    def update_scores(self, mask_grads: dict[str, torch.Tensor]) -> None:
+        """Fold |dL/dm| of this step (all-reduced over ranks, structure-regularized) into the EMA."""
+        updates = taylor_updates(mask_grads)
+        all_reduce_mean_([updates[kind] for kind in UNIT_KINDS])
+        if self.structure_reg:
+            updates = regularize_updates(
+                updates, self.masks(), self.shape.num_heads, self.alpha_head, self.alpha_layer
+            )
+        ema_(self.scores(), updates, self.beta)
+
+    @torch.no_grad()
+    def end_step(self) -> bool:
+        """After the optimizer step: prune if the schedule says so, advance the step. True if pruned."""
+        self._live_masks = None
+        step = int(self.step)
+        pruned = False
+        if self.active and self.schedule.prunes_at(step):
+            self.prune_to(self.schedule.sparsity_at(step))
+            pruned = True
+        self.step.add_(1)
+        return pruned
+
+    def is_frozen(self) -> bool:
+        """True once the schedule's last pruning step has passed (masks will not change again)."""
+        return (not self.active) or self.schedule.is_frozen_after(int(self.step) - 1)
+
+    # --- ranking ------------------------------------------------------------------------------
+    def _ranking_scores(self) -> dict[str, torch.Tensor]:
+        if self.score_kind == "magnitude":
+            return {k: v.to(self.mask_qk.device) for k, v in magnitude_scores(self._model[0], self.shape.num_layers).items()}
+        if self.score_kind == "random":
+            shapes = {k: m.shape for k, m in self.masks().items()}
+            return {k: v.to(self.mask_qk.device) for k, v in random_scores(shapes, self.seed).items()}
+        return self.scores()
+
+    @torch.no_grad()
+    def prune_to(self, sparsity: float) -> None:
+        """Remove the least important units until `sparsity` of the encoder linear params is gone."""
+        budget = sparsity * encoder_linear_params(self.shape)
+        masks, scores = self.masks(), self._ranking_scores()
+        if self.units == "head":
+            self._prune_heads(budget, masks, scores)
+        else:
+            self._prune_units(budget, masks, scores)
+        self._remove_qk_of_empty_heads()
+
+    def _prune_units(self, budget: float, masks, scores) -> None:
+        costs = unit_costs(self.shape)
+        flat_scores = torch.cat([
+            scores[k].float().masked_fill(masks[k] == 0, float("-inf")).flatten() for k in UNIT_KINDS
+        ])
+        flat_costs = torch.cat([torch.full((masks[k].numel(),), costs[k], device=flat_scores.device) for k in UNIT_KINDS])
+        remove = select_lowest(flat_scores, flat_costs, budget)
+        offset = 0
+        for kind in UNIT_KINDS:
+            n = masks[kind].numel()
+            masks[kind].masked_fill_(remove[offset : offset + n].view_as(masks[kind]), 0.0)
+            offset += n
+
+    def _prune_heads(self, budget: float, masks, scores) -> None:
+        """Baseline: rank whole heads (QK + VO units together) and single FFN neurons."""
+        layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
+        costs = unit_costs(self.shape)
+        head_alive = masks["vo"].view(layers, heads, d).amax(-1) > 0
+        head_scores = (scores["qk"] + scores["vo"]).float().view(layers, heads, d).sum(-1)
+        head_scores = head_scores.masked_fill(~head_alive, float("-inf")).flatten()
+        ffn_scores = scores["ffn"].float().masked_fill(masks["ffn"] == 0, float("-inf")).flatten()
+        flat_scores = torch.cat([head_scores, ffn_scores])
+        flat_costs = torch.cat([
+            torch.full((head_scores.numel(),), d * (costs["qk"] + costs["vo"]), device=flat_scores.device),
+            torch.full((ffn_scores.numel(),), costs["ffn"], device=flat_scores.device),
+        ])
+        remove = select_lowest(flat_scores, flat_costs, budget)
+        head_removed = remove[: head_scores.numel()].view(layers, heads, 1).expand(layers, heads, d)
+        masks["vo"].masked_fill_(head_removed.reshape(layers, -1), 0.0)
+        masks["ffn"].masked_fill_(remove[head_scores.numel():].view_as(masks["ffn"]), 0.0)
+
+    def _remove_qk_of_empty_heads(self) -> None:
+        layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
+        empty = self.mask_vo.view(layers, heads, d).amax(-1, keepdim=True) == 0
+        self.mask_qk.view(layers, heads, d).masked_fill_(empty, 0.0)
+
+    # --- reporting ----------------------------------------------------------------------------
+    def sparsity(self) -> float:
+        """Achieved fraction of encoder linear weights removed."""
+        return 1.0 - kept_linear_params(self.masks(), self.shape) / encoder_linear_params(self.shape)
+
+    def structure(self) -> dict:
+        """Kept units per layer and head, for summary.json and the structure picture."""
+        layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
+        qk = self.mask_qk.view(layers, heads, d).sum(-1).long()
+        vo = self.mask_vo.view(layers, heads, d).sum(-1).long()
+        ffn = self.mask_ffn.sum(-1).long()
+        return {
+            "encoder_params_dense": encoder_linear_params(self.shape),
+            "encoder_params_kept": kept_linear_params(self.masks(), self.shape),
+            "heads_kept": int((vo > 0).sum()),
+            "heads_total": layers * heads,
+            "ffn_neurons_kept": int(ffn.sum()),
+            "layers": [
+                {"qk_per_head": qk[i].tolist(), "vo_per_head": vo[i].tolist(), "ffn": int(ffn[i])}
+                for i in range(layers)
+            ],
+        }

@@ -1,0 +1,53 @@
+"""Unit importance: first-order Taylor scores |dL/dm| folded into an EMA, or baseline scores."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from grain.models.masks import unit_weights
+
+UNIT_KINDS = ("qk", "vo", "ffn")
+
+
+def taylor_updates(mask_grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """|dL/dm| per unit; dL/dm equals sum(grad * weight) over the unit's weights."""
+    return {kind: grad.detach().abs() for kind, grad in mask_grads.items()}
+
+
+def ema_(scores: dict[str, torch.Tensor], updates: dict[str, torch.Tensor], beta: float) -> None:
+    """In place: I = beta * I + (1 - beta) * u (no bias correction, as in the reference)."""
+    for kind, update in updates.items():
+        scores[kind].mul_(beta).add_(update, alpha=1.0 - beta)
+
+
+@torch.no_grad()
+def magnitude_scores(model: nn.Module, num_layers: int) -> dict[str, torch.Tensor]:
+    """Baseline: sum of |w| over each unit's weights, per layer -> [layers, units]."""
+    per_kind = {kind: [] for kind in UNIT_KINDS}
+    for index in range(num_layers):
+        for kind, weights in unit_weights(model, index).items():
+            per_kind[kind].append(sum(w.abs().sum(dim=1) for w in weights))
+    return {kind: torch.stack(rows).float() for kind, rows in per_kind.items()}
+
+
+def random_scores(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
+    """Baseline: fixed random scores (same on every rank, since the generator is seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return {kind: torch.rand(shape, generator=generator) for kind, shape in shapes.items()}
+
+
+def all_reduce_mean_(tensors: list[torch.Tensor]) -> None:
+    """Average tensors over DDP ranks in place, so every rank ranks and prunes alike."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat.div_(world)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()

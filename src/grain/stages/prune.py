@@ -1,0 +1,97 @@
+"""Prune stage: distil a student from the teacher while the controller prunes it to the target."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+from safetensors.torch import save_file
+
+from grain.metrics.evaluate import evaluate
+from grain.models.backbone import load_task_model
+from grain.models.masks import EncoderShape
+from grain.modules.student import StudentModule
+from grain.pruning.controller import PruningController
+from grain.training import build_datamodule, build_trainer
+from grain.viz import plot_structure
+
+
+@dataclass
+class PruneResult:
+    student: object
+    controller: PruningController
+    summary: dict
+    datamodule: object
+
+
+def build_controller(cfg: DictConfig, student) -> PruningController:
+    p = cfg.pruner
+    return PruningController(
+        EncoderShape.of(student),
+        target_sparsity=cfg.sparsity,
+        units=p.units,
+        score=p.score,
+        beta=p.beta,
+        alpha_head=p.alpha_head,
+        alpha_layer=p.alpha_layer,
+        structure_reg=p.structure_reg,
+        start=p.start,
+        end=p.end,
+        frequency=p.frequency,
+        seed=cfg.seed,
+    )
+
+
+def init_student(cfg: DictConfig, teacher, num_labels):
+    if cfg.student.init == "teacher":
+        return copy.deepcopy(teacher)
+    return load_task_model(cfg.model, cfg.task.type, num_labels)
+
+
+def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
+    student = init_student(cfg, teacher, num_labels).train()
+    return StudentModule(
+        student,
+        teacher,
+        build_controller(cfg, student),
+        task_type=cfg.task.type,
+        distill_cfg=dict(cfg.distillation),
+        optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm")},
+        gradient_separation=cfg.pruner.gradient_separation,
+        seed=cfg.seed,
+    )
+
+
+def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
+    datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
+    module = build_student_module(cfg, teacher, getattr(datamodule, "num_labels", None))
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    trainer = build_trainer(cfg, cfg.student, run_dir / "student", logger, callbacks=[checkpoints])
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    train_seconds = time.perf_counter() - started
+
+    controller, student = module.controller, module.student
+    metrics = evaluate(student, datamodule, "student (masked)")
+    structure = controller.structure()
+    summary = {
+        "metric": metrics.get(f"validation/{cfg.task.metric}"),
+        "metrics": metrics,
+        "sparsity": controller.sparsity(),
+        "target_sparsity": float(cfg.sparsity),
+        **structure,
+        "train_seconds": train_seconds,
+        "steps": int(controller.step),
+    }
+    if trainer.is_global_zero:
+        save_file({k: v.contiguous().cpu() for k, v in controller.masks().items()}, str(run_dir / "masks.safetensors"))
+        plot_structure(
+            {**structure, "head_dim": controller.shape.head_dim},
+            run_dir / "structure.png",
+            title=f"{cfg.task.name} {cfg.model.name} sparsity {summary['sparsity']:.3f}",
+        )
+    return PruneResult(student, controller, summary, datamodule)
