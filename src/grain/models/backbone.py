@@ -83,3 +83,18 @@ def _from_pretrained(auto_cls, name_or_path: str, label_kwargs: dict) -> PreTrai
             f"could not load model '{name_or_path}': {err}. Give a local HF model directory, a hub "
             f"name reachable from this machine, or model=minilm (offline)."
         ) from err
+
+
+def restore_output_capture(module: torch.nn.Module) -> None:
+    """Re-register hidden-state capture of every HF model inside `module`.
+
+    transformers 5 records which outputs a model class can capture when a model is constructed;
+    a model unpickled in another process (ddp_spawn) skipped that and would return no hidden states.
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # other transformers versions keep no such registry
+        return
+    for submodule in module.modules():
+        if isinstance(submodule, PreTrainedModel) and getattr(submodule, "_can_record_outputs", None):
+            _CAN_RECORD_REGISTRY[submodule] = submodule._can_record_outputs

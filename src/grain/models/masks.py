@@ -47,26 +47,29 @@ def attach_mask_hooks(model: nn.Module, mask_for: MaskSource) -> list:
     """Register hooks that multiply each layer's units by `mask_for(layer, kind)`; returns the handles."""
     handles = []
     for index, layer in enumerate(encoder_layers(model)):
-        handles.append(layer.attention.self.query.register_forward_hook(_output_hook(mask_for, index, "qk")))
-        handles.append(layer.attention.output.dense.register_forward_pre_hook(_input_hook(mask_for, index, "vo")))
-        handles.append(layer.output.dense.register_forward_pre_hook(_input_hook(mask_for, index, "ffn")))
+        handles.append(layer.attention.self.query.register_forward_hook(MaskOutput(mask_for, index, "qk")))
+        handles.append(layer.attention.output.dense.register_forward_pre_hook(MaskInput(mask_for, index, "vo")))
+        handles.append(layer.output.dense.register_forward_pre_hook(MaskInput(mask_for, index, "ffn")))
     return handles
 
 
-def _output_hook(mask_for: MaskSource, index: int, kind: str):
-    def hook(module, args, output):
-        mask = mask_for(index, kind)
+class MaskOutput:
+    """Forward hook multiplying a module's output by a mask (a class, not a closure: picklable for ddp_spawn)."""
+
+    def __init__(self, mask_for: MaskSource, index: int, kind: str):
+        self.mask_for, self.index, self.kind = mask_for, index, kind
+
+    def __call__(self, module, args, output):
+        mask = self.mask_for(self.index, self.kind)
         return output if mask is None else output * mask.to(output.dtype)
 
-    return hook
 
+class MaskInput(MaskOutput):
+    """Forward pre-hook multiplying a module's input by a mask."""
 
-def _input_hook(mask_for: MaskSource, index: int, kind: str):
-    def hook(module, args):
-        mask = mask_for(index, kind)
+    def __call__(self, module, args):
+        mask = self.mask_for(self.index, self.kind)
         return args if mask is None else (args[0] * mask.to(args[0].dtype), *args[1:])
-
-    return hook
 
 
 def unit_weights(model: nn.Module, index: int) -> dict[str, tuple[torch.Tensor, ...]]:

@@ -17,6 +17,7 @@ import torch
 from grain.data.base import model_inputs
 from grain.distill.losses import hidden_mse, kd_loss
 from grain.distill.projections import HiddenProjections, matched_layers
+from grain.models.backbone import restore_output_capture
 from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule
 from grain.pruning.controller import PruningController
 
@@ -61,6 +62,9 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
 
     def eval_model(self):
         return self.student
+
+    def setup(self, stage: str) -> None:
+        restore_output_capture(self)  # needed after ddp_spawn unpickled the models
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -13,7 +13,7 @@ class TeacherModule(SplitEvaluation, pl.LightningModule):
 
     def __init__(self, model, lr: float, weight_decay: float, warmup_ratio: float):
         super().__init__()
-        self.model = model
+        self.model = model.train()  # from_pretrained returns eval mode; fine-tuning uses dropout
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
 
     def eval_model(self):

@@ -48,7 +48,7 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
 
 def init_student(cfg: DictConfig, teacher, num_labels):
     if cfg.student.init == "teacher":
-        return copy.deepcopy(teacher)
+        return copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
     return load_task_model(cfg.model, cfg.task.type, num_labels)
 
 

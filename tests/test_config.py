@@ -1,0 +1,73 @@
+"""Config composition for every group option, overrides, and refusal of bad values."""
+
+import re
+
+import pytest
+from omegaconf import OmegaConf
+
+from grain.config import validate_config
+from grain.errors import GrainError
+from tests.conftest import CONF_DIR, compose_config
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("task", options("task"))
+@pytest.mark.parametrize("model", options("model"))
+def test_every_task_and_model_composes(task, model, tmp_path):
+    cfg = compose_config([f"task={task}", f"model={model}"], tmp_path)
+    validate_config(cfg)
+    assert cfg.task.name == task
+    assert cfg.model.name == model
+    assert cfg.task.datamodule._target_.startswith("grain.data.")
+    OmegaConf.to_container(cfg.task, resolve=True)
+
+
+@pytest.mark.parametrize("trainer", options("trainer"))
+def test_every_trainer_composes(trainer, tmp_path):
+    cfg = compose_config([f"trainer={trainer}", "trainer.precision=bf16-mixed"], tmp_path)
+    assert cfg.trainer.precision == "bf16-mixed"
+    assert cfg.trainer.accelerator in ("cpu", "gpu", "auto")
+
+
+@pytest.mark.parametrize("group", ["pruner", "distillation", "logger", "experiment"])
+def test_every_option_of_other_groups_composes(group, tmp_path):
+    for option in options(group):
+        cfg = compose_config([f"{group}={option}"], tmp_path)
+        validate_config(cfg)
+
+
+def test_sparsity_is_a_top_level_float(tmp_path):
+    assert compose_config(["sparsity=0.97"], tmp_path).sparsity == pytest.approx(0.97)
+    assert compose_config(["sparsity=0.123"], tmp_path).sparsity == pytest.approx(0.123)
+
+
+def test_multirun_override_parses():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(["sparsity=0.9,0.95,0.97", "task=sst2,qnli"])
+    assert [list(o.sweep_iterator()) for o in parsed] == [[0.9, 0.95, 0.97], ["sst2", "qnli"]]
+
+
+@pytest.mark.parametrize("bad", ["1.5", "1.0", "-0.1", "abc"])
+def test_bad_sparsity_is_refused_with_its_value(bad, tmp_path):
+    cfg = compose_config([f"sparsity={bad}"], tmp_path)
+    with pytest.raises(GrainError, match=rf"sparsity=.?{re.escape(bad)}"):
+        validate_config(cfg)
+
+
+def test_bad_pruner_settings_are_refused(tmp_path):
+    with pytest.raises(GrainError, match="pruner.score='nope'"):
+        validate_config(compose_config(["pruner.score=nope"], tmp_path))
+    with pytest.raises(GrainError, match="pruner.start"):
+        validate_config(compose_config(["pruner.start=0.5", "pruner.end=0.3"], tmp_path))
+    with pytest.raises(GrainError, match="student.init"):
+        validate_config(compose_config(["student.init=scratch"], tmp_path))
+
+
+def test_run_dir_names_task_model_and_sparsity(tmp_path):
+    cfg = compose_config(["task=qnli", "model=tiny", "sparsity=0.95"], tmp_path)
+    run_dir = cfg.hydra.run.dir
+    assert "/outputs/qnli/tiny/s0.95/" in run_dir

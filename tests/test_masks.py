@@ -1,0 +1,60 @@
+"""Mask hooks give exactly the outputs of a model whose masked rows/columns are zero."""
+
+import copy
+
+import torch
+
+from grain.models.masks import EncoderShape, attach_mask_hooks, encoder_layers
+
+
+def random_masks(shape: EncoderShape, seed=0, keep=0.6):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "qk": (torch.rand(shape.num_layers, shape.hidden_size, generator=g) < keep).float(),
+        "vo": (torch.rand(shape.num_layers, shape.hidden_size, generator=g) < keep).float(),
+        "ffn": (torch.rand(shape.num_layers, shape.intermediate_size, generator=g) < keep).float(),
+    }
+
+
+def zero_masked_weights(model, masks):
+    """Reference: physically zero the rows/columns that the masks remove."""
+    with torch.no_grad():
+        for i, layer in enumerate(encoder_layers(model)):
+            qk, vo, ffn = masks["qk"][i].bool(), masks["vo"][i].bool(), masks["ffn"][i].bool()
+            attention = layer.attention
+            for linear in (attention.self.query, attention.self.key):
+                linear.weight[~qk] = 0
+                linear.bias[~qk] = 0
+            attention.self.value.weight[~vo] = 0
+            attention.self.value.bias[~vo] = 0
+            attention.output.dense.weight[:, ~vo] = 0
+            layer.intermediate.dense.weight[~ffn] = 0
+            layer.intermediate.dense.bias[~ffn] = 0
+            layer.output.dense.weight[:, ~ffn] = 0
+
+
+def test_masked_model_equals_zeroed_model(tiny_bert, tiny_batch):
+    shape = EncoderShape.of(tiny_bert)
+    masks = random_masks(shape)
+    masks["vo"][1] = 0  # a whole MHA sub-layer gone
+    masks["ffn"][0] = 0  # a whole FFN sub-layer gone
+    zeroed = copy.deepcopy(tiny_bert)
+    zero_masked_weights(zeroed, masks)
+    attach_mask_hooks(tiny_bert, lambda layer, kind: masks[kind][layer])
+    with torch.no_grad():
+        masked_logits = tiny_bert(**tiny_batch).logits
+        zeroed_logits = zeroed(**tiny_batch).logits
+    torch.testing.assert_close(masked_logits, zeroed_logits, atol=1e-6, rtol=0)
+
+
+def test_all_ones_masks_change_nothing(tiny_bert, tiny_batch):
+    with torch.no_grad():
+        before = tiny_bert(**tiny_batch).logits
+    shape = EncoderShape.of(tiny_bert)
+    ones = {k: torch.ones_like(v) for k, v in random_masks(shape).items()}
+    handles = attach_mask_hooks(tiny_bert, lambda layer, kind: ones[kind][layer])
+    with torch.no_grad():
+        after = tiny_bert(**tiny_batch).logits
+    for handle in handles:
+        handle.remove()
+    assert torch.equal(before, after)

@@ -1,0 +1,180 @@
+"""Importance scores, regularization, ranking, schedule and the controller's bounds."""
+
+import math
+
+import pytest
+import torch
+
+from grain.models.masks import EncoderShape, encoder_layers
+from grain.pruning.controller import PruningController
+from grain.pruning.ranking import encoder_linear_params, select_lowest, unit_costs
+from grain.pruning.regularization import regularize_updates
+from grain.pruning.schedule import CubicSchedule
+
+
+def controller_for(model, **kwargs):
+    defaults = dict(target_sparsity=0.5, beta=0.0, structure_reg=False, start=0.0, end=1.0)
+    defaults.update(kwargs)
+    controller = PruningController(EncoderShape.of(model), **defaults)
+    controller.attach(model)
+    controller.set_total_steps(10)
+    return controller
+
+
+def mask_grads(model, controller, batch):
+    masks = controller.begin_step()
+    loss = model(**batch).logits.logsumexp(-1).sum()
+    grads = torch.autograd.grad(loss, list(masks.values()))
+    return dict(zip(masks, grads)), loss
+
+
+def test_importance_equals_sum_of_grad_times_weight(tiny_bert, tiny_batch):
+    """|dL/dm| of each unit equals |sum(grad * weight)| over that unit's weights (and biases)."""
+    controller = controller_for(tiny_bert)
+    grads, _ = mask_grads(tiny_bert, controller, tiny_batch)
+    tiny_bert.zero_grad()
+    controller.begin_step()
+    controller._live_masks = None  # plain forward at mask = 1
+    tiny_bert(**tiny_batch).logits.logsumexp(-1).sum().backward()
+    layer = encoder_layers(tiny_bert)[1]
+    # FFN unit j: row j of W1 (+ bias) feeds activation j; its mask sits on W2's input, so
+    # dL/dm_j = sum over W2 column j of grad * weight.
+    w2 = layer.output.dense.weight
+    expected_ffn = (w2.grad * w2).sum(dim=0)
+    torch.testing.assert_close(grads["ffn"][1], expected_ffn, atol=1e-5, rtol=1e-4)
+    # VO unit j: column j of W_O.
+    wo = layer.attention.output.dense.weight
+    torch.testing.assert_close(grads["vo"][1], (wo.grad * wo).sum(dim=0), atol=1e-5, rtol=1e-4)
+    # QK unit j (scored through the query only): row j of W_Q and its bias.
+    wq = layer.attention.self.query
+    expected_qk = (wq.weight.grad * wq.weight).sum(dim=1) + wq.bias.grad * wq.bias
+    torch.testing.assert_close(grads["qk"][1], expected_qk, atol=1e-5, rtol=1e-4)
+
+
+def test_importance_matches_finite_difference(tiny_bert, tiny_batch):
+    controller = controller_for(tiny_bert)
+    grads, _ = mask_grads(tiny_bert, controller, tiny_batch)
+    eps = 1e-3
+    for kind, unit in (("ffn", 5), ("vo", 3), ("qk", 7)):
+        values = []
+        for sign in (1, -1):
+            controller._live_masks = {k: m.clone() for k, m in controller.masks().items()}
+            controller._live_masks[kind][0, unit] += sign * eps
+            with torch.no_grad():
+                values.append(tiny_bert(**tiny_batch).logits.double().logsumexp(-1).sum())
+        numeric = (values[0] - values[1]) / (2 * eps)
+        assert float(grads[kind][0, unit]) == pytest.approx(float(numeric), rel=2e-2, abs=1e-4)
+
+
+def test_ema_update_and_structure_regularization(tiny_bert):
+    controller = controller_for(tiny_bert, beta=0.9, structure_reg=True, alpha_head=0.3)
+    shape = controller.shape
+    controller.mask_vo[0, : shape.head_dim // 2] = 0  # head 0 of layer 0 half gone
+    grads = {k: torch.ones_like(m) for k, m in controller.masks().items()}
+    controller.update_scores(grads)
+    expected_head0 = 0.1 * math.tanh(0.5 / 0.3)
+    assert controller.score_vo[0, shape.head_dim - 1].item() == pytest.approx(expected_head0, rel=1e-5)
+    assert controller.score_vo[0, shape.head_dim].item() == pytest.approx(0.1 * math.tanh(1 / 0.3), rel=1e-5)
+    assert controller.score_qk[0, 0].item() == pytest.approx(0.1)  # QK updates are not rescaled
+    assert controller.score_ffn[1, 0].item() == pytest.approx(0.1 * math.tanh(1 / 1e-4), rel=1e-5)
+
+
+def test_layer_scale_zeroes_updates_of_empty_layers():
+    masks = {"qk": torch.ones(2, 8), "vo": torch.ones(2, 8), "ffn": torch.ones(2, 4)}
+    masks["ffn"][1] = 0
+    updates = {k: torch.ones_like(v) for k, v in masks.items()}
+    out = regularize_updates(updates, masks, num_heads=2, alpha_head=0.3, alpha_layer=1e-4)
+    assert torch.all(out["ffn"][1] == 0)
+    assert torch.allclose(out["ffn"][0], torch.ones(4))
+
+
+def test_select_lowest_takes_lowest_until_budget():
+    scores = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])
+    costs = torch.tensor([10.0, 10.0, 10.0, 10.0, 10.0])
+    assert select_lowest(scores, costs, 25).tolist() == [False, True, True, True, False]
+    assert select_lowest(scores, costs, 20).tolist() == [False, True, False, True, False]
+    assert not select_lowest(scores, costs, 0).any()
+
+
+def test_ranking_removes_exactly_the_lowest_units(tiny_bert):
+    controller = controller_for(tiny_bert)
+    g = torch.Generator().manual_seed(3)
+    for score in controller.scores().values():
+        score.copy_(torch.rand(score.shape, generator=g) + 1.0)
+    controller.prune_to(0.3)
+    costs = unit_costs(controller.shape)
+    removed_scores, kept_scores = [], []
+    for kind in ("vo", "ffn"):  # QK may also go with empty heads; VO/FFN follow the ranking alone
+        removed_scores += controller.scores()[kind][controller.masks()[kind] == 0].tolist()
+        kept_scores += controller.scores()[kind][controller.masks()[kind] == 1].tolist()
+    assert max(removed_scores) < min(kept_scores)
+    assert costs["qk"] == 2 * 32 + 2
+
+
+@pytest.mark.parametrize("target", [0.3, 0.6, 0.9, 0.97])
+def test_achieved_sparsity_bound(tiny_bert, target):
+    controller = controller_for(tiny_bert, target_sparsity=target)
+    g = torch.Generator().manual_seed(int(target * 100))
+    for score in controller.scores().values():
+        score.copy_(torch.rand(score.shape, generator=g))
+    controller.prune_to(target)
+    achieved = controller.sparsity()
+    shape = controller.shape
+    total = encoder_linear_params(shape)
+    assert achieved >= target
+    # overshoot: at most one unit plus the QK units of heads left without VO units
+    qk_of_empty_heads = sum(
+        shape.head_dim for layer in controller.structure()["layers"] for vo in layer["vo_per_head"] if vo == 0
+    ) * unit_costs(shape)["qk"]
+    assert (achieved - target) * total <= unit_costs(shape)["qk"] + qk_of_empty_heads + 1e-6
+
+
+def test_masks_never_turn_back_on(tiny_bert, tiny_batch):
+    controller = controller_for(tiny_bert, target_sparsity=0.8, beta=0.5, structure_reg=True)
+    previous = {k: m.clone() for k, m in controller.masks().items()}
+    for step in range(10):
+        grads, _ = mask_grads(tiny_bert, controller, tiny_batch)
+        controller.update_scores(grads)
+        controller.end_step()
+        for kind, mask in controller.masks().items():
+            assert torch.all(mask <= previous[kind])
+            previous[kind] = mask.clone()
+    assert controller.sparsity() >= 0.8
+
+
+def test_head_units_remove_whole_heads(tiny_bert):
+    controller = controller_for(tiny_bert, units="head", target_sparsity=0.5)
+    g = torch.Generator().manual_seed(0)
+    for score in controller.scores().values():
+        score.copy_(torch.rand(score.shape, generator=g))
+    controller.prune_to(0.5)
+    for layer in controller.structure()["layers"]:
+        for qk, vo in zip(layer["qk_per_head"], layer["vo_per_head"]):
+            assert (qk, vo) in ((0, 0), (controller.shape.head_dim,) * 2)
+    assert controller.sparsity() >= 0.5
+
+
+def test_empty_head_loses_its_qk_units(tiny_bert):
+    controller = controller_for(tiny_bert)
+    d = controller.shape.head_dim
+    controller.mask_vo[1, d : 2 * d] = 0
+    controller.prune_to(0.0)
+    assert torch.all(controller.mask_qk[1, d : 2 * d] == 0)
+    assert torch.all(controller.mask_qk[1, :d] == 1)
+
+
+def test_cubic_schedule_values():
+    schedule = CubicSchedule.from_fractions(0.9, total_steps=100, start=0.2, end=0.4, frequency=5)
+    assert (schedule.start_step, schedule.end_step) == (20, 40)
+    assert schedule.sparsity_at(0) == 0.0
+    assert schedule.sparsity_at(20) == pytest.approx(0.0)
+    assert schedule.sparsity_at(30) == pytest.approx(1 - (0.1 + 0.9 * 0.5**3))
+    assert schedule.sparsity_at(40) == pytest.approx(0.9)
+    assert schedule.sparsity_at(99) == pytest.approx(0.9)
+    assert [s for s in range(100) if schedule.prunes_at(s)] == [20, 25, 30, 35, 40]
+    assert schedule.is_frozen_after(41) and not schedule.is_frozen_after(40)
+
+
+def test_short_run_still_reaches_target():
+    schedule = CubicSchedule.from_fractions(0.9, total_steps=3, start=0.2, end=0.4)
+    assert any(schedule.prunes_at(s) and schedule.sparsity_at(s) == 0.9 for s in range(3))
