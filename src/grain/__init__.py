@@ -5,3 +5,7 @@ Importing the package registers the compact (pruned) model classes with the HF A
 """
 
 __version__ = "0.1.0"
+
+from grain.models.compact import register_auto_classes as _register_auto_classes
+
+_register_auto_classes()

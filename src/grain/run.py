@@ -18,10 +18,19 @@ from grain.errors import GrainError
 log = logging.getLogger("grain")
 
 
-def remove_empty_run_dir(run_dir: Path) -> None:
-    """Drop the run dir Hydra made for a config that was refused: it holds no results."""
-    if run_dir.exists() and all(p.name in (".hydra", "run.log", "main.log") for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
+def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
+    """Drop the run dir Hydra made for a config that was refused (it holds no results), and the
+    parents that only existed for it, up to the project root."""
+    if not run_dir.exists() or any(p.name not in (".hydra", "run.log", "main.log") for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    for parent in run_dir.parents:
+        if parent == root_dir or root_dir not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only succeeds when empty
+        except OSError:
+            break
 
 
 @hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
@@ -33,7 +42,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate_config(cfg)
     except GrainError as err:
-        remove_empty_run_dir(Path(hydra_cfg.runtime.output_dir))
+        remove_empty_run_dir(Path(hydra_cfg.runtime.output_dir), Path(cfg.paths.root_dir))
         print(f"grain: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:

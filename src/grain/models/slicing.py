@@ -1,0 +1,148 @@
+"""Turn a masked BERT into a compact one: slice every weight to the kept units.
+
+`compaction_plan` says, for each parameter of the compact model, which parameter of the masked model
+it comes from and which rows/columns it keeps; the same plan slices the weights and the optimizer
+state (Adam moments), so training can go on on the small model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from grain.errors import GrainError
+from grain.models.compact import COMPACT_CLASS_BY_HF_HEAD, GrainBertConfig
+from grain.models.masks import EncoderShape
+
+
+@dataclass(frozen=True)
+class Slice:
+    source: str                          # parameter name in the masked model
+    rows: torch.Tensor | None = None     # kept indices along dim 0 (None: all)
+    cols: torch.Tensor | None = None     # kept indices along dim 1 (None: all)
+
+    def apply(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.rows is not None:
+            tensor = tensor.index_select(0, self.rows.to(tensor.device))
+        if self.cols is not None:
+            tensor = tensor.index_select(1, self.cols.to(tensor.device))
+        return tensor
+
+
+def kept_structure(masks: dict[str, torch.Tensor], shape: EncoderShape) -> dict:
+    """Per layer: kept heads' QK/VO widths and the kept unit indices (in the full layout)."""
+    d = shape.head_dim
+    layers = []
+    for layer in range(shape.num_layers):
+        qk_mask = masks["qk"][layer].view(shape.num_heads, d).bool().cpu()
+        vo_mask = masks["vo"][layer].view(shape.num_heads, d).bool().cpu()
+        heads = [h for h in range(shape.num_heads) if vo_mask[h].any()]
+        offsets = torch.arange(shape.num_heads)[:, None] * d + torch.arange(d)
+        layers.append({
+            "qk_dims": [int(qk_mask[h].sum()) for h in heads],
+            "vo_dims": [int(vo_mask[h].sum()) for h in heads],
+            "qk_index": torch.cat([offsets[h][qk_mask[h]] for h in heads] or [torch.zeros(0, dtype=torch.long)]),
+            "vo_index": torch.cat([offsets[h][vo_mask[h]] for h in heads] or [torch.zeros(0, dtype=torch.long)]),
+            "ffn_index": masks["ffn"][layer].bool().cpu().nonzero().flatten(),
+        })
+    return {"layers": layers}
+
+
+def compact_config(model: nn.Module, structure: dict, embedding_rank: int | None = None) -> GrainBertConfig:
+    config = model.config.to_dict()
+    for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
+        config.pop(key, None)
+    layers = structure["layers"]
+    return GrainBertConfig(
+        **config,
+        qk_dims=[layer["qk_dims"] for layer in layers],
+        vo_dims=[layer["vo_dims"] for layer in layers],
+        ffn_dims=[len(layer["ffn_index"]) for layer in layers],
+        original_head_dim=model.config.hidden_size // model.config.num_attention_heads,
+        embedding_rank=embedding_rank,
+    )
+
+
+def compaction_plan(structure: dict, prefix: str = "bert") -> dict[str, Slice]:
+    """Compact parameter name -> Slice of the masked model's parameter (only the sliced ones)."""
+    plan = {}
+    for i, layer in enumerate(structure["layers"]):
+        base = f"{prefix}.encoder.layer.{i}"
+        if layer["vo_dims"]:
+            for name in ("query", "key"):
+                plan[f"{base}.attention.self.{name}.weight"] = Slice(f"{base}.attention.self.{name}.weight", rows=layer["qk_index"])
+                plan[f"{base}.attention.self.{name}.bias"] = Slice(f"{base}.attention.self.{name}.bias", rows=layer["qk_index"])
+            plan[f"{base}.attention.self.value.weight"] = Slice(f"{base}.attention.self.value.weight", rows=layer["vo_index"])
+            plan[f"{base}.attention.self.value.bias"] = Slice(f"{base}.attention.self.value.bias", rows=layer["vo_index"])
+            plan[f"{base}.attention.output.dense.weight"] = Slice(f"{base}.attention.output.dense.weight", cols=layer["vo_index"])
+        else:
+            plan[f"{base}.attention.output.bias"] = Slice(f"{base}.attention.output.dense.bias")
+        if len(layer["ffn_index"]):
+            plan[f"{base}.intermediate.dense.weight"] = Slice(f"{base}.intermediate.dense.weight", rows=layer["ffn_index"])
+            plan[f"{base}.intermediate.dense.bias"] = Slice(f"{base}.intermediate.dense.bias", rows=layer["ffn_index"])
+            plan[f"{base}.output.dense.weight"] = Slice(f"{base}.output.dense.weight", cols=layer["ffn_index"])
+        else:
+            plan[f"{base}.output.bias"] = Slice(f"{base}.output.dense.bias")
+    return plan
+
+
+def check_supported(model: nn.Module) -> None:
+    head = type(model).__name__
+    if model.config.model_type not in ("bert", "grain_bert") or head not in COMPACT_CLASS_BY_HF_HEAD:
+        raise GrainError(
+            f"compaction supports BERT-architecture models (bert-base, MiniLM) with a classification, QA or "
+            f"token-classification head; got {head} ({model.config.model_type}). Run with stages=[teacher,prune] "
+            f"to keep the masked model"
+        )
+
+
+@torch.no_grad()
+def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedding_rank: int | None = None):
+    """Build the compact model from a masked one. Returns (compact model, plan for optimizer state)."""
+    check_supported(model)
+    shape = EncoderShape.of(model)
+    structure = kept_structure(masks, shape)
+    config = compact_config(model, structure, embedding_rank)
+    compact = COMPACT_CLASS_BY_HF_HEAD[type(model).__name__](config)
+    plan = compaction_plan(structure, model.base_model_prefix)
+    source = dict(model.named_parameters())
+    word_key = f"{model.base_model_prefix}.embeddings.word_embeddings"
+    for name, target in compact.named_parameters():  # buffers (position ids) are built alike
+        if embedding_rank and name.startswith(word_key):
+            continue
+        rule = plan.get(name, Slice(name))
+        if rule.source not in source:
+            raise GrainError(f"cannot compact: parameter {rule.source} not found in the masked model")
+        target.copy_(rule.apply(source[rule.source]))
+    if embedding_rank:
+        factorize_embeddings(source[f"{word_key}.weight"], compact.base_model.embeddings.word_embeddings, embedding_rank)
+    compact.to(next(model.parameters()).device).train(model.training)
+    return compact, plan
+
+
+def factorize_embeddings(weight: torch.Tensor, factorized, rank: int) -> None:
+    """Truncated SVD: weight [vocab, hidden] ~ (U_r S_r) [vocab, rank] @ Vh_r [rank, hidden]."""
+    u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+    factorized.embedding.weight.copy_(u[:, :rank] * s[:rank])
+    factorized.projection.weight.copy_(vh[:rank].t())
+
+
+@torch.no_grad()
+def slice_optimizer_state(old_params: dict[str, nn.Parameter], new_params: dict[str, nn.Parameter], plan, old_state: dict) -> dict:
+    """Optimizer state (e.g. Adam exp_avg/exp_avg_sq) of the compact params, sliced like the weights.
+
+    old_state: {old param tensor: {key: tensor}}; returns {new param tensor: {key: tensor}}.
+    """
+    new_state = {}
+    for name, param in new_params.items():
+        rule = plan.get(name, Slice(name))
+        state = old_state.get(old_params[rule.source])
+        if not state:
+            continue
+        new_state[param] = {
+            key: rule.apply(value) if torch.is_tensor(value) and value.shape == old_params[rule.source].shape else value
+            for key, value in state.items()
+        }
+    return new_state

@@ -1,0 +1,63 @@
+"""`python -m grain.run` end to end on model=tiny, and its refusals of bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import FIXTURES, REPO
+
+
+def run_grain(args, tmp_path, data_dir=FIXTURES):
+    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(data_dir), WANDB_MODE="offline")
+    env.pop("GRAIN_CACHE_DIR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+
+
+def summaries(tmp_path):
+    return sorted(Path(tmp_path).glob("**/summary.json"))
+
+
+def test_tiny_run_writes_summary(tmp_path):
+    result = run_grain(["task=sst2", "model=tiny", "trainer.max_steps=5", "logger=csv"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    assert path.parent.parent.name == "s0.9" and path.parent.parent.parent.name == "tiny"
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "completed"
+    assert (summary["task"], summary["model"], summary["metric_name"]) == ("sst2", "tiny", "accuracy")
+    assert summary["sparsity"] == 0.9
+    assert 0.0 <= summary["teacher"]["metric"] <= 1.0
+    assert set(summary["teacher"]) >= {"metric", "path", "train_seconds"}
+    assert summary["config"]["task"]["name"] == "sst2"
+    assert set(summary["versions"]) >= {"torch", "transformers", "lightning"}
+    assert summary["timing"]["total_seconds"] > 0
+    student = summary["student"]
+    assert student["target_sparsity"] == 0.9 and student["sparsity"] >= 0.9
+    assert len(student["layers"]) == 2 and student["heads_total"] == 8
+    assert (path.parent / "masks.safetensors").exists() and (path.parent / "structure.png").exists()
+    assert (path.parent / ".hydra" / "config.yaml").exists()
+
+    # a second run reuses the cached teacher
+    again = run_grain(["task=sst2", "model=tiny", "trainer.max_steps=5", "logger=none", "stages=[teacher]"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    cached = [json.loads(p.read_text()) for p in summaries(tmp_path) if p != path]
+    assert cached[0]["teacher"]["cached"] is True
+    assert cached[0]["teacher"]["metric"] == summary["teacher"]["metric"]
+
+
+def test_bad_sparsity_exits_with_one_line(tmp_path):
+    result = run_grain(["sparsity=1.5"], tmp_path)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "sparsity=1.5" in lines[0]
+    assert not summaries(tmp_path) and not (tmp_path / "outputs" / "sst2" / "minilm" / "s1.5").exists()
+
+
+def test_unknown_task_exits_naming_it(tmp_path):
+    result = run_grain(["task=nope"], tmp_path)
+    assert result.returncode != 0
+    assert "task/nope" in result.stderr.splitlines()[0]
