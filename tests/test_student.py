@@ -113,3 +113,34 @@ def test_two_process_ddp_gives_identical_masks(tmp_path):
     assert any((m == 0).any() for m in rank0.values())
     for kind in rank0:
         assert torch.equal(rank0[kind], rank1[kind]), kind
+
+
+def test_compacting_during_training_changes_nothing_but_size(tmp_path):
+    """Training after the masks freeze gives the same model whether or not it was compacted."""
+    outputs = {}
+    for compact in (False, True):
+        cfg, datamodule, teacher = setup_parts(tmp_path, [f"pruner.compact_after_end={str(compact).lower()}"])
+        module = build_student_module(cfg, teacher, 2)
+        make_trainer(tmp_path).fit(module, datamodule=datamodule)
+        assert module.compacted is compact
+        batch = next(iter(datamodule.eval_dataloader("validation")))
+        with torch.no_grad():
+            outputs[compact] = module.student.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if compact:
+            dense = sum(p.numel() for p in teacher.parameters())
+            assert sum(p.numel() for p in module.student.parameters()) < dense
+    torch.testing.assert_close(outputs[True], outputs[False], atol=1e-4, rtol=1e-4)
+
+
+def test_resume_after_compaction(tmp_path):
+    cfg, datamodule, teacher = setup_parts(tmp_path, ["pruner.end=0.3"])
+    first = build_student_module(cfg, teacher, 2)
+    trainer = make_trainer(tmp_path, callbacks=[StopAfterFirstEpoch()], max_epochs=3)
+    trainer.fit(first, datamodule=datamodule)
+    assert first.compacted  # pruning ended at step 7, inside the first epoch
+    trainer.save_checkpoint(tmp_path / "compacted.ckpt")
+    resumed = build_student_module(cfg, teacher, 2)
+    make_trainer(tmp_path).fit(resumed, datamodule=datamodule, ckpt_path=str(tmp_path / "compacted.ckpt"))
+    assert resumed.compacted and int(resumed.controller.step) == 24
+    for kind, mask in first.controller.masks().items():
+        assert torch.equal(mask, resumed.controller.masks()[kind])

@@ -90,7 +90,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                 from grain.stages.compact import run_compact_stage
 
                 stage_start = time.perf_counter()
-                summary["compact"] = run_compact_stage(cfg, tokenizer, pruned, summary, run_dir)
+                summary["compact"] = run_compact_stage(cfg, tokenizer, pruned, teacher.model, summary, run_dir)
                 summary["timing"]["compact_seconds"] = time.perf_counter() - stage_start
         summary["status"] = "completed"
         if logger is not None:

@@ -146,3 +146,25 @@ def slice_optimizer_state(old_params: dict[str, nn.Parameter], new_params: dict[
             for key, value in state.items()
         }
     return new_state
+
+
+@torch.no_grad()
+def expand_to_masked(compact: nn.Module, skeleton: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """The inverse of compaction: write the compact weights into `skeleton` (a model of the original
+    architecture, modified in place) with zeros for the pruned units, so that, masked, it computes
+    what the compact model computes. Used to check a student that was compacted during training."""
+    structure = kept_structure(masks, EncoderShape.of(skeleton))
+    plan = compaction_plan(structure, skeleton.base_model_prefix)
+    targets = dict(skeleton.named_parameters())
+    for name, param in compact.named_parameters():
+        rule = plan.get(name, Slice(name))
+        target = targets[rule.source]
+        if rule.rows is None and rule.cols is None:
+            target.copy_(param)
+            continue
+        target.zero_()
+        if rule.rows is not None:
+            target.index_copy_(0, rule.rows.to(target.device), param)
+        else:
+            target.index_copy_(1, rule.cols.to(target.device), param)
+    return skeleton

@@ -11,6 +11,8 @@ One training step (manual optimization, so that importance and weights use diffe
 
 from __future__ import annotations
 
+import logging
+
 import lightning.pytorch as pl
 import torch
 
@@ -18,8 +20,11 @@ from grain.data.base import model_inputs
 from grain.distill.losses import hidden_mse, kd_loss
 from grain.distill.projections import HiddenProjections, matched_layers
 from grain.models.backbone import restore_output_capture
+from grain.models.slicing import compact_from_masked, slice_optimizer_state
 from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule
 from grain.pruning.controller import PruningController
+
+log = logging.getLogger(__name__)
 
 
 class StudentModule(SplitEvaluation, pl.LightningModule):
@@ -34,6 +39,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         distill_cfg: dict,
         optim_cfg: dict,
         gradient_separation: bool = True,
+        compact_after_end: bool = False,
         seed: int = 0,
     ):
         super().__init__()
@@ -48,6 +54,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         self.hidden_weight = float(distill_cfg["hidden_weight"])
         self.optim_cfg = dict(optim_cfg)
         self.gradient_separation = gradient_separation
+        self.compact_after_end = compact_after_end
+        self.compacted = False
         self.seed = seed
         self.student_layers = matched_layers(student.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
         self.teacher_layers = matched_layers(teacher.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
@@ -113,6 +121,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         optimizer.step()
         scheduler.step()
         pruned = self.controller.end_step()
+        if self.compact_after_end and not self.compacted and self.controller.active and self.controller.is_frozen():
+            self.compact_in_place(optimizer.optimizer)
         self.log_dict(
             {"student/loss": losses["total"], "student/loss_pred": losses["prediction"], "student/loss_hidden": losses["hidden"]},
             prog_bar=True,
@@ -125,6 +135,46 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
                 "student/lr": scheduler.get_last_lr()[0],
             }, prog_bar=False)
         return losses["total"]
+
+    # --- compaction once the masks are frozen ----------------------------------------------------
+    def compact_in_place(self, optimizer=None) -> None:
+        """Replace the masked student by its compact form; slice the Adam moments with the weights.
+
+        Nothing needs the pruned units once the masks are frozen, so the rest of the run trains the
+        small model. Under DDP the wrapped module cannot be swapped: the masked model is kept.
+        """
+        if self._trainer is not None and self._trainer.world_size > 1:
+            log.warning("pruner.compact_after_end: skipped under DDP (%d processes); training the masked model", self._trainer.world_size)
+            self.compact_after_end = False
+            return
+        old_params = dict(self.student.named_parameters())
+        compact, plan = compact_from_masked(self.student, self.controller.masks())
+        self.controller.detach()
+        self.student = compact
+        self.compacted = True
+        if optimizer is None:  # restoring a checkpoint: the optimizer is built afterwards
+            return
+        new_params = dict(compact.named_parameters())
+        kept = list(new_params.values()) + list(self.projections.parameters())
+        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
+        new_optimizer = type(optimizer)([{"params": kept, **group}])
+        new_optimizer.state.update(slice_optimizer_state(old_params, new_params, plan, optimizer.state))
+        for param in self.projections.parameters():
+            if param in optimizer.state:
+                new_optimizer.state[param] = optimizer.state[param]
+        scheduler = self.lr_schedulers()
+        scheduler.optimizer = new_optimizer
+        self.trainer.strategy.optimizers = [new_optimizer]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["grain_compacted"] = self.compacted
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if checkpoint.get("grain_compacted") and not self.compacted:
+            state = checkpoint["state_dict"]
+            for kind, mask in self.controller.masks().items():
+                mask.copy_(state[f"controller.mask_{kind}"])
+            self.compact_in_place()
 
     def configure_optimizers(self):
         total_steps = int(self.trainer.estimated_stepping_batches)

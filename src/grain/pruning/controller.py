@@ -142,8 +142,8 @@ class PruningController(nn.Module):
         return pruned
 
     def is_frozen(self) -> bool:
-        """True once the schedule's last pruning step has passed (masks will not change again)."""
-        return (not self.active) or self.schedule.is_frozen_after(int(self.step) - 1)
+        """True once the schedule's last pruning step has run (masks will not change again)."""
+        return (not self.active) or int(self.step) > self.schedule.end_step
 
     # --- ranking ------------------------------------------------------------------------------
     def _ranking_scores(self) -> dict[str, torch.Tensor]:

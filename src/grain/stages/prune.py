@@ -62,6 +62,7 @@ def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
         distill_cfg=dict(cfg.distillation),
         optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm")},
         gradient_separation=cfg.pruner.gradient_separation,
+        compact_after_end=cfg.pruner.compact_after_end,
         seed=cfg.seed,
     )
 

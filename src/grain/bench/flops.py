@@ -1,0 +1,46 @@
+"""FLOPs of a forward pass, counted by torch.utils.flop_counter."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
+
+
+def _register_cpu_attention_formula() -> None:
+    """torch counts the CUDA attention kernels but not the CPU flash kernel; count it the same way."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        return
+    try:
+        @register_flop_formula(op)
+        def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+            return sdpa_flop_count(query_shape, key_shape, value_shape)
+    except (RuntimeError, ValueError):  # already registered (by torch or an earlier import)
+        pass
+
+
+_register_cpu_attention_formula()
+
+
+def dummy_inputs(model, batch: int, seq_len: int, device=None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids of a full [batch, seq_len] block (no padding), on the model's device."""
+    device = device or next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, min(model.config.vocab_size, 20000), (batch, seq_len), generator=generator)
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids).to(device),
+        "token_type_ids": torch.zeros_like(ids).to(device),
+    }
+
+
+@torch.no_grad()
+def count_flops(model, batch: int, seq_len: int) -> int:
+    """Total FLOPs (multiply-add = 2) of one forward pass on a [batch, seq_len] input."""
+    inputs = dummy_inputs(model, batch, seq_len)
+    was_training = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(**inputs)
+    model.train(was_training)
+    return int(counter.get_total_flops())

@@ -1,0 +1,55 @@
+"""Dense vs compact: parameters, FLOPs and latency, the numbers summary.json's `compact` section holds."""
+
+from __future__ import annotations
+
+import torch
+
+from grain.bench.flops import count_flops
+from grain.bench.latency import measure_latency
+
+
+def encoder_linear_param_count(model) -> int:
+    """Parameters of the encoder's linear layers (the quantity sparsity is measured over)."""
+    return sum(
+        p.numel() for n, p in model.named_parameters()
+        if ".encoder.layer." in n and "LayerNorm" not in n
+    )
+
+
+def compare_models(dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0) -> dict:
+    device = next(compact.parameters()).device
+    dense_flops = count_flops(dense, batch, seq_len)
+    compact_flops = count_flops(compact, batch, seq_len)
+    dense_latency = measure_latency(dense, batch, seq_len, min_run_time=min_run_time)
+    compact_latency = measure_latency(compact, batch, seq_len, min_run_time=min_run_time)
+    return {
+        "encoder_params": encoder_linear_param_count(compact),
+        "dense_encoder_params": encoder_linear_param_count(dense),
+        "params": sum(p.numel() for p in compact.parameters()),
+        "dense_params": sum(p.numel() for p in dense.parameters()),
+        "flops": compact_flops,
+        "dense_flops": dense_flops,
+        "flops_ratio": dense_flops / max(compact_flops, 1),
+        "latency_ms": compact_latency["median_ms"],
+        "dense_latency_ms": dense_latency["median_ms"],
+        "speedup": dense_latency["median_ms"] / compact_latency["median_ms"],
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({compact_latency['threads']} threads)",
+        "batch": batch,
+        "seq_len": seq_len,
+    }
+
+
+def format_table(result: dict) -> str:
+    rows = [
+        ("encoder linear params", f"{result['dense_encoder_params']:,}", f"{result['encoder_params']:,}"),
+        ("all params", f"{result['dense_params']:,}", f"{result['params']:,}"),
+        ("GFLOPs / forward", f"{result['dense_flops'] / 1e9:.2f}", f"{result['flops'] / 1e9:.2f}"),
+        ("latency ms (median)", f"{result['dense_latency_ms']:.1f}", f"{result['latency_ms']:.1f}"),
+    ]
+    lines = [f"{'':24} {'dense':>14} {'compact':>14}"] + [f"{a:24} {b:>14} {c:>14}" for a, b, c in rows]
+    ideal = result["flops_ratio"]
+    lines.append(
+        f"speedup {result['speedup']:.2f}x (FLOPs-ideal {ideal:.2f}x, {result['speedup'] / ideal:.0%} of ideal) "
+        f"on {result['device']}, batch {result['batch']} x length {result['seq_len']}"
+    )
+    return "\n".join(lines)
