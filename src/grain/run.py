@@ -16,6 +16,7 @@ from grain.config import validate_config
 from grain.errors import GrainError
 
 log = logging.getLogger("grain")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
@@ -33,7 +34,7 @@ def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
             break
 
 
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from grain.pipeline import run_pipeline
 

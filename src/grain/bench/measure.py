@@ -16,12 +16,14 @@ def encoder_linear_param_count(model) -> int:
     )
 
 
-def compare_models(dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0) -> dict:
+def compare_models(dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0, compile: bool = False) -> dict:
+    """FLOPs (eager) and latency of both models; `compile` times torch.compile'd copies of both."""
     device = next(compact.parameters()).device
     dense_flops = count_flops(dense, batch, seq_len)
     compact_flops = count_flops(compact, batch, seq_len)
-    dense_latency = measure_latency(dense, batch, seq_len, min_run_time=min_run_time)
-    compact_latency = measure_latency(compact, batch, seq_len, min_run_time=min_run_time)
+    timed_dense, timed_compact = (torch.compile(dense), torch.compile(compact)) if compile else (dense, compact)
+    dense_latency = measure_latency(timed_dense, batch, seq_len, min_run_time=min_run_time)
+    compact_latency = measure_latency(timed_compact, batch, seq_len, min_run_time=min_run_time)
     return {
         "encoder_params": encoder_linear_param_count(compact),
         "dense_encoder_params": encoder_linear_param_count(dense),
@@ -36,6 +38,7 @@ def compare_models(dense, compact, batch: int, seq_len: int, min_run_time: float
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({compact_latency['threads']} threads)",
         "batch": batch,
         "seq_len": seq_len,
+        "compiled": compile,
     }
 
 
@@ -51,5 +54,6 @@ def format_table(result: dict) -> str:
     lines.append(
         f"speedup {result['speedup']:.2f}x (FLOPs-ideal {ideal:.2f}x, {result['speedup'] / ideal:.0%} of ideal) "
         f"on {result['device']}, batch {result['batch']} x length {result['seq_len']}"
+        + (" (torch.compile)" if result.get("compiled") else "")
     )
     return "\n".join(lines)

@@ -142,6 +142,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
 
         Nothing needs the pruned units once the masks are frozen, so the rest of the run trains the
         small model. Under DDP the wrapped module cannot be swapped: the masked model is kept.
+        Without dropout both forms train identically (up to float noise); with dropout they draw
+        different random masks, so they match in distribution only.
         """
         if self._trainer is not None and self._trainer.world_size > 1:
             log.warning("pruner.compact_after_end: skipped under DDP (%d processes); training the masked model", self._trainer.world_size)

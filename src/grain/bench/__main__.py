@@ -1,0 +1,74 @@
+"""`python -m grain.bench <run dir or compact model dir>`: params, FLOPs and latency, dense vs compact.
+
+Given a run dir (with summary.json), it compares `<run>/compact` with the run's teacher (same
+architecture as the unpruned student) and writes the numbers into summary.json's `compact` section.
+Given a model dir, `--dense <dir or hub name>` names the reference model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import transformers
+
+import grain  # noqa: F401  (registers the compact classes)
+from grain.bench.measure import compare_models, format_table
+from grain.errors import GrainError
+from grain.models import compact as compact_classes
+from grain.summary import SUMMARY_FILE, read_summary, write_summary
+
+
+def load_model(path: str):
+    """Load a saved model with the class its config names (HF or grain compact), never remote code."""
+    config = transformers.AutoConfig.from_pretrained(path)
+    name = (config.architectures or ["AutoModel"])[0]
+    cls = getattr(compact_classes, name, None) or getattr(transformers, name, None)
+    if cls is None:
+        raise GrainError(f"{path}: unknown architecture {name}; expected a BERT-family or grain compact model")
+    return cls.from_pretrained(path).eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grain.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("path", help="a run dir (with summary.json) or a compact model dir")
+    parser.add_argument("--dense", help="reference dense model (default: the run's teacher)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, help="default: 32 on CPU, 128 on GPU")
+    parser.add_argument("--seq-len", type=int, help="default: 128 on CPU, 512 on GPU")
+    parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds of timing per model")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models (both)")
+    args = parser.parse_args(argv)
+    on_gpu = args.device.startswith("cuda")
+    batch = args.batch or (128 if on_gpu else 32)
+    seq_len = args.seq_len or (512 if on_gpu else 128)
+
+    path = Path(args.path)
+    summary = read_summary(path) if (path / SUMMARY_FILE).exists() else None
+    compact_dir = path / "compact" if summary is not None else path
+    dense_ref = args.dense or (summary or {}).get("teacher", {}).get("path")
+    if dense_ref is None:
+        print("grain.bench: error: give --dense <model> to compare with", file=sys.stderr)
+        return 2
+    try:
+        compact = load_model(str(compact_dir)).to(args.device)
+        dense = load_model(dense_ref).to(args.device)
+    except (OSError, GrainError) as err:
+        print(f"grain.bench: error: {err}", file=sys.stderr)
+        return 2
+    if on_gpu:  # bf16 as the paper's speed measurements on GPU
+        compact, dense = compact.to(torch.bfloat16), dense.to(torch.bfloat16)
+    result = compare_models(dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=args.compile)
+    print(format_table(result))
+    if summary is not None:
+        key = ("compact_gpu" if on_gpu else "compact") + ("_compiled" if args.compile else "")
+        summary[key] = {**summary.get(key, {}), **result}
+        write_summary(path, summary)
+        print(f"updated {path / SUMMARY_FILE} [{key}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""`python -m grain.bench.steptime`: training-step time of GRAIN against plain KD on the same batches.
+
+Both runs distil the same student (a copy of the teacher, MiniLM by default) on one fixed batch of
+random tokens ([batch, seq_len], no padding) for `--steps` steps; GRAIN prunes between
+`pruner.start` and `pruner.end` and, by default, compacts the student when pruning ends. Prints the
+step-time ratio inside the scoring window (mask-gradient pass on) and over the whole run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import lightning.pytorch as pl
+import torch
+from hydra import compose, initialize_config_dir
+
+import grain  # noqa: F401
+from grain.models.backbone import load_task_model
+from grain.run import CONFIG_DIR
+from grain.stages.prune import build_student_module
+
+
+class StepTimer(pl.Callback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.times.append(time.perf_counter() - self._start)
+
+
+def fixed_batches(vocab_size: int, batch: int, seq_len: int, steps: int):
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=generator)
+    one = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
+           "labels": torch.randint(0, 2, (batch,), generator=generator)}
+    return [one] * steps
+
+
+def time_run(overrides: list[str], steps: int, batch: int, seq_len: int) -> tuple[list[float], object]:
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose("config", overrides=overrides + ["student.init=teacher"])
+    teacher = load_task_model(cfg.model, "classification", 2)
+    module = build_student_module(cfg, teacher, 2)
+    timer = StepTimer()
+    loader = torch.utils.data.DataLoader(fixed_batches(teacher.config.vocab_size, batch, seq_len, steps), batch_size=None)
+    trainer = pl.Trainer(
+        accelerator="auto", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=False, callbacks=[timer], limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return timer.times, module.controller
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m grain.bench.steptime", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
+    args = parser.parse_args(argv)
+    common = [f"model={args.model}", f"sparsity={args.sparsity}", *args.overrides]
+    kd_times, _ = time_run(common + ["pruner=none"], args.steps, args.batch, args.seq_len)
+    grain_times, controller = time_run(common + ["pruner=grain"], args.steps, args.batch, args.seq_len)
+    schedule = controller.schedule
+    skip = 2  # first steps warm up allocators and kernels
+    kd = statistics.median(kd_times[skip:])
+    scoring = [t for step, t in enumerate(grain_times) if skip <= step <= schedule.end_step]
+    after = [t for step, t in enumerate(grain_times) if step > schedule.end_step + 1]
+    print(f"plain KD step:                {kd * 1e3:8.1f} ms (median of {len(kd_times) - skip})")
+    print(f"GRAIN step, scoring window:   {statistics.median(scoring) * 1e3:8.1f} ms -> ratio {statistics.median(scoring) / kd:.2f}")
+    if after:
+        print(f"GRAIN step, after pruning:    {statistics.median(after) * 1e3:8.1f} ms -> ratio {statistics.median(after) / kd:.2f}")
+    whole = sum(grain_times[skip:]) / sum(kd_times[skip:])
+    print(f"whole run ({args.steps} steps, scoring until step {schedule.end_step}): ratio {whole:.2f}; "
+          f"achieved sparsity {controller.sparsity():.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
