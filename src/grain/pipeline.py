@@ -86,7 +86,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                 "student %s = %s at sparsity %.4f (%d/%d heads)", cfg.task.metric, pruned.summary["metric"],
                 pruned.summary["sparsity"], pruned.summary["heads_kept"], pruned.summary["heads_total"],
             )
-            if "compact" in cfg.stages:
+            if "compact" in cfg.stages and rank_zero_only.rank == 0:  # other DDP ranks are done
                 from grain.stages.compact import run_compact_stage
 
                 stage_start = time.perf_counter()
