@@ -61,3 +61,23 @@ def test_unknown_task_exits_naming_it(tmp_path):
     result = run_grain(["task=nope"], tmp_path)
     assert result.returncode != 0
     assert "task/nope" in result.stderr.splitlines()[0]
+
+
+def test_tiny_runs_for_qa_and_ner_write_their_metrics(tmp_path):
+    for task, extra, metric in (
+        ("squad_offline", ["task.datamodule.max_length=64", "task.datamodule.doc_stride=16"], "f1"),
+        ("conll2003", [], "f1"),
+    ):
+        result = run_grain([f"task={task}", "model=tiny", "trainer.max_steps=4", "logger=none", *extra], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        [path] = [p for p in summaries(tmp_path) if f"/{task}/" in str(p)]
+        summary = json.loads(path.read_text())
+        assert summary["metric_name"] == metric
+        for section in ("teacher", "student", "compact"):
+            assert 0.0 <= summary[section]["metric"] <= 1.0
+        assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-4
+        if task == "squad_offline":
+            assert "not the official" in summary["eval_split"]
+            assert set(summary["teacher"]["metrics"]) == {"validation/exact_match", "validation/f1"}
+        else:
+            assert {"validation/precision", "validation/recall"} <= set(summary["teacher"]["metrics"])

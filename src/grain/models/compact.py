@@ -204,7 +204,8 @@ class ResidualOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, states: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
-        update = self.dense(states) if hasattr(self, "dense") else self.bias.expand_as(residual)
+        # (zeros + bias rather than a broadcast view: dropout then draws per token, as in the masked model)
+        update = self.dense(states) if hasattr(self, "dense") else torch.zeros_like(residual) + self.bias
         return self.LayerNorm(self.dropout(update) + residual)
 
 
