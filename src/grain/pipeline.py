@@ -15,6 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from grain.config import validate_config
 from grain.models.backbone import load_tokenizer
+from grain.stages.compact import run_compact_stage
+from grain.stages.prune import run_prune_stage
+from grain.stages.teacher import run_teacher_stage
 from grain.summary import versions, write_summary
 
 log = logging.getLogger(__name__)
@@ -62,8 +65,6 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
         stage_start = time.perf_counter()
-        from grain.stages.teacher import run_teacher_stage
-
         teacher = run_teacher_stage(cfg, tokenizer, run_dir, logger)
         summary["teacher"] = {
             "metric": teacher.metrics.get(f"validation/{cfg.task.metric}"),
@@ -76,8 +77,6 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("teacher %s = %s (%s)", cfg.task.metric, summary["teacher"]["metric"], teacher.path)
 
         if "prune" in cfg.stages:
-            from grain.stages.prune import run_prune_stage
-
             stage_start = time.perf_counter()
             pruned = run_prune_stage(cfg, tokenizer, teacher.model, run_dir, logger)
             summary["student"] = pruned.summary
@@ -87,8 +86,6 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
                 pruned.summary["sparsity"], pruned.summary["heads_kept"], pruned.summary["heads_total"],
             )
             if "compact" in cfg.stages and rank_zero_only.rank == 0:  # other DDP ranks are done
-                from grain.stages.compact import run_compact_stage
-
                 stage_start = time.perf_counter()
                 summary["compact"] = run_compact_stage(cfg, tokenizer, pruned, teacher.model, summary, run_dir)
                 summary["timing"]["compact_seconds"] = time.perf_counter() - stage_start

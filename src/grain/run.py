@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -47,7 +48,12 @@ def main(cfg: DictConfig) -> float | None:
         print(f"grain: error: {err}", file=sys.stderr)
         sys.exit(2)
     try:
-        summary = run_pipeline(cfg, hydra_cfg.runtime.output_dir)
+        try:
+            summary = run_pipeline(cfg, hydra_cfg.runtime.output_dir)
+        except InstantiationException as err:  # a GrainError raised while Hydra built an object
+            if isinstance(err.__cause__, GrainError):
+                raise err.__cause__ from None
+            raise
     except GrainError as err:
         if sweeping:  # one bad job must not lose the others' results
             log.error("job %s failed: %s", hydra_cfg.job.num, err)

@@ -88,7 +88,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
             teacher_out = self.teacher(**inputs, output_hidden_states=use_hidden)
         student_inputs = model_inputs(batch, with_labels=self.hard_label_weight > 0)
         student_out = self.student(**student_inputs, output_hidden_states=use_hidden)
-        prediction = student_out.start_logits.new_zeros(()) if self.task_type == "qa" else student_out.logits.new_zeros(())
+        prediction = torch.zeros((), device=self.device)
         if self.kd_weight > 0:
             prediction = prediction + self.kd_weight * kd_loss(student_out, teacher_out, self.task_type, self.temperature, batch)
         if self.hard_label_weight > 0:
