@@ -71,3 +71,24 @@ def test_run_dir_names_task_model_and_sparsity(tmp_path):
     cfg = compose_config(["task=qnli", "model=tiny", "sparsity=0.95"], tmp_path)
     run_dir = cfg.hydra.run.dir
     assert "/outputs/qnli/tiny/s0.95/" in run_dir
+
+
+def test_report_names_variants_and_writes_table(tmp_path):
+    import json
+
+    from grain.report import main as report_main
+
+    for i, (pruner, score, metric) in enumerate([("grain", "grad", 0.83), ("random", "random", 0.78), ("grain", "magnitude", 0.8)]):
+        run = tmp_path / "sweep" / str(i)
+        run.mkdir(parents=True)
+        summary = {
+            "task": "sst2", "model": "tiny", "sparsity": 0.9, "status": "completed", "metric_name": "accuracy",
+            "config": {"pruner": {"name": pruner, "score": score}, "distillation": {"name": "grain"}},
+            "teacher": {"metric": 0.85}, "student": {"metric": metric, "sparsity": 0.9, "heads_kept": 3, "heads_total": 8},
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+    assert report_main([str(tmp_path / "sweep"), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "runs.md").read_text()
+    assert "| grain |" in table and "| random |" in table and "| grain-magnitude |" in table
+    assert "0.9765" in table  # retention 0.83 / 0.85
+    assert (tmp_path / "report" / "sst2_sparsity_vs_metric.png").exists()

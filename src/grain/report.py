@@ -49,7 +49,7 @@ def variant_name(summary: dict) -> str:
         return str(config["variant"])
     pruner = config.get("pruner", {})
     name = pruner.get("name", summary.get("pruner", "?"))
-    if pruner.get("score", "grad") != "grad":
+    if pruner.get("score", "grad") not in ("grad", name):
         name += f"-{pruner['score']}"
     if pruner.get("structure_reg") is False:
         name += "-noreg"
