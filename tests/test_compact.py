@@ -11,6 +11,7 @@ from transformers import (
 )
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
+from grain.models.compact import AttentionLayout
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.models.slicing import compact_from_masked
 from grain.pruning.ranking import kept_linear_params
@@ -117,3 +118,34 @@ def test_factorized_embeddings_are_close_and_smaller():
         torch.testing.assert_close(factorized.eval()(**inputs).logits, full.eval()(**inputs).logits, atol=1e-4, rtol=0)
     low, _ = compact_from_masked(model, masks, embedding_rank=8)
     assert sum(p.numel() for p in low.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_unpruned_model_needs_no_padding_and_equals_the_original():
+    model = tiny(BertForSequenceClassification)
+    shape = EncoderShape.of(model)
+    full = {
+        "qk": torch.ones(shape.num_layers, shape.hidden_size),
+        "vo": torch.ones(shape.num_layers, shape.hidden_size),
+        "ffn": torch.ones(shape.num_layers, shape.intermediate_size),
+    }
+    compact, _ = compact_from_masked(model, full)
+    layout = compact.bert.encoder.layer[0].attention.self.layout
+    assert layout.select is None and layout.gather is None  # heads of one size: no gather at all
+    inputs = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(compact.eval()(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
+
+
+def test_layout_pads_each_group_to_its_widest_head():
+    # heads: 0 (qk 3, vo 2), 1 (qk 1, vo 4), 2 (VO only, 2), 3 (qk 2, vo 0)
+    layout = AttentionLayout.plan([3, 1, 0, 2], [2, 4, 2, 0], max_groups=1)
+    (offset, scored), (uniform_offset, uniform) = layout.blocks
+    assert (scored.heads, scored.slot) == ((1, 0, 3), 4) and (uniform.heads, uniform.slot) == ((2,), 2)
+    zero = 2 * 6 + 8  # the zero column after [Q (6) | K (6) | V (8)]
+    query = layout.select[offset:offset + 12]
+    assert query[:4] == [3, zero, zero, zero]      # head 1: 1 QK dim, padded to 4
+    assert query[4:8] == [0, 1, 2, zero]           # head 0: 3 QK dims
+    assert layout.select[uniform_offset:] == [12 + 6, 12 + 7]  # head 2's V, unpadded
+    # every kept VO dim maps back to its own context column
+    contexts = [c for c in layout.select[offset + 24:offset + 36]] + layout.select[uniform_offset:]
+    assert [contexts[p] - 12 for p in layout.gather] == list(range(8))

@@ -5,10 +5,11 @@ scale stays 1/sqrt(original head dim), so the compact model computes exactly wha
 does. A head with VO units but no QK units attends uniformly (its scores are all zero). A layer
 without VO (or FFN) units keeps only that sub-layer's output bias before the LayerNorm.
 
-Attention for heterogeneous heads: Q, K and V are scattered into a [heads, slot] layout, slot being
-the layer's largest head width (zeros elsewhere, which change no dot product and add only zero
-output columns), so one `scaled_dot_product_attention` call serves all heads; layers whose heads
-share one size skip the scatter. The classes register with the HF Auto classes (`import grain` first), so
+Attention for heterogeneous heads: heads are grouped by width (at most three groups, plus one for
+heads without QK units); within a group Q, K and V are padded to the group's widest head (zeros
+change no dot product and add only zero output columns), so one `scaled_dot_product_attention`
+call serves the group. Q, K and V of all groups come from one fused matmul and one gather.
+The classes register with the HF Auto classes (`import grain` first), so
 `AutoModelForSequenceClassification.from_pretrained(dir)` loads a saved compact model.
 """
 
@@ -60,20 +61,16 @@ class GrainBertConfig(BertConfig):
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """Heads that share one SDPA call, each padded to the group's slot width.
+    """Heads that share one attention call, each padded to the group's `slot` width.
 
-    *_src: positions of the group's kept dims in the compact projection output; *_dst: where they go
-    in the padded [heads * slot] layout. uniform: the heads have no QK units, so their attention is
-    uniform over the unmasked keys and needs no scores at all.
+    uniform: the heads have no QK units, so their attention is uniform over the unmasked keys; the
+    context is then the masked mean of V, computed per dimension, so the group is one pseudo-head
+    of slot = its total VO width (no padding).
     """
 
-    size: int
+    heads: tuple[int, ...]
     slot: int
     uniform: bool
-    qk_src: list[int]
-    qk_dst: list[int]
-    vo_src: list[int]
-    vo_dst: list[int]
 
 
 def _cheapest_split(widths: list[int], max_groups: int) -> list[int]:
@@ -88,107 +85,142 @@ def _cheapest_split(widths: list[int], max_groups: int) -> list[int]:
                 for start in range(end) if (start, groups - 1) in best
             ]
             if options:
-                best[(end, groups)] = min(options)
-    return min((best[(n, g)] for g in range(1, max_groups + 1) if (n, g) in best), default=(0, []))[1]
+                best[(end, groups)] = min(options, key=_fewest_calls)
+    finals = [best[(n, g)] for g in range(1, max_groups + 1) if (n, g) in best]
+    return min(finals, key=_fewest_calls, default=(0, []))[1]
+
+
+def _fewest_calls(option: tuple[int, list[int]]) -> tuple[int, int]:
+    """Least padding first; among equal padding, fewer groups (attention calls)."""
+    return option[0], len(option[1])
 
 
 def plan_head_groups(qk_dims: list[int], vo_dims: list[int], max_groups: int = 3) -> list[HeadGroup]:
-    """Group a layer's heads to limit padding: heads without QK units on their own, the others sorted
-    by width and split into at most `max_groups` runs."""
-    qk_start = [sum(qk_dims[:h]) for h in range(len(qk_dims))]
-    vo_start = [sum(vo_dims[:h]) for h in range(len(vo_dims))]
-    uniform = [h for h in range(len(vo_dims)) if qk_dims[h] == 0]
+    """Group a layer's heads to limit padding: heads with QK units sorted by width and split into at
+    most `max_groups` runs, then one group for the heads with VO units only."""
     scored = sorted((h for h in range(len(vo_dims)) if qk_dims[h] > 0), key=lambda h: -max(qk_dims[h], vo_dims[h]))
-    runs, start = [], 0
+    groups, start = [], 0
     for end in _cheapest_split([max(qk_dims[h], vo_dims[h]) for h in scored], max_groups):
-        runs.append((scored[start:end], False))
+        heads = tuple(scored[start:end])
+        groups.append(HeadGroup(heads, max(max(qk_dims[h], vo_dims[h]) for h in heads), uniform=False))
         start = end
+    uniform = tuple(h for h in range(len(vo_dims)) if qk_dims[h] == 0 and vo_dims[h] > 0)
     if uniform:
-        runs.append((uniform, True))
-    groups = []
-    for heads, is_uniform in runs:
-        slot = max(max(vo_dims[h], qk_dims[h]) for h in heads)
-        group = {"qk_src": [], "qk_dst": [], "vo_src": [], "vo_dst": []}
-        for i, h in enumerate(heads):
-            group["qk_src"] += range(qk_start[h], qk_start[h] + qk_dims[h])
-            group["qk_dst"] += range(i * slot, i * slot + qk_dims[h])
-            group["vo_src"] += range(vo_start[h], vo_start[h] + vo_dims[h])
-            group["vo_dst"] += range(i * slot, i * slot + vo_dims[h])
-        groups.append(HeadGroup(len(heads), slot, is_uniform, **group))
+        groups.append(HeadGroup(uniform, sum(vo_dims[h] for h in uniform), uniform=True))
     return groups
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """Where every padded Q/K/V column comes from, and where every kept VO dim ends up.
+
+    The fused projection computes [Q | K | V | 0] (the compact rows plus one zero column); `select`
+    picks, for each column of the padded layout, its source column (the zero one for padding), so
+    one gather builds the padded Q, K and V of every group. `blocks` holds (offset, group) of each
+    group's [Q | K | V] (uniform groups: [V]) in that layout; `gather` puts the groups' contexts back
+    in compact VO order for the output projection. None: the layout is the identity.
+    """
+
+    select: list[int] | None
+    blocks: list[tuple[int, HeadGroup]]
+    gather: list[int] | None
+
+    @classmethod
+    def plan(cls, qk_dims: list[int], vo_dims: list[int], max_groups: int = 3) -> "AttentionLayout":
+        qk_total, vo_total = sum(qk_dims), sum(vo_dims)
+        qk_start = [sum(qk_dims[:h]) for h in range(len(qk_dims))]
+        vo_start = [2 * qk_total + sum(vo_dims[:h]) for h in range(len(vo_dims))]
+        zero = 2 * qk_total + vo_total
+        select, blocks, gather, context_offset = [], [], [0] * vo_total, 0
+        for group in plan_head_groups(qk_dims, vo_dims, max_groups):
+            blocks.append((len(select), group))
+            if group.uniform:
+                value = [vo_start[h] + j for h in group.heads for j in range(vo_dims[h])]
+            else:
+                query, key, value = [], [], []
+                for h in group.heads:
+                    query += [qk_start[h] + j if j < qk_dims[h] else zero for j in range(group.slot)]
+                    key += [qk_total + qk_start[h] + j if j < qk_dims[h] else zero for j in range(group.slot)]
+                    value += [vo_start[h] + j if j < vo_dims[h] else zero for j in range(group.slot)]
+                select += query + key
+            select += value
+            for position, column in enumerate(value):
+                if column != zero:
+                    gather[column - 2 * qk_total] = context_offset + position
+            context_offset += len(value)
+        identity = lambda columns, n: columns == list(range(n))  # noqa: E731
+        return cls(
+            select=None if identity(select, zero) else select,
+            blocks=blocks,
+            gather=None if identity(gather, vo_total) and context_offset == vo_total else gather,
+        )
 
 
 class GrainSelfAttention(nn.Module):
     """Attention over heads of different QK/VO widths.
 
-    Heads are grouped (`plan_head_groups`); within a group Q, K and V are scattered into one
-    [heads, slot] layout (zeros change no dot product and only add zero output columns) so a single
+    Heads are grouped (`plan_head_groups`); within a group Q, K and V are padded to one [heads, slot]
+    layout (zeros change no dot product and only add zero output columns) so a single
     `scaled_dot_product_attention` call serves the group. Equal Q/K/V widths let SDPA use its fused
-    kernel (3x faster on CPU than the unfused path different widths force). Heads without QK units
-    attend uniformly: their context is the mean of V over the unmasked keys (no attention dropout
-    there, the only difference from the masked model, and only in training).
+    kernel (3x faster on CPU than the unfused path different widths force). Q, K and V come from one
+    fused matmul and are padded by one gather (`AttentionLayout`). Heads without QK units attend
+    uniformly: their context is the mean of V over the unmasked keys (no attention dropout there,
+    the only difference from the masked model, and only in training).
     """
 
     def __init__(self, config: GrainBertConfig, index: int):
         super().__init__()
         self.qk_dims, self.vo_dims = list(config.qk_dims[index]), list(config.vo_dims[index])
-        self.num_heads = len(self.vo_dims)
         self.query = nn.Linear(config.hidden_size, sum(self.qk_dims))
         self.key = nn.Linear(config.hidden_size, sum(self.qk_dims))
         self.value = nn.Linear(config.hidden_size, sum(self.vo_dims))
         self.scale = config.original_head_dim ** -0.5
         self.dropout_p = config.attention_probs_dropout_prob
-        self.groups = plan_head_groups(self.qk_dims, self.vo_dims)
-        width = len(set(self.qk_dims + self.vo_dims)) == 1
-        self.no_padding = width and len(self.groups) == 1 and not self.groups[0].uniform
-        # Where each kept VO dim (compact order) sits in the groups' concatenated padded output.
-        gather, offset = [0] * sum(self.vo_dims), 0
-        for group in self.groups:
-            for src, dst in zip(group.vo_src, group.vo_dst):
-                gather[src] = offset + dst
-            offset += group.size * group.slot
-        self._gather = gather
+        self.layout = AttentionLayout.plan(self.qk_dims, self.vo_dims)
         self._indices: dict = {}  # per device; plain tensors, not buffers (from_pretrained leaves those unset)
 
-    def _index(self, values: list[int], device) -> torch.Tensor:
-        key = (id(values), device)
-        if key not in self._indices:
-            self._indices[key] = torch.tensor(values, dtype=torch.long, device=device)
-        return self._indices[key]
+    def _index(self, name: str, device) -> torch.Tensor:
+        if (name, device) not in self._indices:
+            self._indices[(name, device)] = torch.tensor(getattr(self.layout, name), dtype=torch.long, device=device)
+        return self._indices[(name, device)]
 
-    def _scatter(self, states: torch.Tensor, src: list[int], dst: list[int], group: HeadGroup) -> torch.Tensor:
-        """[batch, seq, compact dims] -> [batch, heads, seq, slot] for one group."""
-        batch, seq, _ = states.shape
-        if not self.no_padding:
-            picked = states.index_select(2, self._index(src, states.device))
-            states = states.new_zeros(batch, seq, group.size * group.slot).index_copy(2, self._index(dst, states.device), picked)
-        return states.view(batch, seq, group.size, group.slot).transpose(1, 2)
+    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] -> the padded [Q | K | V] columns of every group, by one matmul + one gather."""
+        weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+        bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+        if self.layout.select is None:
+            return F.linear(hidden, weight, bias)
+        weight = torch.cat([weight, weight.new_zeros(1, weight.shape[1])])  # the zero column padding reads
+        bias = torch.cat([bias, bias.new_zeros(1)])
+        return F.linear(hidden, weight, bias).index_select(2, self._index("select", hidden.device))
 
     def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         batch, seq, _ = hidden.shape
-        value_all = self.value(hidden)
-        query_all = self.query(hidden) if any(not g.uniform for g in self.groups) else None
-        key_all = self.key(hidden) if query_all is not None else None
+        projected = self._project(hidden)
         contexts = []
-        for group in self.groups:
-            value = self._scatter(value_all, group.vo_src, group.vo_dst, group)
+        for offset, group in self.layout.blocks:
+            width = len(group.heads) * group.slot
             if group.uniform:
+                value = projected[:, :, offset:offset + width]
                 if attention_mask is None:
-                    weights = value.new_full((batch, seq), 1.0 / seq)
+                    context = value.mean(1)
                 else:
                     weights = attention_mask[:, 0, 0, :].to(value.dtype)
-                    weights = weights / weights.sum(-1, keepdim=True)
-                context = torch.einsum("bk,bhkd->bhd", weights, value)[:, :, None, :].expand(-1, -1, seq, -1)
-            else:
-                query = self._scatter(query_all, group.qk_src, group.qk_dst, group)
-                key = self._scatter(key_all, group.qk_src, group.qk_dst, group)
-                context = F.scaled_dot_product_attention(
-                    query, key, value, attn_mask=attention_mask, scale=self.scale,
-                    dropout_p=self.dropout_p if self.training else 0.0,
-                )
-            contexts.append(context.transpose(1, 2).reshape(batch, seq, group.size * group.slot))
+                    context = torch.einsum("bk,bkd->bd", weights / weights.sum(-1, keepdim=True), value)
+                contexts.append(context[:, None, :].expand(-1, seq, -1))
+                continue
+            query, key, value = (
+                projected[:, :, offset + i * width:offset + (i + 1) * width]
+                .view(batch, seq, len(group.heads), group.slot).transpose(1, 2)
+                for i in range(3)
+            )
+            context = F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, scale=self.scale,
+                dropout_p=self.dropout_p if self.training else 0.0,
+            )
+            contexts.append(context.transpose(1, 2).reshape(batch, seq, width))
         padded = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=2)
-        return padded if self.no_padding else padded.index_select(2, self._index(self._gather, padded.device))
+        return padded if self.layout.gather is None else padded.index_select(2, self._index("gather", padded.device))
 
 
 class ResidualOutput(nn.Module):
