@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, help="default: 128 on CPU, 512 on GPU")
     parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds of timing per model")
     parser.add_argument("--compile", action="store_true", help="time torch.compile'd models (both)")
+    parser.add_argument(
+        "--system-allocator", action="store_true",
+        help="leave glibc malloc as it is (default: keep freed buffers, see grain.bench.latency.retain_freed_memory)",
+    )
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     batch = args.batch or (128 if on_gpu else 32)
@@ -60,10 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if on_gpu:  # bf16 as the paper's speed measurements on GPU
         compact, dense = compact.to(torch.bfloat16), dense.to(torch.bfloat16)
-    result = compare_models(dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=args.compile)
+    result = compare_models(
+        dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=args.compile,
+        tune_allocator=not args.system_allocator,
+    )
     print(format_table(result))
     if summary is not None:
         key = ("compact_gpu" if on_gpu else "compact") + ("_compiled" if args.compile else "")
+        key += "_system_allocator" if args.system_allocator and not on_gpu else ""
         summary[key] = {**summary.get(key, {}), **result}
         write_summary(path, summary)
         print(f"updated {path / SUMMARY_FILE} [{key}]")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from grain.bench.flops import count_flops
-from grain.bench.latency import measure_latency
+from grain.bench.latency import measure_latency, retain_freed_memory
 
 
 def encoder_linear_param_count(model) -> int:
@@ -16,14 +18,26 @@ def encoder_linear_param_count(model) -> int:
     )
 
 
-def compare_models(dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0, compile: bool = False) -> dict:
-    """FLOPs (eager) and latency of both models; `compile` times torch.compile'd copies of both."""
+def compare_models(
+    dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0, compile: bool = False,
+    rounds: int = 3, tune_allocator: bool = True,
+) -> dict:
+    """FLOPs (eager) and latency of both models; `compile` times torch.compile'd copies of both.
+
+    Latency alternates dense and compact for `rounds` rounds and keeps each model's median round,
+    so that a slow spell of a shared machine does not fall on one model only.
+    """
     device = next(compact.parameters()).device
+    allocator = retain_freed_memory() if tune_allocator and device.type == "cpu" else "default"
     dense_flops = count_flops(dense, batch, seq_len)
     compact_flops = count_flops(compact, batch, seq_len)
     timed_dense, timed_compact = (torch.compile(dense), torch.compile(compact)) if compile else (dense, compact)
-    dense_latency = measure_latency(timed_dense, batch, seq_len, min_run_time=min_run_time)
-    compact_latency = measure_latency(timed_compact, batch, seq_len, min_run_time=min_run_time)
+    rounds_ms = {"dense": [], "compact": []}
+    for _ in range(rounds):
+        for name, model in (("dense", timed_dense), ("compact", timed_compact)):
+            timing = measure_latency(model, batch, seq_len, min_run_time=min_run_time / rounds)
+            rounds_ms[name].append(timing["median_ms"])
+    dense_ms, compact_ms = statistics.median(rounds_ms["dense"]), statistics.median(rounds_ms["compact"])
     return {
         "encoder_params": encoder_linear_param_count(compact),
         "dense_encoder_params": encoder_linear_param_count(dense),
@@ -32,10 +46,11 @@ def compare_models(dense, compact, batch: int, seq_len: int, min_run_time: float
         "flops": compact_flops,
         "dense_flops": dense_flops,
         "flops_ratio": dense_flops / max(compact_flops, 1),
-        "latency_ms": compact_latency["median_ms"],
-        "dense_latency_ms": dense_latency["median_ms"],
-        "speedup": dense_latency["median_ms"] / compact_latency["median_ms"],
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({compact_latency['threads']} threads)",
+        "latency_ms": compact_ms,
+        "dense_latency_ms": dense_ms,
+        "speedup": dense_ms / compact_ms,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({timing['threads']} threads)",
+        "allocator": allocator,
         "batch": batch,
         "seq_len": seq_len,
         "compiled": compile,
@@ -55,5 +70,6 @@ def format_table(result: dict) -> str:
         f"speedup {result['speedup']:.2f}x (FLOPs-ideal {ideal:.2f}x, {result['speedup'] / ideal:.0%} of ideal) "
         f"on {result['device']}, batch {result['batch']} x length {result['seq_len']}"
         + (" (torch.compile)" if result.get("compiled") else "")
+        + (f"; allocator: {result['allocator']}" if "allocator" in result else "")
     )
     return "\n".join(lines)

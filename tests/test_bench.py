@@ -1,0 +1,68 @@
+"""FLOPs counted for dense and compact models match the arithmetic of their shapes; compare_models
+reports consistent ratios."""
+
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+import grain  # noqa: F401  (registers the compact classes)
+from grain.bench.flops import count_flops
+from grain.bench.measure import compare_models
+from grain.models.masks import EncoderShape
+from grain.models.slicing import compact_from_masked
+
+HIDDEN, LAYERS, HEADS, FFN, LABELS = 32, 2, 4, 48, 3
+BATCH, SEQ = 2, 16
+
+
+def tiny_dense():
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=1200, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        intermediate_size=FFN, max_position_embeddings=64, num_labels=LABELS,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def expected_flops(ffn_widths, qk_width=HIDDEN, vo_width=HIDDEN):
+    """Multiply-adds x 2 of the encoder's matmuls, attention scores and context, pooler and head."""
+    tokens = BATCH * SEQ
+    total = 0
+    for ffn in ffn_widths:
+        total += 2 * tokens * HIDDEN * (2 * qk_width + 2 * vo_width)   # Q, K, V, O
+        total += 2 * tokens * HIDDEN * 2 * ffn                          # FFN up and down
+        total += 2 * BATCH * SEQ * SEQ * (qk_width + vo_width)          # Q K^T and attention @ V
+    return total + 2 * BATCH * HIDDEN * HIDDEN + 2 * BATCH * HIDDEN * LABELS
+
+
+def full_masks(shape):
+    return {
+        "qk": torch.ones(shape.num_layers, shape.hidden_size),
+        "vo": torch.ones(shape.num_layers, shape.hidden_size),
+        "ffn": torch.ones(shape.num_layers, shape.intermediate_size),
+    }
+
+
+def test_dense_flops_match_the_shapes():
+    assert count_flops(tiny_dense(), BATCH, SEQ) == expected_flops([FFN] * LAYERS)
+
+
+def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
+    dense = tiny_dense()
+    masks = full_masks(EncoderShape.of(dense))
+    assert count_flops(compact_from_masked(dense, masks)[0], BATCH, SEQ) == count_flops(dense, BATCH, SEQ)
+    masks["ffn"][0, :20] = 0
+    masks["ffn"][1, 5:10] = 0
+    compact, _ = compact_from_masked(dense, masks)
+    assert count_flops(compact, BATCH, SEQ) == expected_flops([FFN - 20, FFN - 5])
+
+
+def test_compare_models_reports_consistent_ratios():
+    dense = tiny_dense()
+    masks = full_masks(EncoderShape.of(dense))
+    masks["ffn"][:, : FFN // 2] = 0
+    compact, _ = compact_from_masked(dense, masks)
+    result = compare_models(dense, compact, BATCH, SEQ, min_run_time=0.05, rounds=1)
+    assert result["flops_ratio"] == result["dense_flops"] / result["flops"] > 1
+    assert result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
+    assert result["dense_encoder_params"] - result["encoder_params"] == LAYERS * (FFN // 2) * (2 * HIDDEN + 1)
+    assert (result["batch"], result["seq_len"]) == (BATCH, SEQ)
