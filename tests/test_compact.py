@@ -130,7 +130,7 @@ def test_unpruned_model_needs_no_padding_and_equals_the_original():
     }
     compact, _ = compact_from_masked(model, full)
     layout = compact.bert.encoder.layer[0].attention.self.layout
-    assert layout.select is None and layout.context_source is None  # heads of one size: no gather at all
+    assert layout.select is None and layout.gather is None  # heads of one size: no gather at all
     inputs = batch()
     with torch.no_grad():
         torch.testing.assert_close(compact.eval()(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
@@ -146,8 +146,6 @@ def test_layout_pads_each_group_to_its_widest_head():
     assert query[:4] == [3, zero, zero, zero]      # head 1: 1 QK dim, padded to 4
     assert query[4:8] == [0, 1, 2, zero]           # head 0: 3 QK dims
     assert layout.select[uniform_offset:] == [12 + 6, 12 + 7]  # head 2's V, unpadded
-    # each context column meets the output-projection column of the VO dim it holds (8: padding)
-    assert layout.context_source == [2, 3, 4, 5, 0, 1, 8, 8, 8, 8, 8, 8, 6, 7]
-    # and holds the V row of that dim
-    values = layout.select[offset + 24:offset + 36] + layout.select[uniform_offset:]
-    assert [v - 12 if v != zero else 8 for v in values] == layout.context_source
+    # every kept VO dim maps back to its own context column
+    contexts = [c for c in layout.select[offset + 24:offset + 36]] + layout.select[uniform_offset:]
+    assert [contexts[p] - 12 for p in layout.gather] == list(range(8))
