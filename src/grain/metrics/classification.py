@@ -10,8 +10,10 @@ class ClassificationEvaluator:
     """Accumulates predictions of one eval split; `compute()` returns {"accuracy", ["f1"]} in [0, 1]."""
 
     def __init__(self, num_labels: int):
-        self.accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro")
-        self.f1 = BinaryF1Score() if num_labels == 2 else None
+        # Each process evaluates the whole split (and the compact stage runs on rank 0 alone under
+        # DDP), so the metrics must not gather across processes: that would wait for absent ranks.
+        self.accuracy = MulticlassAccuracy(num_classes=num_labels, average="micro", sync_on_compute=False)
+        self.f1 = BinaryF1Score(sync_on_compute=False) if num_labels == 2 else None
 
     def update(self, batch: dict, outputs) -> None:
         predictions = outputs.logits.argmax(dim=-1).cpu()
