@@ -28,7 +28,7 @@ def compare_models(
     so that a slow spell of a shared machine does not fall on one model only.
     """
     device = next(compact.parameters()).device
-    allocator = retain_freed_memory() if tune_allocator and device.type == "cpu" else "default"
+    allocator = retain_freed_memory() if tune_allocator and device.type == "cpu" else "system allocator"
     dense_flops = count_flops(dense, batch, seq_len)
     compact_flops = count_flops(compact, batch, seq_len)
     timed_dense, timed_compact = (torch.compile(dense), torch.compile(compact)) if compile else (dense, compact)
