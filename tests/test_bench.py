@@ -9,12 +9,14 @@ from grain.bench.flops import count_flops
 from grain.bench.measure import compare_models
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
+from tests.conftest import all_kept_masks
 
 HIDDEN, LAYERS, HEADS, FFN, LABELS = 32, 2, 4, 48, 3
 BATCH, SEQ = 2, 16
 
 
 def tiny_dense():
+    # vocab above 1000: grain.bench.flops.dummy_inputs draws token ids from 1000 up
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=1200, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
@@ -34,21 +36,13 @@ def expected_flops(ffn_widths, qk_width=HIDDEN, vo_width=HIDDEN):
     return total + 2 * BATCH * HIDDEN * HIDDEN + 2 * BATCH * HIDDEN * LABELS
 
 
-def full_masks(shape):
-    return {
-        "qk": torch.ones(shape.num_layers, shape.hidden_size),
-        "vo": torch.ones(shape.num_layers, shape.hidden_size),
-        "ffn": torch.ones(shape.num_layers, shape.intermediate_size),
-    }
-
-
 def test_dense_flops_match_the_shapes():
     assert count_flops(tiny_dense(), BATCH, SEQ) == expected_flops([FFN] * LAYERS)
 
 
 def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
     dense = tiny_dense()
-    masks = full_masks(EncoderShape.of(dense))
+    masks = all_kept_masks(EncoderShape.of(dense))
     assert count_flops(compact_from_masked(dense, masks)[0], BATCH, SEQ) == count_flops(dense, BATCH, SEQ)
     masks["ffn"][0, :20] = 0
     masks["ffn"][1, 5:10] = 0
@@ -58,7 +52,7 @@ def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
 
 def test_compare_models_reports_consistent_ratios():
     dense = tiny_dense()
-    masks = full_masks(EncoderShape.of(dense))
+    masks = all_kept_masks(EncoderShape.of(dense))
     masks["ffn"][:, : FFN // 2] = 0
     compact, _ = compact_from_masked(dense, masks)
     result = compare_models(dense, compact, BATCH, SEQ, min_run_time=0.05, rounds=1)

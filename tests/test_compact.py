@@ -15,6 +15,7 @@ from grain.models.compact import AttentionLayout
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.models.slicing import compact_from_masked
 from grain.pruning.ranking import kept_linear_params
+from tests.conftest import all_kept_masks
 
 
 def tiny(cls, layers=3):
@@ -123,12 +124,7 @@ def test_factorized_embeddings_are_close_and_smaller():
 def test_unpruned_model_needs_no_padding_and_equals_the_original():
     model = tiny(BertForSequenceClassification)
     shape = EncoderShape.of(model)
-    full = {
-        "qk": torch.ones(shape.num_layers, shape.hidden_size),
-        "vo": torch.ones(shape.num_layers, shape.hidden_size),
-        "ffn": torch.ones(shape.num_layers, shape.intermediate_size),
-    }
-    compact, _ = compact_from_masked(model, full)
+    compact, _ = compact_from_masked(model, all_kept_masks(shape))
     layout = compact.bert.encoder.layer[0].attention.self.layout
     assert layout.select is None and layout.gather is None  # heads of one size: no gather at all
     inputs = batch()

@@ -29,6 +29,11 @@ class EncoderShape:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
+    @property
+    def units_per_layer(self) -> dict[str, int]:
+        """Number of pruning units of each kind in one layer."""
+        return {"qk": self.hidden_size, "vo": self.hidden_size, "ffn": self.intermediate_size}
+
     @classmethod
     def of(cls, model: nn.Module) -> "EncoderShape":
         config = model.config

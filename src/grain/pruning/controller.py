@@ -58,8 +58,7 @@ class PruningController(nn.Module):
         self.structure_reg = structure_reg
         self.start, self.end, self.frequency = start, end, frequency
         self.seed = seed
-        sizes = {"qk": shape.hidden_size, "vo": shape.hidden_size, "ffn": shape.intermediate_size}
-        for kind, size in sizes.items():
+        for kind, size in shape.units_per_layer.items():
             self.register_buffer(f"mask_{kind}", torch.ones(shape.num_layers, size))
             self.register_buffer(f"score_{kind}", torch.zeros(shape.num_layers, size))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
