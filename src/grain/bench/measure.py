@@ -32,10 +32,11 @@ def compare_models(
     dense_flops = count_flops(dense, batch, seq_len)
     compact_flops = count_flops(compact, batch, seq_len)
     timed_dense, timed_compact = (torch.compile(dense), torch.compile(compact)) if compile else (dense, compact)
+    threads = torch.get_num_threads()
     rounds_ms = {"dense": [], "compact": []}
     for _ in range(rounds):
         for name, model in (("dense", timed_dense), ("compact", timed_compact)):
-            timing = measure_latency(model, batch, seq_len, min_run_time=min_run_time / rounds)
+            timing = measure_latency(model, batch, seq_len, threads=threads, min_run_time=min_run_time / rounds)
             rounds_ms[name].append(timing["median_ms"])
     dense_ms, compact_ms = statistics.median(rounds_ms["dense"]), statistics.median(rounds_ms["compact"])
     return {
@@ -49,7 +50,7 @@ def compare_models(
         "latency_ms": compact_ms,
         "dense_latency_ms": dense_ms,
         "speedup": dense_ms / compact_ms,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({timing['threads']} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)",
         "allocator": allocator,
         "batch": batch,
         "seq_len": seq_len,
