@@ -1,5 +1,8 @@
 """GLUE loading from fixture files and from the offline data directory; clear errors."""
 
+import os
+import shutil
+
 import pytest
 
 from grain.data.glue import read_tsv
@@ -54,6 +57,18 @@ def test_missing_train_split_says_what_to_do(tokenizer, tmp_path):
     with pytest.raises(GrainError, match=r"no 'train' split at .*QNLI/train.tsv.*unset GRAIN_DATA_DIR"):
         dm.raw_split("train")
 
+
+def test_source_signature_follows_content_not_copy_time(tokenizer, tmp_path):
+    """A fresh copy of the same data keeps the caches (teachers, tokenized splits); an edit does not."""
+    copy = tmp_path / "copy"
+    shutil.copytree(FIXTURES, copy)
+    os.utime(copy / "glue" / "SST-2" / "train.tsv", (0, 0))
+    original = glue_datamodule("sst2", tokenizer, tmp_path).source_signature("train")
+    copied = glue_datamodule("sst2", tokenizer, tmp_path, data_dir=copy)
+    assert copied.source_signature("train") == original
+    with open(copy / "glue" / "SST-2" / "train.tsv", "a") as handle:
+        handle.write("one more line .\t1\n")
+    assert copied.source_signature("train") != original
 
 @pytest.mark.skipif(not (SHARED_DATA / "glue").exists(), reason="offline data dir (../shared/data) not present")
 def test_shared_data_sst2_and_mnli(tokenizer, tmp_path):

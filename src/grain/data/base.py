@@ -51,8 +51,13 @@ def fingerprint(*parts: Any) -> str:
 
 
 def file_signature(path: Path) -> list:
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, int(stat.st_mtime)]
+    """Name and content hash of a data file: a copy of the same data (new path, new mtime) keeps its
+    cached teachers and tokenized splits; any edit to the content invalidates them."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return [path.name, digest.hexdigest()]
 
 
 def cached_dataset(cache_dir: Path | None, key: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
