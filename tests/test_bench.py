@@ -7,6 +7,7 @@ from transformers import BertConfig, BertForSequenceClassification
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.flops import count_flops
 from grain.bench.measure import compare_models
+from grain.bench.profile import format_op_table, op_times
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from tests.conftest import all_kept_masks
@@ -60,3 +61,16 @@ def test_compare_models_reports_consistent_ratios():
     assert result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
     assert result["dense_encoder_params"] - result["encoder_params"] == LAYERS * (FFN // 2) * (2 * HIDDEN + 1)
     assert (result["batch"], result["seq_len"]) == (BATCH, SEQ)
+
+
+def test_operator_profile_lists_the_compact_models_costliest_operators():
+    dense = tiny_dense()
+    masks = all_kept_masks(EncoderShape.of(dense))
+    masks["ffn"][:, : FFN // 2] = 0
+    compact, _ = compact_from_masked(dense, masks)
+    dense_ops, compact_ops = op_times(dense, BATCH, SEQ), op_times(compact, BATCH, SEQ)
+    assert dense_ops["aten::addmm"] > 0 and compact_ops["aten::addmm"] > 0
+    table = format_op_table(dense_ops, compact_ops, top=3).splitlines()
+    assert len(table) == 5 and table[0].startswith("operator") and table[-1].startswith("all operators")
+    listed = [line.split()[0] for line in table[1:-1]]
+    assert listed == sorted(compact_ops, key=compact_ops.get, reverse=True)[:3]

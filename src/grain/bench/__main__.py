@@ -16,6 +16,7 @@ import transformers
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.measure import compare_models, format_table
+from grain.bench.profile import format_op_table, op_times
 from grain.errors import GrainError
 from grain.models import compact as compact_classes
 from grain.summary import SUMMARY_FILE, read_summary, write_summary
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         "--system-allocator", action="store_true",
         help="leave glibc malloc as it is (default: keep freed buffers, see grain.bench.latency.retain_freed_memory)",
     )
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="also print where each forward spends its time, by operator (torch.profiler)",
+    )
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     batch = args.batch or (128 if on_gpu else 32)
@@ -69,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         tune_allocator=not args.system_allocator,
     )
     print(format_table(result))
+    if args.profile:
+        print("\nself time per forward pass, by operator:")
+        print(format_op_table(op_times(dense, batch, seq_len), op_times(compact, batch, seq_len)))
     if summary is not None:
         key = ("compact_gpu" if on_gpu else "compact") + ("_compiled" if args.compile else "")
         key += "_system_allocator" if args.system_allocator and not on_gpu else ""
