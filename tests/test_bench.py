@@ -6,10 +6,12 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.flops import count_flops
+from grain.bench.__main__ import main as bench_main
 from grain.bench.measure import compare_models
 from grain.bench.profile import format_op_table, op_times
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
+from grain.summary import write_summary
 from tests.conftest import all_kept_masks
 
 HIDDEN, LAYERS, HEADS, FFN, LABELS = 32, 2, 4, 48, 3
@@ -74,3 +76,14 @@ def test_operator_profile_lists_the_compact_models_costliest_operators():
     assert len(table) == 5 and table[0].startswith("operator") and table[-1].startswith("all operators")
     listed = [line.split()[0] for line in table[1:-1]]
     assert listed == sorted(compact_ops, key=compact_ops.get, reverse=True)[:3]
+
+
+def test_bench_command_names_a_missing_compact_model_or_teacher(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_summary(run_dir, {"teacher": {"path": str(tmp_path / "gone-teacher")}})
+    assert bench_main([str(run_dir)]) == 2
+    assert f"no saved model at {run_dir / 'compact'}" in capsys.readouterr().err
+    tiny_dense().save_pretrained(run_dir / "compact")
+    assert bench_main([str(run_dir)]) == 2
+    assert f"the run's teacher {tmp_path / 'gone-teacher'} is gone" in capsys.readouterr().err

@@ -58,8 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     summary = read_summary(path) if (path / SUMMARY_FILE).exists() else None
     compact_dir = path / "compact" if summary is not None else path
     dense_ref = args.dense or (summary or {}).get("teacher", {}).get("path")
+    problem = None
     if dense_ref is None:
-        print("grain.bench: error: give --dense <model> to compare with", file=sys.stderr)
+        problem = "give --dense <model> to compare with"
+    elif not (compact_dir / "config.json").exists():
+        problem = f"no saved model at {compact_dir}" + (
+            " (did the run reach its compact stage? see run.log beside summary.json)" if summary is not None else ""
+        )
+    elif not args.dense and not Path(dense_ref).exists():
+        problem = (
+            f"the run's teacher {dense_ref} is gone (teacher cache cleared or moved); "
+            "give --dense <fine-tuned model dir or hub name>"
+        )
+    if problem:
+        print(f"grain.bench: error: {problem}", file=sys.stderr)
         return 2
     try:
         compact = load_model(str(compact_dir)).to(args.device)
