@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = f"no saved model at {compact_dir}" + (
             " (did the run reach its compact stage? see run.log beside summary.json)" if summary is not None else ""
         )
-    elif not args.dense and not Path(dense_ref).exists():
+    elif not args.dense and Path(dense_ref).is_absolute() and not Path(dense_ref).exists():  # not a hub name
         problem = (
             f"the run's teacher {dense_ref} is gone (teacher cache cleared or moved); "
             "give --dense <fine-tuned model dir or hub name>"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -53,11 +54,18 @@ def fingerprint(*parts: Any) -> str:
 def file_signature(path: Path) -> list:
     """Name and content hash of a data file: a copy of the same data (new path, new mtime) keeps its
     cached teachers and tokenized splits; any edit to the content invalidates them."""
+    stat = Path(path).stat()
+    return [Path(path).name, _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)]
+
+
+@functools.lru_cache(maxsize=None)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hash of a file, computed once per process for a given size and mtime (the cache key)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
-    return [path.name, digest.hexdigest()]
+    return digest.hexdigest()
 
 
 def cached_dataset(cache_dir: Path | None, key: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
