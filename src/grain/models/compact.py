@@ -72,6 +72,11 @@ class HeadGroup:
     slot: int
     uniform: bool
 
+    @property
+    def width(self) -> int:
+        """Columns the group takes in each of its Q/K/V blocks (a uniform group: one pseudo-head)."""
+        return self.slot if self.uniform else len(self.heads) * self.slot
+
 
 def _cheapest_split(widths: list[int], max_groups: int) -> list[int]:
     """Cut points splitting widths (sorted, largest first) into <= max_groups runs that minimize the
@@ -203,7 +208,7 @@ class GrainSelfAttention(nn.Module):
         projected = self._project(hidden)
         contexts = []
         for offset, group in self.layout.blocks:
-            width = len(group.heads) * group.slot
+            width = group.width
             if group.uniform:
                 value = projected[:, :, offset:offset + width]
                 if attention_mask is None:
