@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
+from grain.models.backbone import eval_mode
+
 
 def _register_cpu_attention_formula() -> None:
     """torch counts the CUDA attention kernels but not the CPU flash kernel; count it the same way."""
@@ -38,9 +40,6 @@ def dummy_inputs(model, batch: int, seq_len: int, device=None, seed: int = 0) ->
 def count_flops(model, batch: int, seq_len: int) -> int:
     """Total FLOPs (multiply-add = 2) of one forward pass on a [batch, seq_len] input."""
     inputs = dummy_inputs(model, batch, seq_len)
-    was_training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter:
+    with eval_mode(model), FlopCounterMode(display=False) as counter:
         model(**inputs)
-    model.train(was_training)
     return int(counter.get_total_flops())

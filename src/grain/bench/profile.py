@@ -11,24 +11,23 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from grain.bench.flops import dummy_inputs
+from grain.models.backbone import eval_mode
 
 
 @torch.inference_mode()
 def op_times(model, batch: int, seq_len: int, forwards: int = 5) -> dict[str, float]:
     """Self time of every operator, in ms per forward pass on [batch, seq_len] (device time on GPU)."""
-    was_training = model.training
-    model.eval()
     inputs = dummy_inputs(model, batch, seq_len)
     on_gpu = inputs["input_ids"].device.type == "cuda"
-    for _ in range(2):  # warm-up outside the profile
-        model(**inputs)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
-    with profile(activities=activities) as prof:
-        for _ in range(forwards):
+    with eval_mode(model):
+        for _ in range(2):  # warm-up outside the profile
             model(**inputs)
-        if on_gpu:
-            torch.cuda.synchronize()
-    model.train(was_training)
+        with profile(activities=activities) as prof:
+            for _ in range(forwards):
+                model(**inputs)
+            if on_gpu:
+                torch.cuda.synchronize()
     attribute = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     times = {event.key: getattr(event, attribute) / 1e3 / forwards for event in prof.key_averages()}
     return {name: ms for name, ms in times.items() if ms > 0}

@@ -6,20 +6,19 @@ import torch
 from tqdm.auto import tqdm
 
 from grain.data.base import model_inputs
+from grain.models.backbone import eval_mode
 
 
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, datamodule, desc: str = "eval") -> dict[str, float]:
     """Return metrics keyed `<split>/<name>` (e.g. `validation/accuracy`) for every eval split."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     results: dict[str, float] = {}
-    for split in datamodule.eval_splits:
-        evaluator = datamodule.make_evaluator(split)
-        for batch in tqdm(datamodule.eval_dataloader(split), desc=f"{desc} {split}", leave=False):
-            inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-            evaluator.update(batch, model(**inputs))
-        results.update({f"{split}/{name}": value for name, value in evaluator.compute().items()})
-    model.train(was_training)
+    with eval_mode(model):
+        for split in datamodule.eval_splits:
+            evaluator = datamodule.make_evaluator(split)
+            for batch in tqdm(datamodule.eval_dataloader(split), desc=f"{desc} {split}", leave=False):
+                inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+                evaluator.update(batch, model(**inputs))
+            results.update({f"{split}/{name}": value for name, value in evaluator.compute().items()})
     return results

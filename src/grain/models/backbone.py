@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 
@@ -25,6 +26,17 @@ AUTO_CLASS_BY_TASK_TYPE = {
 }
 # Seed of the random "pre-trained" weights of model=tiny: the same for teacher and student.
 RANDOM_MODEL_SEED = 1234
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run the block with the model in eval mode (no dropout), then restore its train/eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def resolve_pretrained(name: str) -> str:
