@@ -5,8 +5,8 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
-from grain.bench.flops import count_flops
 from grain.bench.__main__ import main as bench_main
+from grain.bench.flops import count_flops
 from grain.bench.measure import compare_models
 from grain.bench.profile import format_op_table, op_times
 from grain.models.masks import EncoderShape
@@ -39,6 +39,13 @@ def expected_flops(ffn_widths, qk_width=HIDDEN, vo_width=HIDDEN):
     return total + 2 * BATCH * HIDDEN * HIDDEN + 2 * BATCH * HIDDEN * LABELS
 
 
+def half_ffn_compact(dense):
+    """The compact form of `dense` with the first half of every layer's FFN neurons pruned."""
+    masks = all_kept_masks(EncoderShape.of(dense))
+    masks["ffn"][:, : FFN // 2] = 0
+    return compact_from_masked(dense, masks)[0]
+
+
 def test_dense_flops_match_the_shapes():
     assert count_flops(tiny_dense(), BATCH, SEQ) == expected_flops([FFN] * LAYERS)
 
@@ -55,9 +62,7 @@ def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
 
 def test_compare_models_reports_consistent_ratios():
     dense = tiny_dense()
-    masks = all_kept_masks(EncoderShape.of(dense))
-    masks["ffn"][:, : FFN // 2] = 0
-    compact, _ = compact_from_masked(dense, masks)
+    compact = half_ffn_compact(dense)
     result = compare_models(dense, compact, BATCH, SEQ, min_run_time=0.05, rounds=1)
     assert result["flops_ratio"] == result["dense_flops"] / result["flops"] > 1
     assert result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
@@ -67,9 +72,7 @@ def test_compare_models_reports_consistent_ratios():
 
 def test_operator_profile_lists_the_compact_models_costliest_operators():
     dense = tiny_dense()
-    masks = all_kept_masks(EncoderShape.of(dense))
-    masks["ffn"][:, : FFN // 2] = 0
-    compact, _ = compact_from_masked(dense, masks)
+    compact = half_ffn_compact(dense)
     dense_ops, compact_ops = op_times(dense, BATCH, SEQ), op_times(compact, BATCH, SEQ)
     assert dense_ops["aten::addmm"] > 0 and compact_ops["aten::addmm"] > 0
     table = format_op_table(dense_ops, compact_ops, top=3).splitlines()

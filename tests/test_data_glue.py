@@ -70,6 +70,7 @@ def test_source_signature_follows_content_not_copy_time(tokenizer, tmp_path):
         handle.write("one more line .\t1\n")
     assert copied.source_signature("train") != original
 
+
 @pytest.mark.skipif(not (SHARED_DATA / "glue").exists(), reason="offline data dir (../shared/data) not present")
 def test_shared_data_sst2_and_mnli(tokenizer, tmp_path):
     dm = glue_datamodule("sst2", tokenizer, tmp_path, data_dir=SHARED_DATA)

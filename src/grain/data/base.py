@@ -54,8 +54,9 @@ def fingerprint(*parts: Any) -> str:
 def file_signature(path: Path) -> list:
     """Name and content hash of a data file: a copy of the same data (new path, new mtime) keeps its
     cached teachers and tokenized splits; any edit to the content invalidates them."""
-    stat = Path(path).stat()
-    return [Path(path).name, _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)]
+    path = Path(path)
+    stat = path.stat()
+    return [path.name, _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
 
 
 @functools.lru_cache(maxsize=None)
