@@ -6,9 +6,10 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.__main__ import main as bench_main
-from grain.bench.flops import count_flops
+from grain.bench.flops import count_flops, padding_flops
 from grain.bench.measure import compare_models
 from grain.bench.profile import format_op_table, op_times
+from grain.models.compact import round_up
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.summary import write_summary
@@ -57,14 +58,33 @@ def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
     masks["ffn"][0, :20] = 0
     masks["ffn"][1, 5:10] = 0
     compact, _ = compact_from_masked(dense, masks)
-    assert count_flops(compact, BATCH, SEQ) == expected_flops([FFN - 20, FFN - 5])
+    # the FFN runs padded to a multiple of 8 neurons; the padding is counted apart
+    assert count_flops(compact, BATCH, SEQ) == expected_flops([round_up(FFN - 20), round_up(FFN - 5)])
+    kept = count_flops(compact, BATCH, SEQ) - padding_flops(compact, BATCH, SEQ)
+    assert kept == expected_flops([FFN - 20, FFN - 5])
+
+
+def test_padding_flops_of_narrow_heads():
+    """A head of QK width 1 (padded to 2) and a projection padded to a multiple of 8 count as padding."""
+    dense = tiny_dense()
+    shape = EncoderShape.of(dense)
+    masks = all_kept_masks(shape)
+    masks["qk"][0, 1 : shape.head_dim] = 0  # layer 0, head 0: QK width 1
+    compact, _ = compact_from_masked(dense, masks)
+    # projection: [Q | K] of 3 full heads + head 0 at 2, V of 4 heads = 2 * (24 + 2) + 32 = 84 -> 88 columns
+    tokens = BATCH * SEQ
+    padding = 2 * tokens * HIDDEN * (88 - (2 * 25 + 32)) + 2 * BATCH * SEQ * SEQ * 1
+    assert padding_flops(compact, BATCH, SEQ) == padding
+    kept = count_flops(compact, BATCH, SEQ) - padding
+    assert kept == expected_flops([FFN] * LAYERS) - 2 * 2 * tokens * HIDDEN * 7 - 2 * BATCH * SEQ * SEQ * 7
 
 
 def test_compare_models_reports_consistent_ratios():
     dense = tiny_dense()
     compact = half_ffn_compact(dense)
     result = compare_models(dense, compact, BATCH, SEQ, min_run_time=0.05, rounds=1)
-    assert result["flops_ratio"] == result["dense_flops"] / result["flops"] > 1
+    assert result["flops_ratio"] == result["dense_flops"] / result["kept_flops"] > 1
+    assert result["kept_flops"] == result["flops"] - padding_flops(compact, BATCH, SEQ)
     assert result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
     assert result["dense_encoder_params"] - result["encoder_params"] == LAYERS * (FFN // 2) * (2 * HIDDEN + 1)
     assert (result["batch"], result["seq_len"]) == (BATCH, SEQ)

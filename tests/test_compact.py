@@ -11,6 +11,7 @@ from transformers import (
 )
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
+from grain.models import compact as compact_module
 from grain.models.compact import AttentionLayout
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.models.slicing import compact_from_masked
@@ -44,6 +45,8 @@ def hard_masks(shape: EncoderShape, seed=0):
     masks["vo"][1] = 0              # layer 1: no attention at all
     masks["qk"][1] = 0
     masks["ffn"][2] = 0             # layer 2: no FFN at all
+    masks["qk"][2, :d] = 0          # layer 2, head 0: a QK width of 1 (padded to 2 in the compact model)
+    masks["qk"][2, 0] = masks["vo"][2, 0] = 1
     return masks
 
 
@@ -126,22 +129,36 @@ def test_unpruned_model_needs_no_padding_and_equals_the_original():
     shape = EncoderShape.of(model)
     compact, _ = compact_from_masked(model, all_kept_masks(shape))
     layout = compact.bert.encoder.layer[0].attention.self.layout
-    assert layout.select is None and layout.gather is None  # heads of one size: no gather at all
+    assert [(g.heads, g.qk_slot, g.vo_slot) for g in layout.groups] == [((0, 1, 2, 3), 8, 8)]
+    assert layout.projection_rows == list(range(3 * 32)) and layout.context_columns == list(range(32))
     inputs = batch()
     with torch.no_grad():
         torch.testing.assert_close(compact.eval()(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
 
 
-def test_layout_pads_each_group_to_its_widest_head():
-    # heads: 0 (qk 3, vo 2), 1 (qk 1, vo 4), 2 (VO only, 2), 3 (qk 2, vo 0)
-    layout = AttentionLayout.plan([3, 1, 0, 2], [2, 4, 2, 0], max_groups=1)
-    (offset, scored), (uniform_offset, uniform) = layout.blocks
-    assert (scored.heads, scored.slot) == ((1, 0, 3), 4) and (uniform.heads, uniform.slot) == ((2,), 2)
-    zero = 2 * 6 + 8  # the zero column after [Q (6) | K (6) | V (8)]
-    query = layout.select[offset:offset + 12]
-    assert query[:4] == [3, zero, zero, zero]      # head 1: 1 QK dim, padded to 4
-    assert query[4:8] == [0, 1, 2, zero]           # head 0: 3 QK dims
-    assert layout.select[uniform_offset:] == [12 + 6, 12 + 7]  # head 2's V, unpadded
-    # every kept VO dim maps back to its own context column
-    contexts = [c for c in layout.select[offset + 24:offset + 36]] + layout.select[uniform_offset:]
-    assert [contexts[p] - 12 for p in layout.gather] == list(range(8))
+def test_layout_groups_heads_by_width():
+    # heads: 0 (qk 3, vo 2), 1 (qk 1, vo 3), 2 (VO only, 2), 3 (qk 3, vo 2), 4 (qk 2, no VO)
+    layout = AttentionLayout.plan([3, 1, 0, 3, 2], [2, 3, 2, 2, 0])
+    assert [(g.heads, g.qk_slot, g.vo_slot) for g in layout.groups] == [((0, 3), 3, 2), ((1,), 2, 3)]
+    zero = 2 * 9 + 9  # the zero row after [W_q (9) | W_k (9) | W_v (9)]
+    q, k, v = 0, 9, 18
+    assert layout.projection_rows == (
+        [q + 0, q + 1, q + 2, q + 4, q + 5, q + 6] + [k + 0, k + 1, k + 2, k + 4, k + 5, k + 6]  # heads 0 and 3
+        + [v + 0, v + 1, v + 7, v + 8]
+        + [q + 3, zero, k + 3, zero, v + 2, v + 3, v + 4]  # head 1: QK width 1 padded to 2
+        + [zero]  # up to a multiple of 8
+    )
+    assert layout.context_columns == [0, 1, 7, 8, 2, 3, 4]
+    assert layout.uniform_vo == [5, 6]
+
+
+def test_fused_attention_path_equals_masked(monkeypatch):
+    """The scaled_dot_product_attention path (used off the CPU) computes the same as the explicit one."""
+    monkeypatch.setattr(compact_module, "use_fused_attention", lambda device: True)
+    model = tiny(BertForSequenceClassification)
+    masks = hard_masks(EncoderShape.of(model))
+    inputs = batch()
+    expected = masked_outputs(model, masks, inputs).logits
+    compact, _ = compact_from_masked(model, masks)
+    with torch.no_grad():
+        torch.testing.assert_close(compact.eval()(**inputs).logits, expected, atol=1e-5, rtol=0)
