@@ -5,10 +5,11 @@ scale stays 1/sqrt(original head dim), so the compact model computes exactly wha
 does. A head with VO units but no QK units attends uniformly (its scores are all zero). A layer
 without VO (or FFN) units keeps only that sub-layer's output bias before the LayerNorm.
 
-Attention for heterogeneous heads: heads are grouped by width (at most three groups, plus one for
-heads without QK units); within a group Q, K and V are padded to the group's widest head (zeros
-change no dot product and add only zero output columns), so one `scaled_dot_product_attention`
-call serves the group. Q, K and V of all groups come from one fused matmul and one gather.
+Attention for heterogeneous heads: heads of equal (QK, VO) widths share one batched attention
+(`plan_head_groups`), with no padding; Q, K and V of all groups come from one matmul whose weight is
+assembled from the kept rows (`AttentionLayout`). Heads without QK units attend uniformly, so their
+context is V of the mean hidden state. Matmul widths are padded to multiples of 8 with zero weights,
+which MKL runs faster; the padding is exact and its FLOPs are reported apart (grain.bench).
 The classes register with the HF Auto classes (`import grain` first), so
 `AutoModelForSequenceClassification.from_pretrained(dir)` loads a saved compact model.
 """
@@ -177,13 +178,12 @@ def linear_on_padded(states: torch.Tensor, dense: nn.Linear) -> torch.Tensor:
 class GrainSelfAttention(nn.Module):
     """Attention over heads of different QK/VO widths.
 
-    Heads are grouped (`plan_head_groups`); within a group Q and K are padded to the group's widest
-    QK head and V to its widest VO head (zeros change no dot product and meet zero output weights),
-    so one batched matmul-softmax-matmul serves the group. Q, K and V of all groups come from one
-    matmul with the padding built into its weight (`AttentionLayout`), the attention scale folded into
-    the Q rows. On CPU this explicit attention measured faster than `scaled_dot_product_attention`'s
-    flash kernel for the narrow heads pruning leaves (batch 32 x 128, one head of width 4: 0.39 vs
-    0.53 ms), and allows different Q/K and V widths; on GPU the fused kernel is used.
+    Heads of equal widths form a group (`plan_head_groups`) that one batched
+    matmul-softmax-matmul serves. Q, K and V of all groups come from one matmul whose weight is
+    assembled from the kept rows in group order (`AttentionLayout`), with the attention scale folded
+    into the Q rows. On CPU this explicit attention measured faster than the flash kernel of
+    `scaled_dot_product_attention` for the narrow heads pruning leaves (batch 32 x 128, one head of
+    width 4: 0.39 vs 0.53 ms) and takes different Q/K and V widths; off the CPU the fused kernel is used.
     Heads without QK units attend uniformly: their context is V of the mean (over kept keys) of the
     hidden states, the same at every position (no attention dropout there, the only difference from
     the masked model, and only in training).
