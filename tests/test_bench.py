@@ -7,12 +7,12 @@ from transformers import BertConfig, BertForSequenceClassification
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.__main__ import main as bench_main
 from grain.bench.flops import count_flops, padding_flops
-from grain.bench.measure import compare_models
+from grain.bench.measure import compare_models, floor_masks
 from grain.bench.profile import format_op_table, op_times
 from grain.models.compact import round_up
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
-from grain.summary import write_summary
+from grain.summary import read_summary, write_summary
 from tests.conftest import all_kept_masks
 
 HIDDEN, LAYERS, HEADS, FFN, LABELS = 32, 2, 4, 48, 3
@@ -110,3 +110,21 @@ def test_bench_command_names_a_missing_compact_model_or_teacher(tmp_path, capsys
     tiny_dense().save_pretrained(run_dir / "compact")
     assert bench_main([str(run_dir)]) == 2
     assert f"the run's teacher {tmp_path / 'gone-teacher'} is gone" in capsys.readouterr().err
+
+
+def test_floor_keeps_one_unit_of_each_kind_per_layer(tmp_path, capsys):
+    dense = tiny_dense()
+    masks = floor_masks(EncoderShape.of(dense))
+    assert {kind: m.sum(1).tolist() for kind, m in masks.items()} == {kind: [1.0] * LAYERS for kind in masks}
+    floor, _ = compact_from_masked(dense, masks)
+    assert floor.config.qk_dims == floor.config.vo_dims == [[1]] * LAYERS and floor.config.ffn_dims == [1] * LAYERS
+    # the CLI reports the floor and the speedup ceiling it sets, in summary.json too
+    run_dir = tmp_path / "run"
+    half_ffn_compact(dense).save_pretrained(run_dir / "compact")
+    dense.save_pretrained(tmp_path / "dense")
+    write_summary(run_dir, {"teacher": {"path": str(tmp_path / "dense")}})
+    args = [str(run_dir), "--batch", str(BATCH), "--seq-len", str(SEQ), "--min-run-time", "0.05", "--floor"]
+    assert bench_main(args) == 0
+    assert "no sparsity gets past" in capsys.readouterr().out
+    compact = read_summary(run_dir)["compact"]
+    assert compact["speedup_ceiling"] == compact["dense_latency_ms"] / compact["floor_latency_ms"]

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import grain  # noqa: F401  (registers the compact classes)
-from grain.bench.measure import compare_models, format_table
+from grain.bench.measure import compare_models, floor_latency, format_table
 from grain.bench.profile import format_op_table, op_times
 from grain.errors import GrainError
 from grain.models import compact as compact_classes
@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--system-allocator", action="store_true",
         help="leave glibc malloc as it is (default: keep freed buffers, see grain.bench.latency.retain_freed_memory)",
+    )
+    parser.add_argument(
+        "--floor", action="store_true",
+        help="also time a compact model keeping one unit per layer: the speedup no sparsity can exceed here",
     )
     parser.add_argument(
         "--profile", action="store_true",
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=args.compile,
         tune_allocator=not args.system_allocator,
     )
+    if args.floor:
+        floor_ms = floor_latency(dense, batch, seq_len, min_run_time=args.min_run_time / 3, compile=args.compile)
+        result.update(floor_latency_ms=floor_ms, speedup_ceiling=result["dense_latency_ms"] / floor_ms)
     print(format_table(result))
     if args.profile:
         print("\nself time per forward pass, by operator:")

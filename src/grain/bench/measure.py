@@ -8,6 +8,8 @@ import torch
 
 from grain.bench.flops import count_flops, padding_flops
 from grain.bench.latency import measure_latency, retain_freed_memory
+from grain.models.masks import EncoderShape
+from grain.models.slicing import compact_from_masked
 
 
 def encoder_linear_param_count(model) -> int:
@@ -16,6 +18,27 @@ def encoder_linear_param_count(model) -> int:
         p.numel() for n, p in model.named_parameters()
         if ".encoder.layer." in n and "LayerNorm" not in n
     )
+
+
+def floor_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
+    """Masks keeping, in every layer, one head with one QK and one VO unit, and one FFN neuron."""
+    masks = {kind: torch.zeros(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}
+    for kind in masks:
+        masks[kind][:, 0] = 1
+    return masks
+
+
+def floor_latency(dense, batch: int, seq_len: int, min_run_time: float, compile: bool = False) -> float:
+    """Latency (ms) of the compact model that keeps almost nothing of `dense` (`floor_masks`).
+
+    What no pruning of heads and neurons removes: embeddings, LayerNorms and residual adds over
+    [tokens, hidden], a softmax per kept head, and reading the hidden states into every projection.
+    dense latency / floor latency bounds the speedup any sparsity can reach on this machine.
+    """
+    floor, _ = compact_from_masked(dense, floor_masks(EncoderShape.of(dense)))
+    floor = floor.eval()
+    timed = torch.compile(floor) if compile else floor
+    return measure_latency(timed, batch, seq_len, min_run_time=min_run_time)["median_ms"]
 
 
 def compare_models(
@@ -76,4 +99,10 @@ def format_table(result: dict) -> str:
         + (" (torch.compile)" if result.get("compiled") else "")
         + (f"; allocator: {result['allocator']}" if "allocator" in result else "")
     )
+    if "floor_latency_ms" in result:
+        lines.append(
+            f"floor: one head (QK 1, VO 1) and one FFN neuron per layer runs in {result['floor_latency_ms']:.1f} ms, "
+            f"so no sparsity gets past {result['speedup_ceiling']:.1f}x here "
+            f"(embeddings, LayerNorms, residual adds and softmaxes do not shrink)"
+        )
     return "\n".join(lines)
