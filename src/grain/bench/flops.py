@@ -6,6 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from grain.models.backbone import eval_mode
+from grain.models.compact import GrainIntermediate, GrainSelfAttention, round_up
 
 
 def _register_cpu_attention_formula() -> None:
@@ -51,8 +52,6 @@ def padding_flops(model, batch: int, seq_len: int) -> int:
     The compact model pads matmul widths for speed (see grain.models.compact: `round_up`, the QK
     slot of 2 for width-1 heads); the FLOPs-ideal speedup is measured against the kept units only.
     """
-    from grain.models.compact import GrainIntermediate, GrainSelfAttention, round_up
-
     tokens = batch * seq_len
     total = 0
     for module in model.modules():
