@@ -68,7 +68,8 @@ def round_up(width: int, multiple: int = 8) -> int:
 
 @dataclass(frozen=True)
 class HeadGroup:
-    """Heads that share one batched attention: Q and K padded to `qk_slot` columns per head, V to `vo_slot`."""
+    """Heads that share one batched attention: each has `qk_slot` Q and K columns (a QK width of 1
+    padded to 2) and `vo_slot` V columns."""
 
     heads: tuple[int, ...]
     qk_slot: int
@@ -123,9 +124,9 @@ class AttentionLayout:
             for base in (0, qk_total):  # Q rows, then K rows
                 for h in group.heads:
                     rows += [base + qk_start[h] + j if j < qk_dims[h] else zero_row for j in range(group.qk_slot)]
-            for h in group.heads:
-                context_columns += [vo_start[h] + j for j in range(vo_dims[h])]
-            rows += [2 * qk_total + c for c in context_columns[-len(group.heads) * group.vo_slot:]]
+            values = [vo_start[h] + j for h in group.heads for j in range(vo_dims[h])]
+            rows += [2 * qk_total + c for c in values]  # V rows
+            context_columns += values
         rows += [zero_row] * (round_up(len(rows)) - len(rows))
         uniform_vo = [vo_start[h] + j for h in range(len(vo_dims)) if qk_dims[h] == 0 for j in range(vo_dims[h])]
         return cls(groups, rows, context_columns, uniform_vo)
