@@ -1,8 +1,8 @@
 """Where a forward pass spends its time, by operator (torch.profiler), dense next to compact.
 
 The FLOPs-ideal speedup counts matrix products only. This table shows what else a pruned model
-still pays for: attention softmax (one per kept head, whatever its QK width), LayerNorms, residual
-adds and the gathers of heads of different widths.
+still pays for: attention softmax (one per kept head, whatever its QK width), LayerNorms and residual
+adds over the full hidden width, and the per-head copies of narrow attention inputs and outputs.
 """
 
 from __future__ import annotations
