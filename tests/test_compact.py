@@ -150,6 +150,7 @@ def test_layout_groups_heads_by_width():
     )
     assert layout.context_columns == [0, 1, 7, 8, 2, 3, 4]
     assert layout.uniform_vo == [5, 6]
+    assert (layout.padding_columns, layout.padded_qk) == (3, 1)  # head 1's Q and K column, one to reach 24
 
 
 def test_fused_attention_path_equals_masked(monkeypatch):

@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from grain.models.backbone import eval_mode
-from grain.models.compact import GrainIntermediate, GrainSelfAttention, round_up
+from grain.models.compact import GrainIntermediate, GrainSelfAttention
 
 
 def _register_cpu_attention_formula() -> None:
@@ -49,19 +49,17 @@ def count_flops(model, batch: int, seq_len: int) -> int:
 def padding_flops(model, batch: int, seq_len: int) -> int:
     """FLOPs a compact model spends on its zero padding (counted by `count_flops`, but no kept unit's).
 
-    The compact model pads matmul widths for speed (see grain.models.compact: `round_up`, the QK
-    slot of 2 for width-1 heads); the FLOPs-ideal speedup is measured against the kept units only.
+    The compact model pads matmul widths for speed (grain.models.compact: `round_up`, the QK slot of
+    2 for width-1 heads) and says how much (`AttentionLayout.padding_columns` and `padded_qk`,
+    `GrainIntermediate.padded_width`); the FLOPs-ideal speedup is measured against the kept units only.
     """
     tokens = batch * seq_len
     total = 0
     for module in model.modules():
         if isinstance(module, GrainSelfAttention):
-            heads = [(h, g.qk_slot) for g in module.layout.groups for h in g.heads]
-            kept_columns = sum(2 * module.qk_dims[h] + module.vo_dims[h] for h, _ in heads)
-            padded_qk = sum(slot - module.qk_dims[h] for h, slot in heads)
-            total += 2 * tokens * module.query.in_features * (len(module.layout.projection_rows) - kept_columns)
-            total += 2 * batch * seq_len * seq_len * padded_qk  # Q K^T over the padded QK columns
+            total += 2 * tokens * module.query.in_features * module.layout.padding_columns
+            total += 2 * batch * seq_len * seq_len * module.layout.padded_qk  # Q K^T over the padded QK columns
         elif isinstance(module, GrainIntermediate):
-            width = module.dense.out_features
-            total += 2 * 2 * tokens * module.dense.in_features * (round_up(width) - width)  # up and down
+            extra = module.padded_width - module.dense.out_features
+            total += 2 * 2 * tokens * module.dense.in_features * extra  # up and down
     return total

@@ -104,13 +104,17 @@ class AttentionLayout:
     `projection_rows[i]` is the row of [W_q; W_k; W_v; 0] that column i reads (the last, zero row for
     padding); `context_columns[j]` is the column of W_o (compact VO order) that context j multiplies.
     Uniform heads (VO units, no QK units) stay out of both: their context is the same at every
-    position (`uniform_vo`: their VO columns).
+    position (`uniform_vo`: their VO columns). `padding_columns` counts the projection columns that
+    read the zero row, `padded_qk` the QK columns heads gain from their group's slot (the FLOPs they
+    cost are reported apart from the kept units', grain.bench.flops.padding_flops).
     """
 
     groups: list[HeadGroup]
     projection_rows: list[int]
     context_columns: list[int]
     uniform_vo: list[int]
+    padding_columns: int
+    padded_qk: int
 
     @classmethod
     def plan(cls, qk_dims: list[int], vo_dims: list[int]) -> "AttentionLayout":
@@ -129,7 +133,8 @@ class AttentionLayout:
             context_columns += values
         rows += [zero_row] * (round_up(len(rows)) - len(rows))
         uniform_vo = [vo_start[h] + j for h in range(len(vo_dims)) if qk_dims[h] == 0 for j in range(vo_dims[h])]
-        return cls(groups, rows, context_columns, uniform_vo)
+        padded_qk = sum(group.qk_slot - qk_dims[h] for group in groups for h in group.heads)
+        return cls(groups, rows, context_columns, uniform_vo, rows.count(zero_row), padded_qk)
 
 
 @dataclass(frozen=True)
@@ -315,10 +320,11 @@ class GrainIntermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, width)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
+        self.padded_width = round_up(width)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         weight, bias = self.dense.weight, self.dense.bias
-        extra = round_up(weight.shape[0]) - weight.shape[0]
+        extra = self.padded_width - weight.shape[0]
         if extra:  # the padding columns meet zero weights in the output dense
             weight = torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
             bias = torch.cat([bias, bias.new_zeros(extra)])
