@@ -9,7 +9,7 @@ from grain.bench.__main__ import main as bench_main
 from grain.bench.flops import count_flops, padding_flops
 from grain.bench.measure import compare_models, floor_masks
 from grain.bench.profile import format_op_table, op_times
-from grain.models.compact import round_up
+from grain.models.kernels import round_up
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.summary import read_summary, write_summary

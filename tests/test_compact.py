@@ -12,7 +12,7 @@ from transformers import (
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
 from grain.models import compact as compact_module
-from grain.models.compact import AttentionLayout
+from grain.models.kernels import GroupedLayout
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.models.slicing import compact_from_masked
 from grain.pruning.ranking import kept_linear_params
@@ -138,7 +138,7 @@ def test_unpruned_model_needs_no_padding_and_equals_the_original():
 
 def test_layout_groups_heads_by_width():
     # heads: 0 (qk 3, vo 2), 1 (qk 1, vo 3), 2 (VO only, 2), 3 (qk 3, vo 2), 4 (qk 2, no VO)
-    layout = AttentionLayout.plan([3, 1, 0, 3, 2], [2, 3, 2, 2, 0])
+    layout = GroupedLayout.plan([3, 1, 0, 3, 2], [2, 3, 2, 2, 0])
     assert [(g.heads, g.qk_slot, g.vo_slot) for g in layout.groups] == [((0, 3), 3, 2), ((1,), 2, 3)]
     zero = 2 * 9 + 9  # the zero row after [W_q (9) | W_k (9) | W_v (9)]
     q, k, v = 0, 9, 18
@@ -153,9 +153,9 @@ def test_layout_groups_heads_by_width():
     assert (layout.padding_columns, layout.padded_qk) == (3, 1)  # head 1's Q and K column, one to reach 24
 
 
-def test_fused_attention_path_equals_masked(monkeypatch):
-    """The scaled_dot_product_attention path (used off the CPU) computes the same as the explicit one."""
-    monkeypatch.setattr(compact_module, "use_fused_attention", lambda device: True)
+def test_gpu_plan_equals_masked(monkeypatch):
+    """The GPU plan (heads padded to one width, scaled_dot_product_attention) computes the masked model."""
+    monkeypatch.setattr(compact_module, "use_padded_plan", lambda device: True)
     model = tiny(BertForSequenceClassification)
     masks = hard_masks(EncoderShape.of(model))
     inputs = batch()

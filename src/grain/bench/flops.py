@@ -49,16 +49,17 @@ def count_flops(model, batch: int, seq_len: int) -> int:
 def padding_flops(model, batch: int, seq_len: int) -> int:
     """FLOPs a compact model spends on its zero padding (counted by `count_flops`, but no kept unit's).
 
-    The compact model pads matmul widths for speed (grain.models.compact: `round_up`, the QK slot of
-    2 for width-1 heads) and says how much (`AttentionLayout.padding_columns` and `padded_qk`,
-    `GrainIntermediate.padded_width`); the FLOPs-ideal speedup is measured against the kept units only.
+    The compact model pads matmul widths for speed, by the kernel plan of the device it is on
+    (grain.models.kernels: `round_up`, the CPU plan's QK slot of 2 for width-1 heads, the GPU plan's
+    common head width) and says how much (each plan's `padding_flops`, `GrainIntermediate.padded_width`);
+    the FLOPs-ideal speedup is measured against the kept units only.
     """
+    device = next(model.parameters()).device
     tokens = batch * seq_len
     total = 0
     for module in model.modules():
         if isinstance(module, GrainSelfAttention):
-            total += 2 * tokens * module.query.in_features * module.layout.padding_columns
-            total += 2 * batch * seq_len * seq_len * module.layout.padded_qk  # Q K^T over the padded QK columns
+            total += module.layout_for(device).padding_flops(module.query.in_features, batch, seq_len)
         elif isinstance(module, GrainIntermediate):
             extra = module.padded_width - module.dense.out_features
             total += 2 * 2 * tokens * module.dense.in_features * extra  # up and down

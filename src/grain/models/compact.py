@@ -5,18 +5,15 @@ scale stays 1/sqrt(original head dim), so the compact model computes exactly wha
 does. A head with VO units but no QK units attends uniformly (its scores are all zero). A layer
 without VO (or FFN) units keeps only that sub-layer's output bias before the LayerNorm.
 
-Attention for heterogeneous heads: heads of equal (QK, VO) widths share one batched attention
-(`plan_head_groups`), with no padding; Q, K and V of all groups come from one matmul whose weight is
-assembled from the kept rows (`AttentionLayout`). Heads without QK units attend uniformly, so their
-context is V of the mean hidden state. Matmul widths are padded to multiples of 8 with zero weights,
-which MKL runs faster; the padding is exact and its FLOPs are reported apart (grain.bench).
+This module is the HF architecture (config, parameters, save/load); how the heterogeneous heads
+run on a device is a kernel plan in `grain.models.kernels` (CPU: one batched attention per head
+width; GPU: all heads padded to one width, one fused attention call). Matmul widths are padded to
+multiples of 8 with zero weights; the padding is exact and its FLOPs are reported apart (grain.bench).
 The classes register with the HF Auto classes (`import grain` first), so
 `AutoModelForSequenceClassification.from_pretrained(dir)` loads a saved compact model.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +34,17 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertPooler, BertPreTrainedModel
+
+from grain.models.kernels import (
+    DerivedWeights,
+    GroupedLayout,
+    KeyMask,
+    PaddedLayout,
+    grouped_contexts,
+    padded_contexts,
+    round_up,
+    use_padded_plan,
+)
 
 
 class GrainBertConfig(BertConfig):
@@ -60,139 +68,14 @@ class GrainBertConfig(BertConfig):
         self.embedding_rank = embedding_rank
 
 
-def round_up(width: int, multiple: int = 8) -> int:
-    """Matmul output widths are padded to a multiple of 8: MKL's CPU sgemm runs ~2x slower on widths
-    that are not (MiniLM, [4096, 384] @ [384, N]: N=23 0.87 ms, N=24 0.49 ms), and GPUs want them too."""
-    return -(-width // multiple) * multiple
-
-
-@dataclass(frozen=True)
-class HeadGroup:
-    """Heads that share one batched attention: each has `qk_slot` Q and K columns (a QK width of 1
-    padded to 2) and `vo_slot` V columns."""
-
-    heads: tuple[int, ...]
-    qk_slot: int
-    vo_slot: int
-
-    @property
-    def width(self) -> int:
-        """Columns the group takes in the fused projection: [Q | K | V]."""
-        return len(self.heads) * (2 * self.qk_slot + self.vo_slot)
-
-
-def plan_head_groups(qk_dims: list[int], vo_dims: list[int]) -> list[HeadGroup]:
-    """Group the heads with both QK and VO units by their (QK, VO) widths, widest first: one batched
-    attention per group, with no padding. (Padding heads to share fewer, larger calls measured slower
-    on CPU: MiniLM at 0.9, batch 32 x 128, at most 3 groups per layer 78 ms, one group per width 74 ms.)
-    Only a QK width of 1 is padded to 2: that batched matmul is 4x slower than width 2 in MKL.
-    Heads without VO units add nothing and are left out; heads without QK units attend uniformly and
-    are handled apart (`AttentionLayout.uniform_vo`)."""
-    widths: dict[tuple[int, int], list[int]] = {}
-    for h in range(len(vo_dims)):
-        if qk_dims[h] > 0 and vo_dims[h] > 0:
-            widths.setdefault((max(qk_dims[h], 2), vo_dims[h]), []).append(h)
-    return [HeadGroup(tuple(heads), qk, vo) for (qk, vo), heads in sorted(widths.items(), reverse=True)]
-
-
-@dataclass(frozen=True)
-class AttentionLayout:
-    """Where the columns of the fused projection come from, and where the contexts go.
-
-    The projection computes, group after group, [Q | K | V] of the group's heads (Q and K padded to
-    the group's QK slot), then zero columns up to a multiple of 8 (`round_up`).
-    `projection_rows[i]` is the row of [W_q; W_k; W_v; 0] that column i reads (the last, zero row for
-    padding); `context_columns[j]` is the column of W_o (compact VO order) that context j multiplies.
-    Uniform heads (VO units, no QK units) stay out of both: their context is the same at every
-    position (`uniform_vo`: their VO columns). `padding_columns` counts the projection columns that
-    read the zero row, `padded_qk` the QK columns heads gain from their group's slot (the FLOPs they
-    cost are reported apart from the kept units', grain.bench.flops.padding_flops).
-    """
-
-    groups: list[HeadGroup]
-    projection_rows: list[int]
-    context_columns: list[int]
-    uniform_vo: list[int]
-    padding_columns: int
-    padded_qk: int
-
-    @classmethod
-    def plan(cls, qk_dims: list[int], vo_dims: list[int]) -> "AttentionLayout":
-        qk_total, vo_total = sum(qk_dims), sum(vo_dims)
-        qk_start = [sum(qk_dims[:h]) for h in range(len(qk_dims))]
-        vo_start = [sum(vo_dims[:h]) for h in range(len(vo_dims))]
-        zero_row = 2 * qk_total + vo_total
-        groups = plan_head_groups(qk_dims, vo_dims)
-        rows, context_columns = [], []
-        for group in groups:
-            for base in (0, qk_total):  # Q rows, then K rows
-                for h in group.heads:
-                    rows += [base + qk_start[h] + j if j < qk_dims[h] else zero_row for j in range(group.qk_slot)]
-            values = [vo_start[h] + j for h in group.heads for j in range(vo_dims[h])]
-            rows += [2 * qk_total + c for c in values]  # V rows
-            context_columns += values
-        rows += [zero_row] * (round_up(len(rows)) - len(rows))
-        uniform_vo = [vo_start[h] + j for h in range(len(vo_dims)) if qk_dims[h] == 0 for j in range(vo_dims[h])]
-        padded_qk = sum(group.qk_slot - qk_dims[h] for group in groups for h in group.heads)
-        return cls(groups, rows, context_columns, uniform_vo, rows.count(zero_row), padded_qk)
-
-
-@dataclass(frozen=True)
-class KeyMask:
-    """The attention mask in the two forms the compact attention uses, built once per forward.
-
-    bias: [batch, 1, seq], 0 for kept keys and the dtype's minimum for padding (None: every key is
-    kept, so no bias is added); weights: [batch, seq] that average over kept keys (None: plain mean).
-    """
-
-    bias: torch.Tensor | None
-    weights: torch.Tensor | None
-
-    @classmethod
-    def of(cls, attention_mask: torch.Tensor | None, dtype: torch.dtype) -> "KeyMask":
-        if attention_mask is None or bool(attention_mask.all()):
-            return cls(None, None)
-        kept = attention_mask.to(dtype)
-        bias = (1.0 - kept)[:, None, :] * torch.finfo(dtype).min
-        return cls(bias, kept / kept.sum(-1, keepdim=True).clamp_min(1))
-
-
-def use_fused_attention(device: torch.device) -> bool:
-    """scaled_dot_product_attention's fused kernels off the CPU; on CPU the explicit form is faster."""
-    return device.type != "cpu"
-
-
-def _heads_first(projected: torch.Tensor, start: int, heads: int, slot: int) -> torch.Tensor:
-    """Columns [start, start + heads * slot) of [batch, seq, *] as [batch * heads, seq, slot]
-    (a view for a single head: batched matmuls read the strided columns in place)."""
-    batch, seq, _ = projected.shape
-    block = projected[:, :, start:start + heads * slot]
-    if heads == 1:
-        return block
-    return block.view(batch, seq, heads, slot).transpose(1, 2).reshape(batch * heads, seq, slot)
-
-
-def linear_on_padded(states: torch.Tensor, dense: nn.Linear) -> torch.Tensor:
-    """dense(states), where `states` may end with padding columns (they meet zero weights)."""
-    weight = dense.weight
-    extra = states.shape[-1] - weight.shape[1]
-    if extra > 0:
-        weight = torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], 1)
-    return F.linear(states, weight, dense.bias)
-
-
 class GrainSelfAttention(nn.Module):
-    """Attention over heads of different QK/VO widths.
+    """Attention over heads of different QK/VO widths (its parameters: the kept rows of W_q, W_k, W_v).
 
-    Heads of equal widths form a group (`plan_head_groups`) that one batched
-    matmul-softmax-matmul serves. Q, K and V of all groups come from one matmul whose weight is
-    assembled from the kept rows in group order (`AttentionLayout`), with the attention scale folded
-    into the Q rows. On CPU this explicit attention measured faster than the flash kernel of
-    `scaled_dot_product_attention` for the narrow heads pruning leaves (batch 32 x 128, one head of
-    width 4: 0.39 vs 0.53 ms) and takes different Q/K and V widths; off the CPU the fused kernel is used.
-    Heads without QK units attend uniformly: their context is V of the mean (over kept keys) of the
-    hidden states, the same at every position (no attention dropout there, the only difference from
-    the masked model, and only in training).
+    How the heads run is a kernel plan of `grain.models.kernels`, chosen by the device of the
+    forward: on CPU one explicit batched attention per distinct (QK, VO) width (`GroupedLayout`), on
+    a GPU every head padded to one width and one fused attention call (`PaddedLayout`). Both read a
+    fused [Q | K | V] projection assembled from the kept rows, with the attention scale folded into
+    the Q rows; outside training (no grad) the assembled weights are kept between forwards.
     """
 
     def __init__(self, config: GrainBertConfig, index: int):
@@ -203,77 +86,69 @@ class GrainSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, sum(self.vo_dims))
         self.scale = config.original_head_dim ** -0.5
         self.dropout_p = config.attention_probs_dropout_prob
-        self.layout = AttentionLayout.plan(self.qk_dims, self.vo_dims)
+        self.layout = GroupedLayout.plan(self.qk_dims, self.vo_dims)
+        self.padded_layout = PaddedLayout.plan(self.qk_dims, self.vo_dims)
         self._indices: dict = {}  # per device; plain tensors, not buffers (from_pretrained leaves those unset)
+        self._derived = DerivedWeights()
 
-    def _index(self, name: str, device) -> torch.Tensor:
+    def layout_for(self, device: torch.device) -> GroupedLayout | PaddedLayout:
+        return self.padded_layout if use_padded_plan(device) else self.layout
+
+    def _index(self, values: list[int], name: str, device) -> torch.Tensor:
         if (name, device) not in self._indices:
-            self._indices[(name, device)] = torch.tensor(getattr(self.layout, name), dtype=torch.long, device=device)
+            self._indices[(name, device)] = torch.tensor(values, dtype=torch.long, device=device)
         return self._indices[(name, device)]
 
-    def _projection(self, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weight and bias of the padded fused [Q | K | V] projection (scale folded into Q)."""
+    def _projection(self, layout, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight [columns, hidden] and bias of the fused [Q | K | V] projection of `layout`."""
         q, k, v = self.query, self.key, self.value
-        weight = torch.cat([q.weight * self.scale, k.weight, v.weight, v.weight.new_zeros(1, v.weight.shape[1])])
-        bias = torch.cat([q.bias * self.scale, k.bias, v.bias, v.bias.new_zeros(1)])
-        rows = self._index("projection_rows", device)
-        return weight.index_select(0, rows), bias.index_select(0, rows)
 
-    def _attend(self, query, key, value, bias: torch.Tensor | None, heads: int) -> torch.Tensor:
-        """Contexts softmax(QK^T + bias) V, transposed: [batch * heads, slot, seq] from [batch * heads, seq, slot]
-        inputs (the scale is already in Q).
+        def build():
+            weight = torch.cat([q.weight * self.scale, k.weight, v.weight, v.weight.new_zeros(1, v.weight.shape[1])])
+            bias = torch.cat([q.bias * self.scale, k.bias, v.bias, v.bias.new_zeros(1)])
+            rows = self._index(layout.projection_rows, f"{type(layout).__name__}.rows", device)
+            return weight.index_select(0, rows), bias.index_select(0, rows)
 
-        On CPU the context is computed as V^T P^T: MKL runs that product 3-5x faster than P V when V
-        is narrow (batch 32 x 128, V of width 9: 0.08 vs 0.28 ms), and the transposed contexts of a
-        group's heads stack into the output projection's input without a copy.
-        """
-        dropout_p = self.dropout_p if self.training else 0.0
-        if use_fused_attention(query.device):
-            batch_heads, seq, _ = query.shape
-            split = lambda t: t.reshape(batch_heads // heads, heads, seq, -1)  # noqa: E731
-            mask = None if bias is None else bias[:, None]  # [batch, 1, 1, seq]
-            context = F.scaled_dot_product_attention(
-                split(query), split(key), split(value), attn_mask=mask, dropout_p=dropout_p, scale=1.0,
-            )
-            return context.view(batch_heads, seq, -1).transpose(1, 2)
-        keys_t = key.transpose(1, 2)
-        if bias is None:
-            scores = torch.bmm(query, keys_t)
+        sources = [q.weight, q.bias, k.weight, k.bias, v.weight, v.bias]
+        return self._derived.get(f"{type(layout).__name__}.projection", sources, build)
+
+    def _output_weight(self, output: nn.Linear, layout) -> torch.Tensor:
+        """W_o with its columns in the order of `layout`'s contexts ([hidden, contexts])."""
+        weight = output.weight
+        if isinstance(layout, PaddedLayout):
+            def build():
+                padded = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], 1)
+                return (padded.index_select(1, self._index(layout.output_columns, "output_columns", weight.device)),)
         else:
-            scores = torch.baddbmm(bias if heads == 1 else bias.repeat_interleave(heads, 0), query, keys_t)
-        probs = F.dropout(torch.softmax(scores, -1), dropout_p, self.training)
-        return torch.bmm(value.transpose(1, 2), probs.transpose(1, 2))
-
-    def _output_weight(self, output: nn.Linear) -> torch.Tensor:
-        """The output projection's weight, its columns in the order of the groups' contexts."""
-        return output.weight.index_select(1, self._index("context_columns", output.weight.device))
+            def build():
+                return (weight.index_select(1, self._index(layout.context_columns, "context_columns", weight.device)),)
+        return self._derived.get(f"{type(layout).__name__}.output", [weight], build)[0]
 
     def _uniform_update(self, hidden: torch.Tensor, keys: KeyMask, output: nn.Linear) -> torch.Tensor:
-        """[batch, 1, hidden]: what the uniform heads add at every position (V of the mean hidden state)."""
-        uniform = self._index("uniform_vo", hidden.device)
+        """[batch, 1, hidden]: what the CPU plan's uniform heads add at every position (V of the mean
+        hidden state; no attention dropout there, the only difference from the masked model)."""
+        uniform = self._index(self.layout.uniform_vo, "uniform_vo", hidden.device)
         mean = hidden.mean(1) if keys.weights is None else torch.bmm(keys.weights[:, None, :], hidden)[:, 0]
         values = F.linear(mean, self.value.weight.index_select(0, uniform), self.value.bias.index_select(0, uniform))
         return F.linear(values, output.weight.index_select(1, uniform))[:, None, :]
 
     def forward(self, hidden: torch.Tensor, keys: KeyMask, output: nn.Linear) -> torch.Tensor:
-        """The attention block's update before dropout and LayerNorm: the heads' contexts through `output`."""
+        """[batch, seq, hidden] -> the attention block's update before dropout and LayerNorm: the heads'
+        contexts through `output` (W_o and its bias)."""
+        layout = self.layout_for(hidden.device)
+        dropout_p = self.dropout_p if self.training else 0.0
+        projected = F.linear(hidden, *self._projection(layout, hidden.device))
+        if isinstance(layout, PaddedLayout):
+            contexts = padded_contexts(projected, layout, keys.bias, dropout_p)
+            return F.linear(contexts, self._output_weight(output, layout), output.bias)
         batch, seq, hidden_size = hidden.shape
         per_sequence = output.bias[None, None, :]
-        if self.layout.uniform_vo:
+        if layout.uniform_vo:
             per_sequence = per_sequence + self._uniform_update(hidden, keys, output)
-        if not self.layout.groups:
+        if not layout.groups:
             return per_sequence.expand(batch, seq, -1)
-        projected = F.linear(hidden, *self._projection(hidden.device))
-        contexts, offset = [], 0
-        for group in self.layout.groups:
-            n, qk, vo = len(group.heads), group.qk_slot, group.vo_slot
-            query = _heads_first(projected, offset, n, qk)
-            key = _heads_first(projected, offset + n * qk, n, qk)
-            value = _heads_first(projected, offset + 2 * n * qk, n, vo)
-            contexts.append(self._attend(query, key, value, keys.bias, n).reshape(batch, n * vo, seq))
-            offset += group.width
-        contexts_t = contexts[0] if len(contexts) == 1 else torch.cat(contexts, dim=1)  # [batch, padded VO, seq]
-        weight_t = self._output_weight(output).t().expand(batch, -1, -1)
+        contexts_t = grouped_contexts(projected, layout, keys.bias, dropout_p, self.training)  # [batch, VO, seq]
+        weight_t = self._output_weight(output, layout).t().expand(batch, -1, -1)
         return torch.baddbmm(per_sequence.expand(batch, 1, hidden_size), contexts_t.transpose(1, 2), weight_t)
 
 
@@ -288,11 +163,25 @@ class ResidualOutput(nn.Module):
             self.bias = nn.Parameter(torch.zeros(config.hidden_size))
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self._derived = DerivedWeights()
+
+    def _padded_weight(self, width: int) -> torch.Tensor:
+        """dense's weight with zero columns up to `width` inputs (inputs that are padding)."""
+        weight = self.dense.weight
+        extra = width - weight.shape[1]
+        if extra <= 0:
+            return weight
+        return self._derived.get(
+            "weight", [weight], lambda: (torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], 1),)
+        )[0]
 
     def forward(self, states: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
-        """states: the kept units (trailing extra columns are padding); None when none are kept."""
-        # (zeros + bias rather than a broadcast view: dropout then draws per token, as in the masked model)
-        update = linear_on_padded(states, self.dense) if hasattr(self, "dense") else torch.zeros_like(residual) + self.bias
+        """states: [batch, seq, kept units (+ trailing padding columns)]; None when none are kept."""
+        if hasattr(self, "dense"):
+            update = F.linear(states, self._padded_weight(states.shape[-1]), self.dense.bias)
+        else:
+            # (zeros + bias rather than a broadcast view: dropout then draws per token, as in the masked model)
+            update = torch.zeros_like(residual) + self.bias
         return self.add_and_norm(update, residual)
 
     def add_and_norm(self, update: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -321,14 +210,21 @@ class GrainIntermediate(nn.Module):
         self.dense = nn.Linear(config.hidden_size, width)
         self.intermediate_act_fn = ACT2FN[config.hidden_act]
         self.padded_width = round_up(width)
+        self._derived = DerivedWeights()
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _padded(self) -> tuple[torch.Tensor, torch.Tensor]:
         weight, bias = self.dense.weight, self.dense.bias
         extra = self.padded_width - weight.shape[0]
-        if extra:  # the padding columns meet zero weights in the output dense
-            weight = torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
-            bias = torch.cat([bias, bias.new_zeros(extra)])
-        return self.intermediate_act_fn(F.linear(hidden, weight, bias))
+        if not extra:
+            return weight, bias
+        # the padding columns meet zero weights in the output dense (act(0) = 0 is not needed)
+        return self._derived.get("padded", [weight, bias], lambda: (
+            torch.cat([weight, weight.new_zeros(extra, weight.shape[1])]), torch.cat([bias, bias.new_zeros(extra)]),
+        ))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] -> [batch, seq, padded_width]."""
+        return self.intermediate_act_fn(F.linear(hidden, *self._padded()))
 
 
 class GrainLayer(nn.Module):
