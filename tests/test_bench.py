@@ -128,3 +128,23 @@ def test_floor_keeps_one_unit_of_each_kind_per_layer(tmp_path, capsys):
     assert "no sparsity gets past" in capsys.readouterr().out
     compact = read_summary(run_dir)["compact"]
     assert compact["speedup_ceiling"] == compact["dense_latency_ms"] / compact["floor_latency_ms"]
+
+
+def test_compact_stage_times_the_training_device_at_its_default_shapes():
+    from omegaconf import OmegaConf
+
+    from grain.stages.compact import bench_shapes, benchmark, serving_device
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert serving_device(OmegaConf.create({"accelerator": "cpu"})) == cpu
+    defaults = OmegaConf.create({"bench_batch": None, "bench_seq_len": None, "bench_extra_shapes": None})
+    assert bench_shapes(defaults, cpu) == [(32, 128)]
+    assert bench_shapes(defaults, cuda) == [(128, 512), (32, 128)]  # the paper's shape first
+    chosen = OmegaConf.create({"bench_batch": 8, "bench_seq_len": None, "bench_extra_shapes": [[1, 16], [8, 128]]})
+    assert bench_shapes(chosen, cpu) == [(8, 128), (1, 16)]
+    dense = tiny_dense()
+    result = benchmark(dense, half_ffn_compact(dense), [(BATCH, SEQ), (1, 8)], cpu)
+    assert (result["dtype"], result["batch"], result["seq_len"]) == ("float32", BATCH, SEQ)
+    assert result["device"].startswith("cpu")
+    assert [(s["batch"], s["seq_len"]) for s in result["shapes"]] == [(BATCH, SEQ), (1, 8)]
+    assert result["shapes"][0]["speedup"] == result["speedup"]

@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, help="default: 32 on CPU, 128 on GPU")
     parser.add_argument("--seq-len", type=int, help="default: 128 on CPU, 512 on GPU")
     parser.add_argument("--min-run-time", type=float, default=3.0, help="seconds of timing per model")
-    parser.add_argument("--compile", action="store_true", help="time torch.compile'd models (both)")
+    parser.add_argument(
+        "--compile", nargs="?", const="default", default=False, metavar="MODE",
+        help="time torch.compile'd models (both); MODE: default, reduce-overhead (CUDA graphs), max-autotune",
+    )
     parser.add_argument(
         "--system-allocator", action="store_true",
         help="leave glibc malloc as it is (default: keep freed buffers, see grain.bench.latency.retain_freed_memory)",
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nself time per forward pass, by operator:")
         print(format_op_table(op_times(dense, batch, seq_len), op_times(compact, batch, seq_len)))
     if summary is not None:
-        key = ("compact_gpu" if on_gpu else "compact") + ("_compiled" if args.compile else "")
+        key = ("compact_gpu" if on_gpu else "compact") + (f"_compiled_{args.compile}" if args.compile else "")
         key += "_system_allocator" if args.system_allocator and not on_gpu else ""
         summary[key] = {**summary.get(key, {}), **result}
         write_summary(path, summary)

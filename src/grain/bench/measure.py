@@ -28,7 +28,29 @@ def floor_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
     return masks
 
 
-def floor_latency(dense, batch: int, seq_len: int, min_run_time: float, compile: bool = False) -> float:
+def serving_defaults(device: torch.device) -> tuple[torch.dtype, list[tuple[int, int]]]:
+    """The dtype a compact model is served in on `device` and the [batch, length] shapes to time it at:
+    bf16 at 128 x 512 (the paper's measurement) and 32 x 128 on a GPU, fp32 at 32 x 128 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16, [(128, 512), (32, 128)]
+    return torch.float32, [(32, 128)]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} ({device})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def compiled(model, compile: bool | str):
+    """`model` under torch.compile: compile=True or "default", or a mode ("reduce-overhead": CUDA graphs,
+    "max-autotune"); False: eager."""
+    if not compile:
+        return model
+    return torch.compile(model, mode=None if compile is True or compile == "default" else compile)
+
+
+def floor_latency(dense, batch: int, seq_len: int, min_run_time: float, compile: bool | str = False) -> float:
     """Latency (ms) of the compact model that keeps almost nothing of `dense` (`floor_masks`).
 
     What no pruning of heads and neurons removes: embeddings, LayerNorms and residual adds over
@@ -36,26 +58,27 @@ def floor_latency(dense, batch: int, seq_len: int, min_run_time: float, compile:
     dense latency / floor latency bounds the speedup any sparsity can reach on this machine.
     """
     floor, _ = compact_from_masked(dense, floor_masks(EncoderShape.of(dense)))
-    floor = floor.eval()
-    timed = torch.compile(floor) if compile else floor
-    return measure_latency(timed, batch, seq_len, min_run_time=min_run_time)["median_ms"]
+    floor = floor.to(next(dense.parameters()).dtype).eval()
+    return measure_latency(compiled(floor, compile), batch, seq_len, min_run_time=min_run_time)["median_ms"]
 
 
 def compare_models(
-    dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0, compile: bool = False,
+    dense, compact, batch: int, seq_len: int, min_run_time: float = 3.0, compile: bool | str = False,
     rounds: int = 3, tune_allocator: bool = True,
 ) -> dict:
-    """FLOPs (eager) and latency of both models; `compile` times torch.compile'd copies of both.
+    """FLOPs (eager) and latency of both models, on the device and in the dtype they are on;
+    `compile` times torch.compile'd copies of both (a mode name: see `compiled`), the same way.
 
     Latency alternates dense and compact for `rounds` rounds and keeps each model's median round,
-    so that a slow spell of a shared machine does not fall on one model only.
+    so that a slow spell of a shared machine does not fall on one model only. Returns the numbers
+    summary.json's `compact` section holds (ms, FLOPs per forward, parameter counts).
     """
     device = next(compact.parameters()).device
     allocator = retain_freed_memory() if tune_allocator and device.type == "cpu" else "system allocator"
     dense_flops = count_flops(dense, batch, seq_len)
     compact_flops = count_flops(compact, batch, seq_len)
     kept_flops = compact_flops - padding_flops(compact, batch, seq_len)
-    timed_dense, timed_compact = (torch.compile(dense), torch.compile(compact)) if compile else (dense, compact)
+    timed_dense, timed_compact = compiled(dense, compile), compiled(compact, compile)
     threads = torch.get_num_threads()
     rounds_ms = {"dense": [], "compact": []}
     for _ in range(rounds):
@@ -74,12 +97,14 @@ def compare_models(
         "flops_ratio": dense_flops / max(kept_flops, 1),  # the FLOPs-ideal speedup
         "latency_ms": compact_ms,
         "dense_latency_ms": dense_ms,
+        "latency_rounds_ms": rounds_ms,  # each round's median, the spread of the measurement
         "speedup": dense_ms / compact_ms,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({threads} threads)",
+        "device": device_name(device),
+        "dtype": str(next(compact.parameters()).dtype).removeprefix("torch."),
         "allocator": allocator,
         "batch": batch,
         "seq_len": seq_len,
-        "compiled": compile,
+        "compiled": compile or False,
     }
 
 
@@ -95,8 +120,8 @@ def format_table(result: dict) -> str:
     ideal = result["flops_ratio"]
     lines.append(
         f"speedup {result['speedup']:.2f}x (FLOPs-ideal {ideal:.2f}x, {result['speedup'] / ideal:.0%} of ideal) "
-        f"on {result['device']}, batch {result['batch']} x length {result['seq_len']}"
-        + (" (torch.compile)" if result.get("compiled") else "")
+        f"on {result['device']}, {result.get('dtype', 'float32')}, batch {result['batch']} x length {result['seq_len']}"
+        + (f" (torch.compile {result['compiled']})" if result.get("compiled") else "")
         + (f"; allocator: {result['allocator']}" if "allocator" in result else "")
     )
     if "floor_latency_ms" in result:

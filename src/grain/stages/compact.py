@@ -9,7 +9,7 @@ import torch
 from huggingface_hub import ModelCard
 from omegaconf import DictConfig
 
-from grain.bench.measure import compare_models, format_table
+from grain.bench.measure import compare_models, format_table, serving_defaults
 from grain.data.base import model_inputs
 from grain.distill.losses import prediction_logits
 from grain.metrics.evaluate import evaluate
@@ -33,26 +33,59 @@ def max_output_diff(model_a, model_b, datamodule, task_type: str) -> float:
     return largest
 
 
-def masked_reference(pruned, teacher):
-    """The masked student with its hooks; rebuilt from the compact one if training compacted it."""
+def masked_reference(pruned, teacher, device: torch.device):
+    """The masked student with its hooks, on `device`; rebuilt from the compact one if training compacted it."""
     masks = pruned.controller.masks()
     student = pruned.student
     if isinstance(student, GrainBertPreTrainedModel):
         student = expand_to_masked(student, copy.deepcopy(teacher), masks)
-    handles = attach_mask_hooks(student, lambda layer, kind: masks[kind][layer])
-    return student, handles
+    on_device = {kind: mask.to(device) for kind, mask in masks.items()}
+    handles = attach_mask_hooks(student, lambda layer, kind: on_device[kind][layer])
+    return student.to(device), handles
+
+
+def serving_device(trainer_cfg) -> torch.device:
+    """The device the run trained on (Lightning hands the model back on the CPU after fit)."""
+    accelerator = str(trainer_cfg.accelerator)
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def bench_shapes(compact_cfg, device: torch.device) -> list[tuple[int, int]]:
+    """[batch, length] shapes to time: `compact.bench_batch` x `bench_seq_len` first, then
+    `compact.bench_extra_shapes`; each null falls back to the device's default (`serving_defaults`)."""
+    defaults = serving_defaults(device)[1]
+    primary = (int(compact_cfg.bench_batch or defaults[0][0]), int(compact_cfg.bench_seq_len or defaults[0][1]))
+    extra = compact_cfg.get("bench_extra_shapes")
+    extra = defaults[1:] if extra is None else [tuple(int(v) for v in shape) for shape in extra]
+    return [primary] + [shape for shape in extra if shape != primary]
+
+
+def benchmark(dense, compact, shapes: list[tuple[int, int]], device: torch.device) -> dict:
+    """compare_models on `device` in its serving dtype, at every shape; the first shape's numbers
+    are the result's top level, all shapes are under `shapes`."""
+    dtype = serving_defaults(device)[0]
+    dense = copy.deepcopy(dense).to(device=device, dtype=dtype).eval()
+    compact = copy.deepcopy(compact).to(device=device, dtype=dtype).eval()
+    runs = [compare_models(dense, compact, batch, seq_len) for batch, seq_len in shapes]
+    for run in runs:
+        print(format_table(run))
+    keys = ("batch", "seq_len", "latency_ms", "dense_latency_ms", "speedup", "flops", "kept_flops", "dense_flops", "flops_ratio")
+    return {**runs[0], "shapes": [{key: run[key] for key in keys} for run in runs]}
 
 
 def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict, run_dir: Path) -> dict:
     datamodule = pruned.datamodule
     task_type = cfg.task.type
-    masked, handles = masked_reference(pruned, teacher)
+    device = serving_device(cfg.trainer)
+    masked, handles = masked_reference(pruned, teacher, device)
     if isinstance(pruned.student, GrainBertPreTrainedModel):
         compact = pruned.student
     else:
         pruned.controller.detach()
         compact, _ = compact_from_masked(masked, pruned.controller.masks())
-    compact.eval()
+    compact.to(device).eval()
     result = {
         "max_abs_logit_diff_vs_masked": max_output_diff(masked, compact, datamodule, task_type),
         "metrics": evaluate(compact, datamodule, "compact"),
@@ -67,7 +100,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     rank = cfg.compact.embedding_rank
     if rank:
         factorized, _ = compact_from_masked(masked, pruned.controller.masks(), embedding_rank=int(rank))
-        factorized.eval()
+        factorized.to(device).eval()
         factorized_metrics = evaluate(factorized, datamodule, "compact (factorized embeddings)")
         result["embedding_factorized"] = {
             "rank": int(rank),
@@ -81,10 +114,9 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
         tokenizer.save_pretrained(run_dir / "compact_factorized")
     for handle in handles:
         handle.remove()
+    masked.cpu()  # only the benchmark's copies stay on the device
 
-    dense = teacher.eval()
-    result.update(compare_models(dense, compact, cfg.compact.bench_batch, cfg.compact.bench_seq_len))
-    print(format_table(result))
+    result.update(benchmark(teacher.eval(), compact, bench_shapes(cfg.compact, device), device))
     write_model_card(out_dir, cfg, summary, result)
     return result
 
@@ -116,7 +148,7 @@ Load with `import grain` (registers the compact classes), then
 | compact {cfg.task.metric} | {compact.get('metric')} |
 | heads kept | {student.get('heads_kept')} / {student.get('heads_total')} |
 | encoder linear params | {compact['encoder_params']:,} of {compact['dense_encoder_params']:,} |
-| speedup ({compact['device']}, batch {compact['batch']} x {compact['seq_len']}) | {compact['speedup']:.2f}x (FLOPs ratio {compact['flops_ratio']:.2f}x) |
+| speedup ({compact['device']}, {compact['dtype']}, batch {compact['batch']} x {compact['seq_len']}) | {compact['speedup']:.2f}x (FLOPs ratio {compact['flops_ratio']:.2f}x) |
 
 ## Structure (kept QK and VO dims per head, FFN neurons per layer)
 
