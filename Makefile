@@ -10,7 +10,7 @@ GRAIN_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export GRAIN_DATA_DIR
 ARGS ?=
 
-.PHONY: help install run test test-full bench clean
+.PHONY: help install run test test-full test-gpu gpu-pack gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,16 @@ test: $(STAMP)  ## the fast test suite (tiny random BERT, CPU, a few minutes)
 
 test-full: $(STAMP)  ## all tests, including slow ones (real MiniLM, DDP, sweeps)
 	$(PY) -m pytest -q -m "" $(ARGS)
+
+test-gpu: $(STAMP)  ## the tests that need CUDA (marked gpu; skipped without a GPU)
+	$(PY) -m pytest -q -m gpu $(ARGS)
+
+gpu-pack: $(STAMP)  ## prepare .gpu/ for a GPU machine without network (wheels incl. pytest, MiniLM, SST-2)
+	../shared/tools/device-pack --minilm
+	$(PY) -m pip download -q --no-deps --only-binary=:all: -d .gpu/whl pytest pluggy iniconfig
+
+gpu-check:  ## on a CUDA machine: GPU tests, tiny GPU runs, speed benchmarks, numbers in OUT/gpu-check.json
+	bash scripts/gpu-check.sh
 
 clean:  ## remove outputs, caches and the venv
 	rm -rf outputs multirun .cache wandb lightning_logs $(VENV) src/*.egg-info

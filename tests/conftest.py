@@ -63,3 +63,13 @@ def tokenizer():
 def all_kept_masks(shape) -> dict[str, torch.Tensor]:
     """Masks keeping every unit of an EncoderShape."""
     return {kind: torch.ones(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need CUDA: skipped, with the reason, where there is none (CI)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make test-gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

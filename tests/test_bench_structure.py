@@ -49,11 +49,12 @@ def test_upsample_keeps_each_heads_fraction_on_bert_base():
 
 def test_command_prints_and_writes_dense_vs_compact(tmp_path, capsys):
     out = tmp_path / "structure.json"
-    assert main(["paper-5pct", "--device", "cpu", "--batch", "1", "--seq-len", "8", "--min-run-time", "0.05",
+    assert main(["paper-5pct", "--device", "cpu", "--shapes", "1x8,2x4", "--min-run-time", "0.05",
                  "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "density 5.10%" in printed and "eager" in printed
-    (result,) = json.loads(out.read_text())
+    result, other = json.loads(out.read_text())
+    assert (other["batch"], other["seq_len"]) == (2, 4)
     assert result["structure"] == "paper-5pct" and result["dtype"] == "float32"
     assert result["flops_ratio"] > 15 and result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
 

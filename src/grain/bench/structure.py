@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="default: 128 on GPU (the paper's), 32 on CPU")
     parser.add_argument("--seq-len", type=int, help="default: 512 on GPU, 128 on CPU")
+    parser.add_argument("--shapes", help="several BATCHxLENGTH shapes, comma-separated (e.g. 128x512,32x128)")
     parser.add_argument("--upsample", action="store_true", help="masks come from MiniLM-L6-H384; map them onto BERT-base")
     parser.add_argument(
         "--compile", default=None, metavar="MODES",
@@ -122,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype, shapes = serving_defaults(device)
-    batch, seq_len = args.batch or shapes[0][0], args.seq_len or shapes[0][1]
+    if args.shapes:
+        shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")]
+    else:
+        shapes = [(args.batch or shapes[0][0], args.seq_len or shapes[0][1])]
     modes = args.compile if args.compile is not None else ("reduce-overhead" if device.type == "cuda" else "none")
     modes = [m for m in modes.split(",") if m and m != "none"]
 
@@ -141,15 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.structure}: density {density:.2%} of BERT-base's encoder linear weights; "
           f"heads kept per layer {[len(v) for v in compact.config.vo_dims]}")
     results = []
-    for mode in [False, *modes]:
-        result = compare_models(dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=mode)
-        results.append({"structure": args.structure, "density": density, **result})
-        print(format_table(result))
-        torch._dynamo.reset()
-    print(f"\n{'mode':18} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs-ideal':>12}")
+    for batch, seq_len in shapes:
+        for mode in [False, *modes]:
+            result = compare_models(dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=mode)
+            results.append({"structure": args.structure, "density": density, **result})
+            print(format_table(result))
+            torch._dynamo.reset()
+    print(f"\n{'shape':10} {'mode':18} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs-ideal':>12}")
     for r in results:
-        print(f"{str(r['compiled'] or 'eager'):18} {r['dense_latency_ms']:10.2f} {r['latency_ms']:11.2f} "
-              f"{r['speedup']:7.2f}x {r['flops_ratio']:11.1f}x")
+        print(f"{r['batch']}x{r['seq_len']:<7} {str(r['compiled'] or 'eager'):18} {r['dense_latency_ms']:10.2f} "
+              f"{r['latency_ms']:11.2f} {r['speedup']:7.2f}x {r['flops_ratio']:11.1f}x")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
