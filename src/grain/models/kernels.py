@@ -304,3 +304,10 @@ class DerivedWeights:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    # Copies and pickles (deepcopy, ddp_spawn) start empty: the copy's parameters are new tensors.
+    def __deepcopy__(self, memo) -> "DerivedWeights":
+        return DerivedWeights()
+
+    def __getstate__(self) -> dict:
+        return {"_entries": {}}
