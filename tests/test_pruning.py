@@ -178,3 +178,39 @@ def test_cubic_schedule_values():
 def test_short_run_still_reaches_target():
     schedule = CubicSchedule.from_fractions(0.9, total_steps=3, start=0.2, end=0.4)
     assert any(schedule.prunes_at(s) and schedule.sparsity_at(s) == 0.9 for s in range(3))
+
+
+def test_non_finite_update_leaves_scores_and_counts_the_skip(tiny_bert):
+    controller = controller_for(tiny_bert, beta=0.5)
+    finite = {k: torch.ones_like(m) for k, m in controller.masks().items()}
+    controller.update_scores(finite)
+    before = {k: v.clone() for k, v in controller.scores().items()}
+    poisoned = {k: torch.ones_like(m) for k, m in controller.masks().items()}
+    poisoned["ffn"][1, 3] = float("nan")
+    controller.update_scores(poisoned)
+    for kind, score in controller.scores().items():
+        assert torch.equal(score, before[kind]), kind  # no kind moves, not only the poisoned one
+    poisoned["ffn"][1, 3] = float("inf")
+    controller.update_scores(poisoned)
+    assert int(controller.skipped_score_updates) == 2
+    controller.update_scores(finite)
+    torch.testing.assert_close(controller.score_qk, torch.full_like(controller.score_qk, 0.75))
+    assert int(controller.skipped_score_updates) == 2
+
+
+def test_step_counters_follow_the_buffers_through_a_checkpoint(tiny_bert):
+    """The controller reads its step from a Python mirror (no host sync); a loaded state dict,
+    as Lightning restores a checkpoint, brings the mirror along."""
+    controller = controller_for(tiny_bert, score="magnitude")
+    for _ in range(3):
+        controller.end_step()
+    assert controller.current_step == int(controller.step) == 3
+    state = controller.state_dict()
+    restored = controller_for(tiny_bert, score="magnitude")
+    restored.set_total_steps(0)
+    restored.load_state_dict(state)
+    assert (restored.current_step, restored.planned_steps) == (3, 10)
+    assert restored.schedule == controller.schedule
+    del state["skipped_score_updates"]  # a checkpoint from before the counter existed
+    restored.load_state_dict(state)
+    assert int(restored.skipped_score_updates) == 0

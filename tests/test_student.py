@@ -57,11 +57,15 @@ def test_gradient_separation_keeps_hidden_loss_out_of_scores(tmp_path):
 def test_training_prunes_to_target_and_logs(tmp_path):
     cfg, datamodule, teacher = setup_parts(tmp_path)
     module = build_student_module(cfg, teacher, 2)
-    make_trainer(tmp_path).fit(module, datamodule=datamodule)
+    trainer = make_trainer(tmp_path)
+    trainer.fit(module, datamodule=datamodule)
     controller = module.controller
     assert int(controller.step) == 24  # 64 examples / 8 per batch * 3 epochs
     assert 0.6 <= controller.sparsity() < 0.7
     assert controller.is_frozen()
+    logged = trainer.callback_metrics
+    assert logged["student/skipped_score_updates"] == 0
+    assert float(logged["student/sparsity"]) == pytest.approx(controller.sparsity())
 
 
 class StopAfterFirstEpoch(pl.Callback):

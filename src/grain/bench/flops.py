@@ -26,15 +26,15 @@ _register_cpu_attention_formula()
 
 
 def dummy_inputs(model, batch: int, seq_len: int, device=None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random token ids of a full [batch, seq_len] block (no padding), on the model's device."""
+    """Random token ids of a full [batch, seq_len] block (no padding), on the model's device.
+
+    The ids come from a seeded CPU generator (the same ids on every device type), then move.
+    """
     device = device or next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, min(model.config.vocab_size, 20000), (batch, seq_len), generator=generator)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "token_type_ids": torch.zeros_like(ids).to(device),
-    }
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    high = min(model.config.vocab_size, 20000)
+    ids = torch.randint(1000, high, (batch, seq_len), generator=generator, device="cpu").to(device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
 
 
 @torch.no_grad()

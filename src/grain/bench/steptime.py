@@ -34,10 +34,11 @@ class StepTimer(pl.Callback):
 
 
 def fixed_batches(vocab_size: int, batch: int, seq_len: int, steps: int):
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=generator)
+    """`steps` references to one batch of random tokens, built on the host (Lightning moves it)."""
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=generator, device="cpu")
     one = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-           "labels": torch.randint(0, 2, (batch,), generator=generator)}
+           "labels": torch.randint(0, 2, (batch,), generator=generator, device="cpu")}
     return [one] * steps
 
 

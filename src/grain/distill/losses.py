@@ -14,14 +14,17 @@ def soft_cross_entropy(
 ) -> torch.Tensor:
     """Mean over positions of -sum softmax(t/T) * log_softmax(s/T) over the last dim (no T^2 factor).
 
-    logits: [..., classes]; valid: bool [...] selecting the positions that count (None: all).
+    logits: [..., classes]; valid: bool [...] selecting the positions that count (None: all; with
+    none valid the loss is 0). A masked mean rather than `per_position[valid]`: boolean indexing has
+    a data-dependent size, which syncs a GPU with the host every step.
     """
     teacher_probs = F.softmax(teacher_logits.float() / temperature, dim=-1)
     student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
     per_position = -(teacher_probs * student_log_probs).sum(dim=-1)
-    if valid is not None:
-        per_position = per_position[valid]
-    return per_position.mean()
+    if valid is None:
+        return per_position.mean()
+    total = torch.where(valid, per_position, 0.0).sum()  # where, not a product: padding may hold inf
+    return total / valid.sum().clamp_min(1)
 
 
 def prediction_logits(outputs, task_type: str) -> list[torch.Tensor]:

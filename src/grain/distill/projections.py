@@ -19,9 +19,8 @@ class HiddenProjections(nn.Module):
         super().__init__()
         self.maps = nn.ModuleList(nn.Linear(student_hidden, teacher_hidden) for _ in range(count))
         for linear in self.maps:
-            with torch.no_grad():
-                linear.weight.copy_(torch.eye(teacher_hidden, student_hidden))
-                linear.bias.zero_()
+            nn.init.eye_(linear.weight)
+            nn.init.zeros_(linear.bias)
 
     def forward(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
         return [linear(state) for linear, state in zip(self.maps, states)]

@@ -32,20 +32,27 @@ class Slice:
 
 
 def kept_structure(masks: dict[str, torch.Tensor], shape: EncoderShape) -> dict:
-    """Per layer: kept heads' QK/VO widths and the kept unit indices (in the full layout)."""
+    """Per layer: kept heads' QK/VO widths and the kept unit indices (in the full layout).
+
+    masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} on any device. The plan is
+    made on the host (widths become Python ints of the compact config), so the masks are read
+    back once; the index tensors are CPU tensors, moved to the weights' device where they are used.
+    """
     d = shape.head_dim
+    host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
+    offsets = torch.arange(shape.num_heads, device="cpu")[:, None] * d + torch.arange(d, device="cpu")
+    no_units = torch.zeros(0, dtype=torch.long, device="cpu")
     layers = []
     for layer in range(shape.num_layers):
-        qk_mask = masks["qk"][layer].view(shape.num_heads, d).bool().cpu()
-        vo_mask = masks["vo"][layer].view(shape.num_heads, d).bool().cpu()
+        qk_mask = host["qk"][layer].view(shape.num_heads, d)
+        vo_mask = host["vo"][layer].view(shape.num_heads, d)
         heads = [h for h in range(shape.num_heads) if vo_mask[h].any()]
-        offsets = torch.arange(shape.num_heads)[:, None] * d + torch.arange(d)
         layers.append({
             "qk_dims": [int(qk_mask[h].sum()) for h in heads],
             "vo_dims": [int(vo_mask[h].sum()) for h in heads],
-            "qk_index": torch.cat([offsets[h][qk_mask[h]] for h in heads] or [torch.zeros(0, dtype=torch.long)]),
-            "vo_index": torch.cat([offsets[h][vo_mask[h]] for h in heads] or [torch.zeros(0, dtype=torch.long)]),
-            "ffn_index": masks["ffn"][layer].bool().cpu().nonzero().flatten(),
+            "qk_index": torch.cat([offsets[h][qk_mask[h]] for h in heads] or [no_units]),
+            "vo_index": torch.cat([offsets[h][vo_mask[h]] for h in heads] or [no_units]),
+            "ffn_index": host["ffn"][layer].nonzero().flatten(),
         })
     return {"layers": layers}
 

@@ -104,7 +104,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
     def training_step(self, batch, batch_idx):
         # Dropout draws from a generator seeded by (seed, rank, step): a resumed run replays the
         # same randomness as an uninterrupted one, so it reaches the same masks.
-        torch.manual_seed(self.seed * 1_000_003 + self.global_rank * 10_007 + int(self.controller.step))
+        torch.manual_seed(self.seed * 1_000_003 + self.global_rank * 10_007 + self.controller.current_step)
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         mask_vars = self.controller.begin_step()
@@ -127,6 +127,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
             {"student/loss": losses["total"], "student/loss_pred": losses["prediction"], "student/loss_hidden": losses["hidden"]},
             prog_bar=True,
         )
+        # A device tensor: Lightning reads it back only when it writes the logs.
+        self.log("student/skipped_score_updates", self.controller.skipped_score_updates.float(), prog_bar=False)
         if pruned or batch_idx % max(self.trainer.log_every_n_steps, 1) == 0:
             structure = self.controller.structure()
             self.log_dict({
@@ -180,7 +182,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
 
     def configure_optimizers(self):
         total_steps = int(self.trainer.estimated_stepping_batches)
-        if int(self.controller.total_steps) == 0:  # a resumed run keeps the saved schedule
+        if self.controller.planned_steps == 0:  # a resumed run keeps the saved schedule
             self.controller.set_total_steps(total_steps)
         params = list(self.student.parameters()) + list(self.projections.parameters())
         return adamw_with_linear_schedule(

@@ -3,6 +3,11 @@
 Its state (masks, scores, step) lives in registered buffers, so it moves with the model and is
 saved in Lightning checkpoints. It does not import Lightning: a notebook can drive it on a plain
 model with `attach`, `begin_step`, `update_scores` and `end_step`.
+
+A training step, pruning included, does not sync with the host (on a GPU each sync stalls the
+step until the device catches up): the step counters are mirrored in Python ints, and tensors are
+created on the device of the tensors they meet. Only the reporting methods (`sparsity`,
+`structure`) and a checkpoint load read values back.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from torch import nn
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.pruning.importance import (
     UNIT_KINDS,
+    all_finite,
     all_reduce_mean_,
     ema_,
     magnitude_scores,
@@ -63,6 +69,13 @@ class PruningController(nn.Module):
             self.register_buffer(f"score_{kind}", torch.zeros(shape.num_layers, size))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("total_steps", torch.zeros((), dtype=torch.long))
+        # Importance updates left out of the EMA because they held inf/NaN (as the reference skips them).
+        self.register_buffer("skipped_score_updates", torch.zeros((), dtype=torch.long))
+        # Python mirrors of `step` and `total_steps`: reading a buffer on the GPU is a host sync, and
+        # the schedule is consulted every step. Kept equal to the buffers by every method that writes
+        # them, and re-read from them after a checkpoint is loaded (`_load_from_state_dict`).
+        self._step = 0
+        self._total_steps = 0
         self._live_masks: dict[str, torch.Tensor] | None = None
         self._hooks: list = []
         self._model: list[nn.Module] = []  # a list, so the model is not registered as a submodule
@@ -78,13 +91,31 @@ class PruningController(nn.Module):
     def scores(self) -> dict[str, torch.Tensor]:
         return {kind: getattr(self, f"score_{kind}") for kind in UNIT_KINDS}
 
+    @property
+    def current_step(self) -> int:
+        """Training steps completed so far (the `step` buffer, read without a host sync)."""
+        return self._step
+
+    @property
+    def planned_steps(self) -> int:
+        """Training steps of the whole run, 0 until set (the `total_steps` buffer, without a host sync)."""
+        return self._total_steps
+
     def set_total_steps(self, total_steps: int) -> None:
-        self.total_steps.fill_(int(total_steps))
+        self._total_steps = int(total_steps)
+        self.total_steps.fill_(self._total_steps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the skipped-update counter existed: none were counted.
+        state_dict.setdefault(prefix + "skipped_score_updates", torch.zeros_like(self.skipped_score_updates))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # Once per load (Lightning restores buffers through load_state_dict): the mirrors follow.
+        self._step, self._total_steps = int(self.step), int(self.total_steps)
 
     @property
     def schedule(self) -> CubicSchedule:
         return CubicSchedule.from_fractions(
-            self.target_sparsity, int(self.total_steps), self.start, self.end, self.frequency
+            self.target_sparsity, self._total_steps, self.start, self.end, self.frequency
         )
 
     # --- hooks ------------------------------------------------------------------------------
@@ -107,7 +138,7 @@ class PruningController(nn.Module):
     # --- one training step --------------------------------------------------------------------
     def needs_scores(self) -> bool:
         """Whether this step's forward must track mask gradients (only grad scores, until pruning ends)."""
-        return self.active and self.score_kind == "grad" and int(self.step) <= self.schedule.end_step
+        return self.active and self.score_kind == "grad" and self._step <= self.schedule.end_step
 
     def begin_step(self) -> dict[str, torch.Tensor] | None:
         """Before the forward: returns leaf mask variables to differentiate, or None when not scoring."""
@@ -119,43 +150,56 @@ class PruningController(nn.Module):
 
     @torch.no_grad()
     def update_scores(self, mask_grads: dict[str, torch.Tensor]) -> None:
-        """Fold |dL/dm| of this step (all-reduced over ranks, structure-regularized) into the EMA."""
+        """Fold |dL/dm| of this step (all-reduced over ranks, structure-regularized) into the EMA.
+
+        mask_grads: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}. A step whose
+        update holds inf or NaN (an fp16 overflow, a diverging batch) leaves the scores as they are
+        and counts in `skipped_score_updates`. The check runs after the all-reduce, so every rank
+        skips alike, and on the device, so it costs no host sync.
+        """
         updates = taylor_updates(mask_grads)
         all_reduce_mean_([updates[kind] for kind in UNIT_KINDS])
+        finite = all_finite(list(updates.values()))
         if self.structure_reg:
             updates = regularize_updates(
                 updates, self.masks(), self.shape.num_heads, self.alpha_head, self.alpha_layer
             )
-        ema_(self.scores(), updates, self.beta)
+        ema_(self.scores(), updates, self.beta, apply=finite)
+        self.skipped_score_updates.add_((~finite).long())
 
     @torch.no_grad()
     def end_step(self) -> bool:
         """After the optimizer step: prune if the schedule says so, advance the step. True if pruned."""
         self._live_masks = None
-        step = int(self.step)
+        step = self._step
         pruned = False
         if self.active and self.schedule.prunes_at(step):
             self.prune_to(self.schedule.sparsity_at(step))
             pruned = True
         self.step.add_(1)
+        self._step += 1
         return pruned
 
     def is_frozen(self) -> bool:
         """True once the schedule's last pruning step has run (masks will not change again)."""
-        return (not self.active) or int(self.step) > self.schedule.end_step
+        return (not self.active) or self._step > self.schedule.end_step
 
     # --- ranking ------------------------------------------------------------------------------
     def _ranking_scores(self) -> dict[str, torch.Tensor]:
+        """Scores [layers, units] per kind, on the masks' device."""
+        device = self.mask_qk.device
         if self.score_kind == "magnitude":
-            return {k: v.to(self.mask_qk.device) for k, v in magnitude_scores(self._model[0], self.shape.num_layers).items()}
+            return {k: v.to(device) for k, v in magnitude_scores(self._model[0], self.shape.num_layers).items()}
         if self.score_kind == "random":
-            shapes = {k: m.shape for k, m in self.masks().items()}
-            return {k: v.to(self.mask_qk.device) for k, v in random_scores(shapes, self.seed).items()}
+            return random_scores({k: m.shape for k, m in self.masks().items()}, self.seed, device)
         return self.scores()
 
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
-        """Remove the least important units until `sparsity` of the encoder linear params is gone."""
+        """Remove the least important units until `sparsity` of the encoder linear params is gone.
+
+        Runs on the masks' device without reading values back to the host.
+        """
         budget = sparsity * encoder_linear_params(self.shape)
         masks, scores = self.masks(), self._ranking_scores()
         if self.units == "head":

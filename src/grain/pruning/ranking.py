@@ -21,23 +21,27 @@ def encoder_linear_params(shape: EncoderShape) -> int:
 
 
 def kept_linear_params(masks: dict[str, torch.Tensor], shape: EncoderShape) -> int:
-    """Encoder linear parameters left by the masks; output biases of W_O and W_2 always stay."""
+    """Encoder linear parameters left by the masks; output biases of W_O and W_2 always stay.
+
+    Reads the masks on the host (one sync): for reporting, not for a training step's hot path.
+    """
     costs = unit_costs(shape)
-    kept_units = sum(int(masks[kind].sum().item()) * cost for kind, cost in costs.items())
-    return kept_units + shape.num_layers * 2 * shape.hidden_size
+    kept_units = sum(masks[kind].count_nonzero() * cost for kind, cost in costs.items())  # int64
+    return int(kept_units) + shape.num_layers * 2 * shape.hidden_size
 
 
 def select_lowest(scores: torch.Tensor, costs: torch.Tensor, budget: float) -> torch.Tensor:
     """Boolean [items]: the lowest-scoring items whose summed cost first reaches `budget`.
 
+    scores: [items]; costs: [items], parameters per item; budget: parameters to remove.
     Items already removed must carry score -inf, so they are counted first and stay removed.
-    The selection overshoots the budget by less than the cost of one item.
+    The selection overshoots the budget by less than the cost of one item: in increasing score
+    order, an item goes while the cost of the items before it is still below the budget. Computed
+    on the scores' device with no host sync (the count of removed items is never read back).
     """
-    remove = torch.zeros_like(scores, dtype=torch.bool)
-    if budget <= 0:
-        return remove
     order = torch.argsort(scores, stable=True)
-    cumulative = torch.cumsum(costs[order].double(), dim=0)
-    count = int(torch.searchsorted(cumulative, torch.tensor([budget], dtype=cumulative.dtype)).item()) + 1
-    remove[order[: min(count, len(order))]] = True
+    sorted_costs = costs[order].double()  # float64: exact integer sums up to 2**53 parameters
+    cost_before = torch.cumsum(sorted_costs, dim=0) - sorted_costs
+    remove = torch.zeros_like(scores, dtype=torch.bool)
+    remove[order] = cost_before < budget
     return remove
