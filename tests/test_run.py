@@ -81,3 +81,46 @@ def test_tiny_runs_for_qa_and_ner_write_their_metrics(tmp_path):
             assert set(summary["teacher"]["metrics"]) == {"validation/exact_match", "validation/f1"}
         else:
             assert {"validation/precision", "validation/recall"} <= set(summary["teacher"]["metrics"])
+
+
+def test_sweep_runs_the_valid_job_past_a_bad_value_and_exits_non_zero(tmp_path):
+    result = run_grain(
+        ["-m", "model=tiny", "trainer.max_steps=2", "logger=none", "stages=[teacher,prune]", "sparsity=1.5,0.5"], tmp_path
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    by_sparsity = {json.loads(p.read_text())["sparsity"]: json.loads(p.read_text()) for p in summaries(tmp_path)}
+    assert set(by_sparsity) == {1.5, 0.5}
+    assert by_sparsity[1.5]["status"] == "failed" and "sparsity=1.5" in by_sparsity[1.5]["error"]
+    assert by_sparsity[0.5]["status"] == "completed" and by_sparsity[0.5]["student"]["sparsity"] >= 0.5
+    assert all(p.parent.parent.parent.name == "multirun" for p in summaries(tmp_path))
+    failures = [line for line in result.stderr.splitlines() if line.startswith("grain: error: sweep job 0")]
+    assert len(failures) == 1 and "sparsity=1.5" in failures[0]
+
+
+def test_sigterm_stops_a_run_with_a_non_zero_status(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(FIXTURES), WANDB_MODE="offline")
+    env.pop("GRAIN_CACHE_DIR", None)
+    args = ["model=tiny", "logger=csv", "teacher.epochs=100000", "teacher.batch_size=4"]  # trains until stopped
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("outputs/**/logs/*")):  # the teacher's Trainer is up
+            assert proc.poll() is None and time.monotonic() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        time.sleep(1.0)  # in its setup (where `datasets` swallows an exception) or training
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "stopped by SIGTERM" in stderr
+    [path] = summaries(tmp_path)
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "stopped" and "SIGTERM" in summary["error"]
+    assert not list((tmp_path / ".cache" / "grain").glob("teachers/*")), "no teacher cached from a stopped run"

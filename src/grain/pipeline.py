@@ -18,6 +18,7 @@ from grain.models.backbone import load_tokenizer
 from grain.stages.compact import run_compact_stage
 from grain.stages.prune import run_prune_stage
 from grain.stages.teacher import run_teacher_stage
+from grain.stopping import RunStopped, check_stop
 from grain.summary import versions, write_summary
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,13 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
-    validate_config(cfg)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(cfg.seed, workers=True)
-    torch.set_float32_matmul_precision("high")
-    summary = {
+def run_status(err: BaseException) -> str:
+    """`stopped` for a run a signal or Ctrl-C ended (Lightning exits those with SystemExit), else `failed`."""
+    return "stopped" if isinstance(err, (RunStopped, KeyboardInterrupt, SystemExit)) else "failed"
+
+
+def base_summary(cfg: DictConfig, run_dir: Path) -> dict:
+    return {
         "status": "running",
         "task": cfg.task.name,
         "model": cfg.model.name,
@@ -53,19 +54,41 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
         "distillation": cfg.distillation.name,
         "experiment": cfg.experiment_name,
         "metric_name": cfg.task.metric,
-        "sparsity": float(cfg.sparsity),
+        "sparsity": cfg.sparsity,
         "eval_split": cfg.task.get("eval_split", "validation"),
         "run_dir": str(run_dir),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
         "timing": {},
     }
+
+
+def write_failed_summary(cfg: DictConfig, run_dir: Path, err: BaseException) -> None:
+    """summary.json of a job whose config was refused (a sweep keeps a record of every job)."""
+    try:
+        summary = base_summary(cfg, run_dir)
+    except Exception:  # a config that does not even resolve
+        summary = {"run_dir": str(run_dir), "config": OmegaConf.to_container(cfg, resolve=False)}
+    summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    save_summary(run_dir, summary)
+
+
+def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
+    validate_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pl.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+    summary = base_summary(cfg, run_dir)
+    summary["sparsity"] = float(cfg.sparsity)
     started = time.perf_counter()
     logger = build_logger(cfg)
     try:
         tokenizer = load_tokenizer(cfg.model.tokenizer)
         stage_start = time.perf_counter()
         teacher = run_teacher_stage(cfg, tokenizer, run_dir, logger)
+        check_stop()
         summary["teacher"] = {
             "metric": teacher.metrics.get(f"validation/{cfg.task.metric}"),
             "metrics": teacher.metrics,
@@ -79,6 +102,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
         if "prune" in cfg.stages:
             stage_start = time.perf_counter()
             pruned = run_prune_stage(cfg, tokenizer, teacher.model, run_dir, logger)
+            check_stop()
             summary["student"] = pruned.summary
             summary["timing"]["prune_seconds"] = time.perf_counter() - stage_start
             log.info(
@@ -88,12 +112,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
             if "compact" in cfg.stages and rank_zero_only.rank == 0:  # other DDP ranks are done
                 stage_start = time.perf_counter()
                 summary["compact"] = run_compact_stage(cfg, tokenizer, pruned, teacher.model, summary, run_dir)
+                check_stop()
                 summary["timing"]["compact_seconds"] = time.perf_counter() - stage_start
         summary["status"] = "completed"
         if logger is not None:
             logger.log_metrics(flat_metrics(summary))
     except BaseException as err:
-        summary["status"] = "failed"
+        summary["status"] = run_status(err)
         summary["error"] = f"{type(err).__name__}: {err}"
         summary["traceback"] = traceback.format_exc()
         raise

@@ -1,4 +1,9 @@
-"""Entry point: `python -m grain.run [group=option ...] [key=value ...]` (Hydra; add -m to sweep)."""
+"""Entry point: `python -m grain.run [group=option ...] [key=value ...]` (Hydra; add -m to sweep).
+
+Exit status: 0 when the run (every job of a sweep) completed; 2 for a refused config or other bad
+input (one line on stderr); 1 for an error (traceback); 128 + signal number when a signal
+(SIGTERM) stopped the run. summary.json records `completed`, `failed` or `stopped` either way.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from grain.errors import GrainError
 
 log = logging.getLogger("grain")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+BAD_INPUT_EXIT = 2
 
 
 def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
@@ -35,35 +41,59 @@ def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
             break
 
 
+def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> None:
+    """A sweep job failed: log it and let the sweep go on; it ends non-zero, listing the failures."""
+    from grain.sweep import record_failure
+
+    message = str(err) if isinstance(err, GrainError) else f"{type(err).__name__}: {err}"
+    if with_traceback:
+        log.exception("job %s failed; its summary.json has the traceback", hydra_cfg.job.num)
+    else:
+        log.error("job %s failed: %s", hydra_cfg.job.num, message)
+    record_failure(hydra_cfg.job.num, list(hydra_cfg.overrides.task), message)
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from grain.pipeline import run_pipeline
+    from grain.pipeline import write_failed_summary
+    from grain.stopping import RunStopped, stop_on_signals
 
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         validate_config(cfg)
     except GrainError as err:
-        remove_empty_run_dir(Path(hydra_cfg.runtime.output_dir), Path(cfg.paths.root_dir))
+        if sweeping:  # the job dir keeps a summary.json saying why it did not run
+            write_failed_summary(cfg, run_dir, err)
+            return job_failed(hydra_cfg, err)
+        remove_empty_run_dir(run_dir, Path(cfg.paths.root_dir))
         print(f"grain: error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(BAD_INPUT_EXIT)
+    from grain.pipeline import run_pipeline
+
     try:
-        try:
-            summary = run_pipeline(cfg, hydra_cfg.runtime.output_dir)
-        except InstantiationException as err:  # a GrainError raised while Hydra built an object
-            if isinstance(err.__cause__, GrainError):
-                raise err.__cause__ from None
-            raise
+        with stop_on_signals():
+            try:
+                summary = run_pipeline(cfg, run_dir)
+            except InstantiationException as err:  # a GrainError raised while Hydra built an object
+                if isinstance(err.__cause__, GrainError):
+                    raise err.__cause__ from None
+                raise
+    except RunStopped as err:
+        print(f"grain: {err}; {run_dir}/summary.json has status 'stopped'", file=sys.stderr)
+        sys.exit(128 + err.signum)
+    except SystemExit as err:  # Lightning ends a run it stopped (SIGTERM, Ctrl-C) with SystemExit, even code 0
+        print(f"grain: the run was stopped; {run_dir}/summary.json has status 'stopped'", file=sys.stderr)
+        sys.exit(err.code if isinstance(err.code, int) and err.code != 0 else 128 + 15)
     except GrainError as err:
         if sweeping:  # one bad job must not lose the others' results
-            log.error("job %s failed: %s", hydra_cfg.job.num, err)
-            return None
+            return job_failed(hydra_cfg, err)
         print(f"grain: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception:
+        sys.exit(BAD_INPUT_EXIT)
+    except Exception as err:
         if sweeping:
-            log.exception("job %s failed; its summary.json has the traceback", hydra_cfg.job.num)
-            return None
+            return job_failed(hydra_cfg, err, with_traceback=True)
         raise
     student = summary.get("student") or {}
     return student.get("metric", summary.get("teacher", {}).get("metric"))

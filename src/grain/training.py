@@ -8,6 +8,8 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
+from grain.stopping import StopCallback
+
 
 def build_datamodule(cfg: DictConfig, tokenizer, batch_size: int, max_train_samples):
     """Instantiate `task.datamodule` with the run's paths, seed and the stage's batch/subset sizes."""
@@ -45,7 +47,7 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, run_dir: Path, logger,
         num_sanity_val_steps=0,
         deterministic=t.deterministic,
         default_root_dir=str(run_dir),
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, StopCallback()],
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
         enable_model_summary=False,
     )
