@@ -3,6 +3,8 @@
 Given a run dir (with summary.json), it compares `<run>/compact` with the run's teacher (same
 architecture as the unpruned student) and writes the numbers into summary.json's `compact` section.
 Given a model dir, `--dense <dir or hub name>` names the reference model.
+`--runtime onnxruntime` exports both to ONNX (`grain.export`) and times them with onnxruntime instead
+(`grain.bench.onnx_runtime`; needs `pip install -e .[export]`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import transformers
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.measure import compare_models, floor_latency, format_table
+from grain.bench.onnx_runtime import compare_onnx
 from grain.bench.profile import format_op_table, op_times
 from grain.errors import GrainError
+from grain.export import require
 from grain.models import compact as compact_classes
 from grain.summary import SUMMARY_FILE, read_summary, write_summary
 
@@ -56,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true",
         help="also print where each forward spends its time, by operator (torch.profiler)",
     )
+    parser.add_argument(
+        "--runtime", choices=("torch", "onnxruntime"), default="torch",
+        help="onnxruntime: time both models exported to ONNX (fp32; CUDA provider on a GPU where installed)",
+    )
     args = parser.parse_args(argv)
+    on_onnx = args.runtime == "onnxruntime"
+    if on_onnx and (args.compile or args.floor or args.profile):
+        parser.error("--compile, --floor and --profile time PyTorch models; leave them out with --runtime onnxruntime")
     on_gpu = args.device.startswith("cuda")
     batch = args.batch or (128 if on_gpu else 32)
     seq_len = args.seq_len or (512 if on_gpu else 128)
@@ -81,17 +92,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grain.bench: error: {problem}", file=sys.stderr)
         return 2
     try:
-        compact = load_model(str(compact_dir)).to(args.device)
-        dense = load_model(dense_ref).to(args.device)
+        if on_onnx:
+            require("onnx", "onnxscript", "onnxruntime")
+        compact = load_model(str(compact_dir))
+        dense = load_model(dense_ref)
+        if on_onnx:  # exported and run in fp32 (onnxruntime's CPU kernels have no bf16 matmuls)
+            result = compare_onnx(dense, compact, batch, seq_len, min_run_time=args.min_run_time, device=args.device)
     except (OSError, GrainError) as err:
         print(f"grain.bench: error: {err}", file=sys.stderr)
         return 2
-    if on_gpu:  # bf16 as the paper's speed measurements on GPU
-        compact, dense = compact.to(torch.bfloat16), dense.to(torch.bfloat16)
-    result = compare_models(
-        dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=args.compile,
-        tune_allocator=not args.system_allocator,
-    )
+    if not on_onnx:
+        compact, dense = compact.to(args.device), dense.to(args.device)
+        if on_gpu:  # bf16 as the paper's speed measurements on GPU
+            compact, dense = compact.to(torch.bfloat16), dense.to(torch.bfloat16)
+        result = compare_models(
+            dense, compact, batch, seq_len, min_run_time=args.min_run_time, compile=args.compile,
+            tune_allocator=not args.system_allocator,
+        )
     if args.floor:
         floor_ms = floor_latency(dense, batch, seq_len, min_run_time=args.min_run_time / 3, compile=args.compile)
         result.update(floor_latency_ms=floor_ms, speedup_ceiling=result["dense_latency_ms"] / floor_ms)
@@ -101,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_op_table(op_times(dense, batch, seq_len), op_times(compact, batch, seq_len)))
     if summary is not None:
         key = ("compact_gpu" if on_gpu else "compact") + (f"_compiled_{args.compile}" if args.compile else "")
-        key += "_system_allocator" if args.system_allocator and not on_gpu else ""
+        key += "_system_allocator" if args.system_allocator and not on_gpu and not on_onnx else ""
+        key += "_onnxruntime" if on_onnx else ""
         summary[key] = {**summary.get(key, {}), **result}
         write_summary(path, summary)
         print(f"updated {path / SUMMARY_FILE} [{key}]")
