@@ -92,3 +92,49 @@ def test_report_names_variants_and_writes_table(tmp_path):
     assert "| grain |" in table and "| random |" in table and "| grain-magnitude |" in table
     assert "0.9765" in table  # retention 0.83 / 0.85
     assert (tmp_path / "report" / "sst2_sparsity_vs_metric.png").exists()
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("trainer.max_steps=0", "trainer.max_steps=0"),
+        ("student.max_steps=0", "student.max_steps=0"),
+        ("teacher.batch_size=0", "teacher.batch_size=0"),
+        ("student.batch_size=-4", "student.batch_size=-4"),
+        ("teacher.epochs=0", "teacher.epochs=0"),
+        ("student.epochs=2.5", "student.epochs=2.5"),
+        ("student.epochs=-1", "student.epochs=-1"),  # no epoch limit and no step cap: forever
+        ("task.max_train_samples=0", "task.max_train_samples=0"),
+        ("task.max_eval_samples=-1", "task.max_eval_samples=-1"),
+        ("student.max_train_samples=abc", "student.max_train_samples='abc'"),
+        ("teacher.lr=0", "teacher.lr=0"),
+        ("student.warmup_ratio=1.5", "student.warmup_ratio=1.5"),
+        ("trainer.devices=0", "trainer.devices=0"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0"),
+        ("pruner.frequency=0", "pruner.frequency=0"),
+        ("pruner.beta=1.0", "pruner.beta=1.0"),
+        ("distillation.temperature=0", "distillation.temperature=0"),
+        ("task.datamodule.max_length=0", "task.datamodule.max_length=0"),
+        ("compact.bench_batch=0", "compact.bench_batch=0"),
+        ("compact.bench_seq_len=-1", "compact.bench_seq_len=-1"),
+        ("compact.bench_extra_shapes=[[32,0]]", "compact.bench_extra_shapes="),
+        ("compact.embedding_rank=0", "compact.embedding_rank=0"),
+    ],
+)
+def test_bad_counts_and_sizes_are_refused_naming_the_setting(override, named, tmp_path):
+    cfg = compose_config(["model=tiny", override], tmp_path)
+    with pytest.raises(GrainError) as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert message.startswith(named) and "\n" not in message
+    assert "e.g." in message  # the fix: a value that works
+
+
+def test_step_caps_and_sample_limits_accept_their_documented_values(tmp_path):
+    for overrides in (
+        ["trainer.max_steps=5", "student.max_steps=-1", "teacher.max_steps=null"],
+        ["task.max_train_samples=null", "student.max_train_samples=16", "task.max_eval_samples=8"],
+        ["student.epochs=-1", "student.max_steps=100"],
+        ["compact.bench_batch=null", "compact.bench_extra_shapes=[[32,128],[1,16]]"],
+    ):
+        validate_config(compose_config(["model=tiny", *overrides], tmp_path))
