@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from grain.data.base import fingerprint
+from grain.errors import GrainError
 from grain.metrics.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.modules.teacher import TeacherModule
@@ -53,11 +56,11 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
         return TeacherResult(model, str(cfg.teacher.path), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
 
     cache_dir = teacher_cache_dir(cfg, datamodule)
-    meta_path = cache_dir / META_FILE
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cache_dir))
-        return TeacherResult(model, str(cache_dir), meta["metrics"], meta["train_seconds"], cached=True)
+    if (cache_dir / META_FILE).exists():
+        meta, model = load_cached_teacher(cfg, cache_dir, num_labels)
+        datamodule.setup("validate")  # this run's evaluation set, not the one of the run that cached it
+        metrics = evaluate(model, datamodule, "teacher (cached)")
+        return TeacherResult(model, str(cache_dir), metrics, meta.get("train_seconds", 0.0), cached=True)
 
     model = load_task_model(cfg.model, cfg.task.type, num_labels)
     module = TeacherModule(model, cfg.teacher.lr, cfg.teacher.weight_decay, cfg.teacher.warmup_ratio)
@@ -70,13 +73,48 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
     return TeacherResult(model, str(cache_dir), metrics, train_seconds, cached=False)
 
 
+def load_cached_teacher(cfg: DictConfig, cache_dir: Path, num_labels):
+    """The cached teacher and its metadata; a damaged cache is named, with the fix, not a traceback."""
+    try:
+        meta = json.loads((cache_dir / META_FILE).read_text())
+        model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cache_dir))
+    except Exception as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GrainError(
+            f"the cached teacher {cache_dir} cannot be loaded ({type(err).__name__}: {reason}); delete that "
+            f"directory (rm -r '{cache_dir}') and run again to fine-tune it anew"
+        ) from err
+    return meta, model
+
+
 @rank_zero_only
 def save_teacher(model, tokenizer, cache_dir: Path, meta: dict) -> None:
-    """Write into a temporary dir, then rename: an interrupted save never looks like a cached teacher."""
-    tmp = cache_dir.with_name(cache_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)  # safetensors
-    tokenizer.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-    shutil.rmtree(cache_dir, ignore_errors=True)
-    tmp.rename(cache_dir)
+    """Write into a temporary dir of its own, then rename it into place: an interrupted save never looks
+    like a cached teacher, and runs saving the same teacher at once do not collide (the first rename
+    wins; the same teacher from another run is kept)."""
+    cache_dir = Path(cache_dir)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{cache_dir.name}.tmp-", dir=cache_dir.parent))
+    try:
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, cache_dir)  # atomic; fails if cache_dir exists and is not empty
+        except OSError:
+            if (cache_dir / META_FILE).exists():
+                return  # another run cached the same teacher first
+            # a leftover without metadata (an old, interrupted save): move it aside, then rename
+            stale = Path(tempfile.mkdtemp(prefix=f"{cache_dir.name}.stale-", dir=cache_dir.parent))
+            try:
+                os.rename(cache_dir, stale / "old")
+            except OSError:
+                pass  # another run moved it first
+            shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.rename(tmp, cache_dir)
+            except OSError:
+                if not (cache_dir / META_FILE).exists():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

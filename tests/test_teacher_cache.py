@@ -1,0 +1,89 @@
+"""The teacher cache: reused teachers are scored on this run's data, saves never collide, damage is named."""
+
+import json
+import threading
+
+import pytest
+import torch
+
+from grain.errors import GrainError
+from grain.metrics.evaluate import evaluate
+from grain.models.backbone import load_task_model
+from grain.stages.teacher import META_FILE, run_teacher_stage, save_teacher, teacher_cache_dir
+from grain.training import build_datamodule
+from tests.conftest import compose_config
+
+
+def teacher_cfg(tmp_path, *overrides):
+    return compose_config(["model=tiny", "stages=[teacher]", "trainer.max_steps=2", "logger=none", *overrides], tmp_path)
+
+
+def cache_a_teacher(cfg, tokenizer, meta):
+    """Put a (random tiny) teacher in the cache where run_teacher_stage looks for it, with `meta`."""
+    datamodule = build_datamodule(cfg, tokenizer, cfg.teacher.batch_size, cfg.teacher.max_train_samples)
+    model = load_task_model(cfg.model, cfg.task.type, datamodule.num_labels)
+    cache_dir = teacher_cache_dir(cfg, datamodule)
+    save_teacher(model, tokenizer, cache_dir, meta)
+    return cache_dir, model
+
+
+def test_a_cached_teacher_is_scored_on_this_runs_evaluation_set(tmp_path, tokenizer):
+    cfg = teacher_cfg(tmp_path, "task.max_eval_samples=16")
+    stale = {"validation/accuracy": 0.123}  # what the run that cached it measured on its own eval set
+    cache_dir, model = cache_a_teacher(cfg, tokenizer, {"metrics": stale, "train_seconds": 1.0})
+
+    result = run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)
+    assert result.cached and result.path == str(cache_dir)
+    datamodule = build_datamodule(cfg, tokenizer, 8, None)
+    datamodule.setup("validate")
+    assert result.metrics == evaluate(model, datamodule, "reference")
+    assert result.metrics != stale
+
+
+def test_concurrent_saves_of_one_teacher_all_succeed(tmp_path, tokenizer, tiny_bert):
+    cache_dir = tmp_path / "teachers" / "sst2-tiny-key"
+    barrier = threading.Barrier(12)
+    errors = []
+
+    def save(i):
+        barrier.wait()
+        try:
+            save_teacher(tiny_bert, tokenizer, cache_dir, {"metrics": {}, "train_seconds": float(i)})
+        except Exception as err:  # noqa: BLE001 - the test counts them
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=save, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(p.name for p in cache_dir.parent.iterdir()) == [cache_dir.name]  # no temporaries left
+    assert json.loads((cache_dir / META_FILE).read_text())["metrics"] == {}
+    from transformers import AutoModelForSequenceClassification
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(cache_dir)
+    torch.testing.assert_close(loaded.classifier.weight, tiny_bert.classifier.weight)
+
+
+def test_a_save_replaces_a_leftover_without_metadata(tmp_path, tokenizer, tiny_bert):
+    cache_dir = tmp_path / "teachers" / "sst2-tiny-key"
+    cache_dir.mkdir(parents=True)
+    (cache_dir / "model.safetensors").write_bytes(b"half")
+    save_teacher(tiny_bert, tokenizer, cache_dir, {"metrics": {}, "train_seconds": 0.0})
+    assert (cache_dir / META_FILE).exists() and (cache_dir / "model.safetensors").stat().st_size > 100
+    assert sorted(p.name for p in cache_dir.parent.iterdir()) == [cache_dir.name]
+
+
+@pytest.mark.parametrize("damage", ["weights", "meta"])
+def test_a_damaged_cached_teacher_is_named_with_the_fix(damage, tmp_path, tokenizer):
+    cfg = teacher_cfg(tmp_path)
+    cache_dir, _ = cache_a_teacher(cfg, tokenizer, {"metrics": {}, "train_seconds": 1.0})
+    if damage == "weights":
+        (cache_dir / "model.safetensors").write_bytes(b"\x00" * 64)
+    else:
+        (cache_dir / META_FILE).write_text("{not json")
+    with pytest.raises(GrainError) as err:
+        run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)
+    message = str(err.value)
+    assert str(cache_dir) in message and "rm -r" in message and "\n" not in message
