@@ -1,26 +1,34 @@
 """Device hygiene without a GPU: what runs on the GPU creates its tensors on the device it works on
-and does not sync with the host in a step (tests/device_guard.py says how and why)."""
+and does not sync with the host in a step. Two checks (their modules say how and why):
+`DeviceGuard` (tests/device_guard.py), a rule on grain's own calls, over whole Lightning runs;
+`fake_accelerator` (tests/fake_device.py), a second device whose tensors fail when mixed with CPU
+ones, as CUDA does, for the controller, the masked model and the compact model."""
 
 import pytest
 import torch
 from transformers import BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
+import grain.pruning.controller as controller_module
 from grain.bench.flops import count_flops
 from grain.bench.measure import compare_models
 from grain.distill.losses import soft_cross_entropy
-from grain.models import compact as compact_module
-from grain.models import kernels
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.stages.prune import build_student_module
 from tests.device_guard import GRAIN_SRC, DeviceGuard, DeviceGuardError
+from tests.fake_device import ACCELERATOR, AcceleratorTensor, fake_accelerator, to_accelerator
 from tests.test_bench import half_ffn_compact, tiny_dense
-from tests.test_compact import batch, hard_masks, tiny
+from tests.test_compact import batch, hard_masks, masked_outputs, tiny
+from tests.test_pruning import controller_for
 from tests.test_student import make_trainer, setup_parts
 
-# Where a training step may read values back: reporting at log steps, and the one-off compaction.
-REPORTING = ("PruningController.structure", "PruningController.sparsity", "StudentModule.compact_in_place")
+# Where a training step may read values back: reporting at log steps, the one-off compaction, and
+# the compact model's attention mask, read on the host only in eager CPU runs (its device path runs
+# on the stand-in accelerator below).
+ALLOWED_SYNCS = (
+    "PruningController.structure", "PruningController.sparsity", "StudentModule.compact_in_place", "KeyMask.of",
+)
 
 # select_lowest as it was when it crashed on a GPU (commit 3494570): torch.tensor([budget]) is
 # created on the CPU and meets the CUDA cumulative costs in searchsorted.
@@ -37,14 +45,6 @@ def select_lowest(scores, costs, budget):
     remove[order[: min(count, len(order))]] = True
     return remove
 '''
-
-
-@pytest.fixture
-def gpu_branches(monkeypatch):
-    """Where grain's code branches on the device type, take the GPU branch on the CPU: the compact
-    model's padded attention plan, and an attention mask never read on the host."""
-    monkeypatch.setattr(compact_module, "use_padded_plan", lambda device: True)
-    monkeypatch.setattr(kernels, "_may_read_on_host", lambda tensor: False)
 
 
 def grain_code(source: str, package: str = "pruning") -> dict:
@@ -100,6 +100,23 @@ def test_guard_fails_a_block_whose_violation_was_swallowed():
             probe()
 
 
+# --- the stand-in accelerator itself ---------------------------------------------------------------
+
+def test_accelerator_fails_on_mixed_devices_and_counts_syncs():
+    with fake_accelerator() as accelerator:
+        x = torch.arange(4.0, device=ACCELERATOR)
+        assert isinstance(x, AcceleratorTensor) and x.device == ACCELERATOR
+        y = x * torch.tensor(2.0) + x.new_ones(4)  # a CPU scalar mixes, as on CUDA
+        with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+            x + torch.ones(4)
+        assert dict(accelerator.syncs) == {}
+        torch.testing.assert_close(y.to("cpu"), torch.tensor([1.0, 3.0, 5.0, 7.0]))
+        assert bool(x.any())
+        sites = list(accelerator.syncs)
+    assert [site.split(" at ")[0] for site in sites] == ["copy to host", "item/bool/int/float"]
+    assert all(site.startswith(f"{site.split(' at ')[0]} at {__file__}:") for site in sites)
+
+
 # --- (a) training with pruning ------------------------------------------------------------------
 
 @pytest.mark.parametrize("pruner", [
@@ -108,17 +125,48 @@ def test_guard_fails_a_block_whose_violation_was_swallowed():
     ["pruner.score=magnitude"],
     ["pruner.score=random"],
 ], ids=["grad-intra-compact", "grad-head", "magnitude", "random"])
-def test_training_steps_with_pruning_are_device_clean(tmp_path, pruner, gpu_branches):
-    """Student steps that score, prune (start 0, end 0.5 of 4 steps: pruning at steps 0 and 1 for
-    grad, at 0..2 with `frequency`) and, for the first case, compact: every tensor on the model's
-    device, no host sync but in reporting."""
+def test_training_steps_with_pruning_are_device_clean(tmp_path, pruner):
+    """Lightning student steps that score, prune (4 steps, pruning at steps 0..2) and, in the first
+    case, compact: no device-less tensor, and no host sync but in reporting."""
     overrides = ["pruner.start=0.0", "pruner.end=0.5", "trainer.log_every_n_steps=50", *pruner]
     cfg, datamodule, teacher = setup_parts(tmp_path, overrides)
     module = build_student_module(cfg, teacher, 2)
-    with DeviceGuard(forbid_syncs=True, allow_syncs_in=REPORTING):
+    with DeviceGuard(forbid_syncs=True, allow_syncs_in=ALLOWED_SYNCS):
         make_trainer(tmp_path, max_steps=4).fit(module, datamodule=datamodule)
     assert module.controller.current_step == 4
     assert module.controller.sparsity() >= 0.6
+
+
+def run_pruning_steps(model, controller, steps: int, input_ids) -> None:
+    """What the student's training step asks of the controller: mask gradients, scores, pruning."""
+    for _ in range(steps):
+        masks = controller.begin_step()
+        if masks is not None:
+            loss = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits.logsumexp(-1).sum()
+            grads = torch.autograd.grad(loss, list(masks.values()))
+            controller.update_scores(dict(zip(masks, grads)))
+        controller.end_step()
+
+
+@pytest.mark.parametrize("settings", [
+    {"score": "grad"}, {"score": "grad", "units": "head"}, {"score": "magnitude"}, {"score": "random"},
+], ids=["grad-intra", "grad-head", "magnitude", "random"])
+def test_pruning_steps_on_an_accelerator_neither_mix_devices_nor_sync(tiny_bert, settings):
+    controller = controller_for(tiny_bert, target_sparsity=0.5, beta=0.9, end=0.5, **settings)
+    with fake_accelerator() as accelerator:
+        to_accelerator(tiny_bert), to_accelerator(controller)
+        input_ids = torch.randint(1, 100, (2, 8), device=ACCELERATOR)
+        run_pruning_steps(tiny_bert, controller, 8, input_ids)
+        assert accelerator.syncs_in("src/grain") == {}
+        assert controller.mask_ffn.device == ACCELERATOR and controller.sparsity() >= 0.5
+
+
+def test_original_ranking_crashes_on_an_accelerator(tiny_bert, monkeypatch):
+    """The stand-in accelerator reproduces the GPU crash of the original select_lowest."""
+    monkeypatch.setattr(controller_module, "select_lowest", grain_code(ORIGINAL_SELECT_LOWEST)["select_lowest"])
+    controller = controller_for(tiny_bert, score="random")
+    with fake_accelerator(), pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        to_accelerator(controller).prune_to(0.5)
 
 
 # --- (b) compaction and the compact model's forward ---------------------------------------------
@@ -132,15 +180,27 @@ def test_compaction_creates_tensors_on_the_models_device():
         compact.eval()(**batch())
 
 
-def test_compact_gpu_plan_forward_is_device_clean(gpu_branches):
-    """The forward a GPU runs, on the CPU: no device-less tensors and no host syncs, so
-    torch.compile and CUDA graphs can capture it."""
+def test_compact_model_on_an_accelerator_forwards_without_syncs():
+    """Compaction on the accelerator reads back only the masks; the compact model's forward (the
+    accelerator's plan: padded heads, attention mask kept on the device) mixes no devices and never
+    syncs, so torch.compile and CUDA graphs can capture it, and equals the masked model."""
     model = tiny(BertForSequenceClassification)
-    compact, _ = compact_from_masked(model, hard_masks(EncoderShape.of(model)))
+    masks = hard_masks(EncoderShape.of(model))
     inputs = batch()
-    with torch.no_grad(), DeviceGuard(forbid_syncs=True):
-        compact.eval()(**inputs)
-        compact(**inputs)  # the second forward reuses the fused weights kept from the first
+    expected = masked_outputs(model, masks, inputs).logits
+    with fake_accelerator() as accelerator:
+        to_accelerator(model)
+        compact, _ = compact_from_masked(model, {k: m.to(ACCELERATOR) for k, m in masks.items()})
+        assert all(p.device == ACCELERATOR for p in compact.parameters())
+        assert {site.split(" at ")[0] for site in accelerator.syncs} == {"copy to host"}  # the masks
+        accelerator.syncs.clear()
+        on_device = {k: v.to(ACCELERATOR) for k, v in inputs.items()}
+        with torch.no_grad():
+            compact.eval()(**on_device)
+            logits = compact(**on_device).logits  # again: reuses the fused weights kept from the first
+        assert dict(accelerator.syncs) == {}
+        logits = logits.to("cpu")
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
 
 # --- (c) benchmark ------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedd
     shape = EncoderShape.of(model)
     structure = kept_structure(masks, shape)
     config = compact_config(model, structure, embedding_rank)
-    compact = COMPACT_CLASS_BY_HF_HEAD[type(model).__name__](config)
+    with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
+        compact = COMPACT_CLASS_BY_HF_HEAD[type(model).__name__](config)
     plan = compaction_plan(structure, model.base_model_prefix)
     source = dict(model.named_parameters())
     word_key = f"{model.base_model_prefix}.embeddings.word_embeddings"
@@ -125,7 +126,7 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedd
         target.copy_(rule.apply(source[rule.source]))
     if embedding_rank:
         factorize_embeddings(source[f"{word_key}.weight"], compact.base_model.embeddings.word_embeddings, embedding_rank)
-    compact.to(next(model.parameters()).device).train(model.training)
+    compact.train(model.training)
     return compact, plan
 
 
