@@ -21,17 +21,16 @@ whose batches are built on the host by design and moved by Lightning) is checked
 A violation raises `DeviceGuardError` naming the grain file and line, and is kept in `violations`,
 so a violation that some `except` swallowed still fails the block when it exits.
 
-Why a `TorchFunctionMode`, not fake CUDA tensors: `FakeTensorMode` (or any tensor subclass that
-claims a CUDA device) reproduces the device check exactly but has no data or needs every torch
-entry point to run on its stand-in: a training step ranks units by value, Lightning moves batches
-and models to its own root device, and code that branches on `device.type == "cuda"` calls into a
-CUDA runtime this build lacks. A function mode sees every Python-level torch call, with its
-arguments and its caller, while the real CPU computation runs untouched; so it runs on the whole
-Lightning step, compaction and benchmark. What it checks is a rule (a factory names its device)
-rather than the device mismatch itself: it flags the cause wherever it is, also in code whose CPU
-tensor would only meet a CUDA tensor on a path the test does not take. It relies on Tensor methods
-(`item`, `__bool__`, `__int__`, `__getitem__`, ...) reaching function modes, as they do in torch 2.x
-(tests/test_device_guard.py checks that it sees them).
+Why a rule checked by a `TorchFunctionMode`, next to the device simulation of
+tests/fake_device.py: `FakeTensorMode` has no data, and a training step ranks units by value; a
+stand-in device (fake_device.py) reproduces the mismatch itself, but only where the code under test
+runs whole on it: Lightning moves batches and models to its own root device, and code that branches
+on `device.type == "cuda"` calls a CUDA runtime this build lacks. A function mode sees every
+Python-level torch call, with its arguments and its caller, while the real CPU computation runs
+untouched; so it runs on the whole Lightning step, compaction and benchmark. It flags the cause
+wherever it is, also a CPU tensor that would meet a CUDA tensor only on a path the test does not
+take. It relies on Tensor methods (`item`, `__bool__`, `__int__`, `__getitem__`, ...) reaching
+function modes, as they do in torch 2.x (tests/test_device_guard.py checks that it sees them).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ checks the device semantics themselves, on code small enough to run whole on sta
 inside `fake_accelerator()`, `to_accelerator(module)`, `tensor.to(ACCELERATOR)` and factories given
 `device=ACCELERATOR` hand out `AcceleratorTensor`s, wrappers that report the accelerator as their
 device and hold a CPU tensor. An operation that mixes one with a CPU tensor of one or more
-dimensions fails as CUDA does ("Expected all tensors to be on the same device"); CPU scalars
-(0-dim) mix, as on CUDA. Host syncs are counted (`FakeAccelerator.syncs`): reading a value (`item`,
+dimensions fails as CUDA does ("Expected all tensors to be on the same device"); as on CUDA, CPU
+scalars (0-dim) mix, `copy_` and `x[index] = value` copy across devices, and advanced indexing takes
+CPU index tensors. Host syncs are counted (`FakeAccelerator.syncs`): reading a value (`item`,
 `bool`, `int`, ...), copying to the CPU, and operations whose output size depends on the values
 (`nonzero`, `unique`, boolean-mask indexing).
 
@@ -16,7 +17,7 @@ soon as a Tensor method sets a CUDA device guard (`~t`, in-place ops), since no 
 linked; the meta device has a guard in every build, is not the CPU, and its tensors here always
 carry CPU data, so nothing runs as a real meta tensor. Code that branches on `device.type ==
 "cuda"` (and `torch.cuda.*` calls) is out of reach; code that branches on "not the CPU" takes the
-accelerator branch. Autograd through the wrappers is not used here.
+accelerator branch. Autograd runs through the wrappers: the backward's ops are dispatched alike.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves, tree_map
 
 ACCELERATOR = torch.device("meta")
-_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 CPU = torch.device("cpu")
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
 aten = torch.ops.aten
 
 # aten ops that read device values on the host, or whose output size depends on them.
@@ -45,8 +46,7 @@ SYNC_OPS = {
     aten.unique_dim.default: "unique",
     aten.equal.default: "equal",
 }
-
-
+# Advanced indexing takes CPU index tensors on CUDA too (they are copied over).
 INDEXING = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
 
 
@@ -125,7 +125,7 @@ class FakeAccelerator(TorchFunctionMode):
         if func is aten.copy_.default and not isinstance(args[0], AcceleratorTensor):
             self._count_sync("copy to host")  # cpu_tensor.copy_(accelerator_tensor): legal, and a sync
             return args[0].copy_(args[1].inner)
-        if func in INDEXING:  # CUDA tensors take CPU index tensors (copied over, no sync)
+        if func in INDEXING:
             _check_one_device(func, (args[0], args[2:], kwargs))
         else:
             _check_one_device(func, (args, kwargs))
@@ -198,7 +198,7 @@ def to_accelerator(module: nn.Module) -> nn.Module:
 
 
 _ACTIVE: FakeAccelerator | None = None
-_OUTSIDE = FakeAccelerator()  # serves wrappers used outside the context (moving a model there)
+_OUTSIDE = FakeAccelerator()  # serves wrappers used after the context ended (reading results)
 
 
 @contextlib.contextmanager

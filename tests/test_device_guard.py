@@ -154,7 +154,8 @@ def run_pruning_steps(model, controller, steps: int, input_ids) -> None:
 def test_pruning_steps_on_an_accelerator_neither_mix_devices_nor_sync(tiny_bert, settings):
     controller = controller_for(tiny_bert, target_sparsity=0.5, beta=0.9, end=0.5, **settings)
     with fake_accelerator() as accelerator:
-        to_accelerator(tiny_bert), to_accelerator(controller)
+        to_accelerator(tiny_bert)
+        to_accelerator(controller)
         input_ids = torch.randint(1, 100, (2, 8), device=ACCELERATOR)
         run_pruning_steps(tiny_bert, controller, 8, input_ids)
         assert accelerator.syncs_in("src/grain") == {}
