@@ -119,20 +119,21 @@ def test_accelerator_fails_on_mixed_devices_and_counts_syncs():
 
 # --- (a) training with pruning ------------------------------------------------------------------
 
-@pytest.mark.parametrize("pruner", [
-    ["pruner.score=grad", "pruner.units=intra", "pruner.compact_after_end=true"],
-    ["pruner.score=grad", "pruner.units=head"],
-    ["pruner.score=magnitude"],
-    ["pruner.score=random"],
-], ids=["grad-intra-compact", "grad-head", "magnitude", "random"])
-def test_training_steps_with_pruning_are_device_clean(tmp_path, pruner):
+@pytest.mark.parametrize("pruner, precision", [
+    (["pruner.score=grad", "pruner.units=intra", "pruner.compact_after_end=true"], "32-true"),
+    (["pruner.score=grad"], "bf16-mixed"),  # mask gradients through MaskedProduct
+    (["pruner.score=grad", "pruner.units=head"], "32-true"),
+    (["pruner.score=magnitude"], "32-true"),
+    (["pruner.score=random"], "32-true"),
+], ids=["grad-intra-compact", "grad-bf16", "grad-head", "magnitude", "random"])
+def test_training_steps_with_pruning_are_device_clean(tmp_path, pruner, precision):
     """Lightning student steps that score, prune (4 steps, pruning at steps 0..2) and, in the first
     case, compact: no device-less tensor, and no host sync but in reporting."""
     overrides = ["pruner.start=0.0", "pruner.end=0.5", "trainer.log_every_n_steps=50", *pruner]
     cfg, datamodule, teacher = setup_parts(tmp_path, overrides)
     module = build_student_module(cfg, teacher, 2)
     with DeviceGuard(forbid_syncs=True, allow_syncs_in=ALLOWED_SYNCS):
-        make_trainer(tmp_path, max_steps=4).fit(module, datamodule=datamodule)
+        make_trainer(tmp_path, max_steps=4, precision=precision).fit(module, datamodule=datamodule)
     assert module.controller.current_step == 4
     assert module.controller.sparsity() >= 0.6
 
