@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from grain.errors import GrainError
@@ -9,6 +11,8 @@ from grain.errors import GrainError
 STAGES = ("teacher", "prune", "compact")
 TASK_TYPES = ("classification", "qa", "ner")
 STUDENT_INITS = ("pretrained", "teacher")
+# Where the prune stage's checkpoints keep the settings of the run that wrote them (see resume_settings).
+CHECKPOINT_SETTINGS_KEY = "grain_settings"
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -41,6 +45,7 @@ def validate_config(cfg: DictConfig) -> None:
     if "prune" in cfg.stages and "teacher" not in cfg.stages and not cfg.teacher.path:
         raise GrainError("stages has 'prune' without 'teacher': add the teacher stage or give teacher.path=...")
     validate_sizes(cfg)
+    validate_checkpoint(cfg)
 
 
 def _is_int(value) -> bool:
@@ -142,4 +147,79 @@ def validate_sizes(cfg: DictConfig) -> None:
         raise GrainError(
             f"compact.bench_extra_shapes={OmegaConf.to_container(shapes) if OmegaConf.is_config(shapes) else shapes!r} "
             f"is not a list of [batch, length] pairs of positive integers; e.g. compact.bench_extra_shapes=[[32,128]] or null"
+        )
+
+
+def resume_settings(cfg: DictConfig) -> dict:
+    """The settings a prune-stage checkpoint is only valid for, flattened to dotted keys: the target,
+    task data, backbone, pruner, distillation, student training and its step count, seed."""
+    from grain.training import stage_steps
+
+    settings = {
+        "sparsity": float(cfg.sparsity),
+        "seed": cfg.seed,
+        "task.name": cfg.task.name,
+        "student.steps": stage_steps(cfg.student, cfg.trainer),
+    }
+    for key in ("task.datamodule", "model", "pruner", "distillation", "student"):
+        node = OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
+        settings.update(_flatten(node, key))
+    return settings
+
+
+def _flatten(node, prefix: str) -> dict:
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}"))
+        return flat
+    return {prefix: node}
+
+
+def validate_checkpoint(cfg: DictConfig) -> None:
+    """ckpt_path: a readable prune-stage checkpoint written with this run's settings (checked before the
+    teacher stage, which may fine-tune for hours)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None:
+        return
+    example = "ckpt_path=outputs/<task>/<model>/s<sparsity>/<timestamp>/checkpoints/last.ckpt"
+    if "prune" not in cfg.stages:
+        raise GrainError(f"ckpt_path={ckpt_path} resumes the prune stage, which stages={list(cfg.stages)} leaves out; add it")
+    path = Path(str(ckpt_path)).expanduser()
+    if path.is_dir():
+        raise GrainError(f"ckpt_path={ckpt_path} is a directory; give the checkpoint file in it, e.g. {example}")
+    if not path.is_file():
+        raise GrainError(f"ckpt_path={ckpt_path} does not exist; give a checkpoint an earlier run wrote, e.g. {example}")
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # its message may advise weights_only=False, which would run code from the file
+        raise GrainError(
+            f"ckpt_path={ckpt_path} is not a readable checkpoint ({type(err).__name__}); give the "
+            f"checkpoints/last.ckpt of a grain run, e.g. {example}"
+        ) from None
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not any(key.startswith("controller.") for key in state):
+        raise GrainError(
+            f"ckpt_path={ckpt_path} is not a checkpoint of grain's prune stage (no pruning controller in it); "
+            f"give the checkpoints/last.ckpt of a grain run, e.g. {example}"
+        )
+    saved = checkpoint.get(CHECKPOINT_SETTINGS_KEY)
+    if saved is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "ckpt_path=%s records no settings (written before grain stored them): resuming without checking "
+            "that they match this run's", ckpt_path,
+        )
+        return
+    current = resume_settings(cfg)
+    differ = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    if differ:
+        shown = ", ".join(f"{key}={saved.get(key)!r} (this run: {current.get(key)!r})" for key in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
+        raise GrainError(
+            f"ckpt_path={ckpt_path} was written by a run with other settings: {shown}{more}; resume with the "
+            f"checkpoint's settings (its run dir's .hydra/overrides.yaml) or drop ckpt_path to start afresh"
         )

@@ -7,10 +7,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
+from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings
 from grain.metrics.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.models.masks import EncoderShape
@@ -67,11 +69,23 @@ def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
     )
 
 
+class RecordSettings(pl.Callback):
+    """Stores the run's settings in every checkpoint, so that a resume from another run's checkpoint is
+    refused (config.validate_checkpoint compares them)."""
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_SETTINGS_KEY] = dict(self.settings)
+
+
 def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
     module = build_student_module(cfg, teacher, getattr(datamodule, "num_labels", None))
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    trainer = build_trainer(cfg, cfg.student, run_dir / "student", logger, callbacks=[checkpoints])
+    callbacks = [checkpoints, RecordSettings(resume_settings(cfg))]
+    trainer = build_trainer(cfg, cfg.student, run_dir / "student", logger, callbacks=callbacks)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     train_seconds = time.perf_counter() - started
