@@ -94,3 +94,92 @@ def test_the_prune_stage_records_its_settings_and_refuses_another_runs_checkpoin
     validate_config(with_ckpt(tmp_path, ckpt, "sparsity=0.5", "stages=[teacher,prune]"))
     with pytest.raises(GrainError, match=r"sparsity=0\.5 \(this run: 0\.9\)"):
         validate_config(with_ckpt(tmp_path, ckpt, "sparsity=0.9", "stages=[teacher,prune]"))
+
+
+def saved_model_dir(model, tokenizer, path):
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_missing_pretrained_model_is_one_line_naming_the_setting(tmp_path):
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config(["model.pretrained=/nonexistent"], tmp_path))
+    message = one_line(err)
+    assert message.startswith("model.pretrained=/nonexistent does not exist") and "model=minilm" in message
+    with pytest.raises(GrainError, match=r"^model.pretrained=.* \(no config.json in it\)"):
+        validate_config(compose_config([f"model.pretrained={tmp_path}"], tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "no weights", "no config"])
+def test_a_damaged_teacher_path_is_refused_before_training(damage, tmp_path, tiny_bert, tokenizer):
+    teacher = saved_model_dir(tiny_bert, tokenizer, tmp_path / "teacher")
+    weights = teacher / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00" * 64)
+    elif damage == "no weights":
+        weights.unlink()
+    else:
+        (teacher / "config.json").unlink()
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config([*TINY, f"teacher.path={teacher}"], tmp_path))
+    assert one_line(err).startswith(f"teacher.path={teacher}")
+    if damage in ("truncated", "garbage"):
+        assert "model.safetensors is damaged" in str(err.value)
+
+
+def test_a_damaged_model_file_fails_to_load_in_one_line(tmp_path, tiny_bert, tokenizer):
+    """Where validation cannot look (a model swapped after it), loading still names the model."""
+    from grain.models.backbone import load_task_model, load_tokenizer
+
+    cfg = compose_config(TINY, tmp_path)
+    teacher = saved_model_dir(tiny_bert, tokenizer, tmp_path / "teacher")
+    (teacher / "model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(GrainError) as err:
+        load_task_model(cfg.model, "classification", 3, path=str(teacher))
+    assert str(teacher) in one_line(err)
+    with pytest.raises(GrainError) as err:
+        load_tokenizer("not a valid repo id!!")  # transformers: 'Repo id must use alphanumeric chars', 70 lines
+    assert "model.tokenizer" in one_line(err)
+
+
+def test_a_max_length_beyond_the_model_is_refused(tmp_path):
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config(["model=tiny", "task.datamodule.max_length=1024"], tmp_path))
+    assert one_line(err).startswith("task.datamodule.max_length=1024 is longer than model=tiny can read (512")
+
+
+@pytest.mark.parametrize("stages", ["[teacher,prune,compact]", "[teacher,prune]"])
+def test_roberta_is_refused_with_advice_unless_nothing_compacts(stages, tmp_path):
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config(["model=roberta-base", f"stages={stages}"], tmp_path))
+    message = one_line(err)
+    assert message.startswith("model=roberta-base") and "roberta" in message
+    assert "stages=[teacher,prune] pruner.compact_after_end=false" in message
+    validate_config(compose_config(["model=roberta-base", "stages=[teacher,prune]", "pruner.compact_after_end=false"], tmp_path))
+
+
+def test_the_roberta_advice_works(tmp_path, tokenizer):
+    """A (tiny, local) RoBERTa run with the advice's settings prunes to the target, masked."""
+    from transformers import RobertaConfig, RobertaForMaskedLM
+
+    from grain.pipeline import run_pipeline
+
+    config = RobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+    )
+    roberta = saved_model_dir(RobertaForMaskedLM(config), tokenizer, tmp_path / "roberta")
+    overrides = ["model=roberta-base", f"model.pretrained={roberta}", "task.datamodule.max_length=64", *TINY]
+    with pytest.raises(GrainError, match="compacts only BERT"):  # its config says roberta, whatever the name
+        validate_config(compose_config([*overrides, "model.name=mine"], tmp_path))
+    with pytest.raises(GrainError, match=r"max_length=200 is longer than .* \(128 positions\)"):
+        validate_config(compose_config([*overrides, "stages=[teacher,prune]", "pruner.compact_after_end=false",
+                                        "task.datamodule.max_length=200"], tmp_path))
+    cfg = compose_config([*overrides, "stages=[teacher,prune]", "pruner.compact_after_end=false"], tmp_path)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    summary = run_pipeline(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["student"]["sparsity"] >= 0.9

@@ -45,6 +45,7 @@ def validate_config(cfg: DictConfig) -> None:
     if "prune" in cfg.stages and "teacher" not in cfg.stages and not cfg.teacher.path:
         raise GrainError("stages has 'prune' without 'teacher': add the teacher stage or give teacher.path=...")
     validate_sizes(cfg)
+    validate_models(cfg)
     validate_checkpoint(cfg)
 
 
@@ -223,3 +224,132 @@ def validate_checkpoint(cfg: DictConfig) -> None:
             f"ckpt_path={ckpt_path} was written by a run with other settings: {shown}{more}; resume with the "
             f"checkpoint's settings (its run dir's .hydra/overrides.yaml) or drop ckpt_path to start afresh"
         )
+
+
+# Families whose encoder grain can prune (masks hook base_model.encoder.layer[i]) and compact
+# (models/compact.py builds BERT layers only).
+COMPACTABLE_FAMILIES = ("bert",)
+# Other families, recognised by name when a hub model's config is not on this machine.
+OTHER_FAMILIES = ("xlm-roberta", "roberta", "deberta", "distilbert", "electra", "albert", "camembert", "mpnet", "modernbert")
+# Position embeddings that a family keeps for itself (RoBERTa's start at padding_idx + 1).
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+
+
+def local_model_dir(setting: str, value: str, fix: str) -> Path | None:
+    """The local model directory a setting names (None for a hub name); a path that is not a saved model
+    is refused here, naming the setting, instead of a traceback from transformers."""
+    if value.startswith("package:"):
+        from grain.models.backbone import resolve_pretrained
+
+        return Path(resolve_pretrained(value))
+    path = Path(value).expanduser()
+    looks_local = value.startswith(("/", ".", "~")) or "\\" in value or value.count("/") > 1
+    if not path.exists():
+        if looks_local:
+            raise GrainError(f"{setting}={value} does not exist; {fix}")
+        return None  # a hub name, checked when it loads (before anything trains)
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise GrainError(f"{setting}={value} is not a saved model directory (no config.json in it); {fix}")
+    weights = [f for pattern in WEIGHT_FILES for f in sorted(path.glob(pattern))]
+    if setting != "model.tokenizer" and not weights:
+        raise GrainError(f"{setting}={value} holds no weights (model.safetensors or pytorch_model.bin); {fix}")
+    from safetensors import safe_open
+
+    for weight_file in weights:
+        if weight_file.suffix == ".safetensors":
+            try:
+                with safe_open(str(weight_file), "pt"):
+                    pass
+            except Exception as err:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise GrainError(
+                    f"{setting}={value}: {weight_file.name} is damaged or not a safetensors file ({reason}); {fix}"
+                ) from None
+    return path
+
+
+def read_model_config(setting: str, directory: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise GrainError(f"{setting}={directory}: config.json cannot be read ({type(err).__name__}: {err})") from None
+
+
+def hub_model_config(name: str) -> dict | None:
+    """A hub model's config.json when it is in the local HF cache (no network at validation)."""
+    import json
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # not a valid repo id: transformers reports it when the model loads
+        return None
+    if isinstance(cached, str):
+        try:
+            return json.loads(Path(cached).read_text())
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def model_config(cfg: DictConfig) -> dict | None:
+    """config.json of the backbone (`model.pretrained`), or None where it is only on the hub."""
+    pretrained = str(cfg.model.pretrained)
+    if pretrained == "random":
+        return {"model_type": "bert", **OmegaConf.to_container(cfg.model.random_config, resolve=True)}
+    fix = "give a local model directory (with config.json), a hub name such as bert-base-uncased, or model=minilm (offline)"
+    directory = local_model_dir("model.pretrained", pretrained, fix)
+    if directory is None:
+        return hub_model_config(pretrained)
+    return read_model_config("model.pretrained", directory)
+
+
+def model_family(cfg: DictConfig, config: dict | None) -> str | None:
+    if config is not None and config.get("model_type"):
+        return str(config["model_type"])
+    names = f"{cfg.model.name} {cfg.model.pretrained}".lower()
+    for family in OTHER_FAMILIES:
+        if family in names:
+            return family
+    return None
+
+
+def validate_models(cfg: DictConfig) -> None:
+    """model.pretrained, model.tokenizer and teacher.path: existing, loadable, of a family grain can
+    compact when the run compacts, and long enough for the task's max_length."""
+    config = model_config(cfg)
+    tokenizer = str(cfg.model.tokenizer)
+    if tokenizer not in ("random", str(cfg.model.pretrained)):
+        local_model_dir("model.tokenizer", tokenizer, "give a local tokenizer directory or a hub name")
+    if cfg.teacher.path and "teacher" in cfg.stages:
+        fix = (
+            "give a directory saved with save_pretrained (config.json and weights), a hub name, or drop "
+            "teacher.path to fine-tune a teacher"
+        )
+        teacher_dir = local_model_dir("teacher.path", str(cfg.teacher.path), fix)
+        if teacher_dir is not None:
+            read_model_config("teacher.path", teacher_dir)
+
+    family = model_family(cfg, config)
+    compacts = "compact" in cfg.stages or ("prune" in cfg.stages and cfg.pruner.get("compact_after_end", False))
+    if family is not None and family not in COMPACTABLE_FAMILIES and compacts:
+        raise GrainError(
+            f"model={cfg.model.name} (model.pretrained={cfg.model.pretrained}) is a {family} model, and grain "
+            f"compacts only BERT-family encoders "
+            f"(models/compact.py); prune it without compaction: stages=[teacher,prune] pruner.compact_after_end=false, "
+            f"or pick a BERT model (model=minilm, model=bert-base)"
+        )
+
+    if config is not None and config.get("max_position_embeddings"):
+        limit = int(config["max_position_embeddings"]) - POSITION_OFFSET.get(family or "", 0)
+        for key in ("task.datamodule.max_length", "compact.bench_seq_len"):
+            value = OmegaConf.select(cfg, key)
+            if _is_int(value) and value > limit:
+                raise GrainError(
+                    f"{key}={value} is longer than model={cfg.model.name} can read ({limit} positions); "
+                    f"give at most {key}={limit}"
+                )

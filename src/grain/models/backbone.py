@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForQuestionAnswering,
@@ -55,7 +56,20 @@ def resolve_pretrained(name: str) -> str:
 
 
 def load_tokenizer(name: str):
-    return AutoTokenizer.from_pretrained(resolve_pretrained(name))
+    try:
+        return AutoTokenizer.from_pretrained(resolve_pretrained(name))
+    except GrainError:
+        raise
+    except (OSError, ValueError) as err:  # missing files, no network, a malformed hub name
+        raise GrainError(
+            f"could not load the tokenizer '{name}' (model.tokenizer): {_first_line(err)}. Give a local model "
+            f"directory, a hub name reachable from this machine, or model=minilm (offline)."
+        ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def load_task_model(
@@ -90,9 +104,9 @@ def _from_pretrained(auto_cls, name_or_path: str, label_kwargs: dict) -> PreTrai
     try:
         config = AutoConfig.from_pretrained(name_or_path, **label_kwargs)
         return auto_cls.from_pretrained(name_or_path, config=config)
-    except OSError as err:
+    except (OSError, ValueError, SafetensorError) as err:  # missing or damaged files, no network, a bad hub name
         raise GrainError(
-            f"could not load model '{name_or_path}': {err}. Give a local HF model directory, a hub "
+            f"could not load model '{name_or_path}': {_first_line(err)}. Give a local HF model directory, a hub "
             f"name reachable from this machine, or model=minilm (offline)."
         ) from err
 

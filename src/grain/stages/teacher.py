@@ -51,7 +51,10 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
     datamodule = build_datamodule(cfg, tokenizer, cfg.teacher.batch_size, cfg.teacher.max_train_samples)
     num_labels = getattr(datamodule, "num_labels", None)
     if cfg.teacher.path:
-        model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cfg.teacher.path))
+        try:
+            model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cfg.teacher.path))
+        except GrainError as err:
+            raise GrainError(f"teacher.path={cfg.teacher.path}: {err}") from err
         datamodule.setup("validate")
         return TeacherResult(model, str(cfg.teacher.path), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
 
