@@ -148,3 +148,15 @@ def test_compact_stage_times_the_training_device_at_its_default_shapes():
     assert result["device"].startswith("cpu")
     assert [(s["batch"], s["seq_len"]) for s in result["shapes"]] == [(BATCH, SEQ), (1, 8)]
     assert result["shapes"][0]["speedup"] == result["speedup"]
+
+
+def test_steptime_writes_its_ratios(tmp_path):
+    import json
+
+    from grain.bench.steptime import main as steptime_main
+
+    out = tmp_path / "steptime.json"
+    assert steptime_main(["--model", "tiny", "--steps", "8", "--batch", "2", "--seq-len", "8", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["scoring_ratio"] == result["scoring_step_ms"] / result["kd_step_ms"]
+    assert result["device"] == "cpu" and abs(result["achieved_sparsity"] - 0.9) < 0.02

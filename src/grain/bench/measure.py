@@ -22,7 +22,7 @@ def encoder_linear_param_count(model) -> int:
 
 def floor_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
     """Masks keeping, in every layer, one head with one QK and one VO unit, and one FFN neuron."""
-    masks = {kind: torch.zeros(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}
+    masks = {kind: torch.zeros(shape.num_layers, size, device="cpu") for kind, size in shape.units_per_layer.items()}
     for kind in masks:
         masks[kind][:, 0] = 1
     return masks

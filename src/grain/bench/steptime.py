@@ -9,8 +9,10 @@ step-time ratio inside the scoring window (mask-gradient pass on) and over the w
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -26,11 +28,17 @@ class StepTimer(pl.Callback):
     def __init__(self):
         self.times: list[float] = []
 
+    def _now(self, pl_module) -> float:
+        self.device = str(pl_module.device)
+        if pl_module.device.type == "cuda":  # the step's kernels run asynchronously: wait for them
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
+        self._start = self._now(pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.times.append(time.perf_counter() - self._start)
+        self.times.append(self._now(pl_module) - self._start)
 
 
 def fixed_batches(vocab_size: int, batch: int, seq_len: int, steps: int):
@@ -42,7 +50,7 @@ def fixed_batches(vocab_size: int, batch: int, seq_len: int, steps: int):
     return [one] * steps
 
 
-def time_run(overrides: list[str], steps: int, batch: int, seq_len: int) -> tuple[list[float], object]:
+def time_run(overrides: list[str], steps: int, batch: int, seq_len: int) -> tuple[StepTimer, object]:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("config", overrides=overrides + ["student.init=teacher"])
     teacher = load_task_model(cfg.model, "classification", 2)
@@ -50,11 +58,11 @@ def time_run(overrides: list[str], steps: int, batch: int, seq_len: int) -> tupl
     timer = StepTimer()
     loader = torch.utils.data.DataLoader(fixed_batches(teacher.config.vocab_size, batch, seq_len, steps), batch_size=None)
     trainer = pl.Trainer(
-        accelerator="auto", devices=1, max_steps=steps, logger=False, enable_checkpointing=False,
+        accelerator="auto", devices=1, precision=cfg.trainer.precision, max_steps=steps, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=False, callbacks=[timer], limit_val_batches=0,
     )
     trainer.fit(module, train_dataloaders=loader)
-    return timer.times, module.controller
+    return timer, module.controller
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,23 +72,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both runs")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "overrides", nargs="*",
+        help="extra Hydra overrides for both runs (trainer.precision=bf16-mixed sets the precision; default 32-true)",
+    )
     args = parser.parse_args(argv)
     common = [f"model={args.model}", f"sparsity={args.sparsity}", *args.overrides]
-    kd_times, _ = time_run(common + ["pruner=none"], args.steps, args.batch, args.seq_len)
-    grain_times, controller = time_run(common + ["pruner=grain"], args.steps, args.batch, args.seq_len)
+    kd_timer, _ = time_run(common + ["pruner=none"], args.steps, args.batch, args.seq_len)
+    grain_timer, controller = time_run(common + ["pruner=grain"], args.steps, args.batch, args.seq_len)
+    kd_times, grain_times = kd_timer.times, grain_timer.times
     schedule = controller.schedule
     skip = 2  # first steps warm up allocators and kernels
     kd = statistics.median(kd_times[skip:])
     scoring = [t for step, t in enumerate(grain_times) if skip <= step <= schedule.end_step]
     after = [t for step, t in enumerate(grain_times) if step > schedule.end_step + 1]
+    result = {
+        "kd_step_ms": kd * 1e3,
+        "scoring_step_ms": statistics.median(scoring) * 1e3,
+        "scoring_ratio": statistics.median(scoring) / kd,
+        "after_pruning_ratio": statistics.median(after) / kd if after else None,
+        "whole_run_ratio": sum(grain_times[skip:]) / sum(kd_times[skip:]),
+        "achieved_sparsity": controller.sparsity(),
+        "device": grain_timer.device,
+        "steps": args.steps, "batch": args.batch, "seq_len": args.seq_len, "overrides": common,
+    }
     print(f"plain KD step:                {kd * 1e3:8.1f} ms (median of {len(kd_times) - skip})")
-    print(f"GRAIN step, scoring window:   {statistics.median(scoring) * 1e3:8.1f} ms -> ratio {statistics.median(scoring) / kd:.2f}")
+    print(f"GRAIN step, scoring window:   {result['scoring_step_ms']:8.1f} ms -> ratio {result['scoring_ratio']:.2f}")
     if after:
-        print(f"GRAIN step, after pruning:    {statistics.median(after) * 1e3:8.1f} ms -> ratio {statistics.median(after) / kd:.2f}")
-    whole = sum(grain_times[skip:]) / sum(kd_times[skip:])
-    print(f"whole run ({args.steps} steps, scoring until step {schedule.end_step}): ratio {whole:.2f}; "
-          f"achieved sparsity {controller.sparsity():.3f}")
+        print(f"GRAIN step, after pruning:    {statistics.median(after) * 1e3:8.1f} ms -> ratio {result['after_pruning_ratio']:.2f}")
+    print(f"whole run ({args.steps} steps, scoring until step {schedule.end_step}): ratio {result['whole_run_ratio']:.2f}; "
+          f"achieved sparsity {result['achieved_sparsity']:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -40,7 +40,7 @@ def first_units(shape: EncoderShape, heads_per_layer: list[int], qk: list[list[i
                 ffn: list[int]) -> dict[str, torch.Tensor]:
     """Masks [layers, units] keeping, in layer l, heads 0..heads_per_layer[l]-1 with their first
     qk[l][h] / vo[l][h] units, and the first ffn[l] FFN neurons."""
-    masks = {kind: torch.zeros(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}
+    masks = {kind: torch.zeros(shape.num_layers, size, device="cpu") for kind, size in shape.units_per_layer.items()}
     d = shape.head_dim
     for layer in range(shape.num_layers):
         for h in range(heads_per_layer[layer]):
