@@ -1,6 +1,9 @@
 """Bad inputs a user can give (checkpoints, model and teacher paths, label orders) are refused clearly
 before anything trains, or handled right."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from omegaconf import open_dict
@@ -183,3 +186,82 @@ def test_the_roberta_advice_works(tmp_path, tokenizer):
         del cfg["hydra"]
     summary = run_pipeline(cfg, tmp_path / "run")
     assert summary["status"] == "completed" and summary["student"]["sparsity"] >= 0.9
+
+
+MNLI = ["entailment", "neutral", "contradiction"]
+
+
+def mnli_teacher_dirs(cfg, tokenizer, tmp_path):
+    """A 3-label teacher saved twice: in the task's label order, and with its labels (and classifier
+    rows) in another order, as a teacher fine-tuned elsewhere may be."""
+    from grain.models.backbone import load_task_model
+
+    model = load_task_model(cfg.model, "classification", 3)
+    model.config.id2label, model.config.label2id = dict(enumerate(MNLI)), {n: i for i, n in enumerate(MNLI)}
+    in_order = saved_model_dir(model, tokenizer, tmp_path / "in_order")
+    other = ["contradiction", "neutral", "entailment"]
+    rows = torch.tensor([MNLI.index(name) for name in other])
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[rows])
+        model.classifier.bias.copy_(model.classifier.bias[rows])
+    model.config.id2label, model.config.label2id = dict(enumerate(other)), {n: i for i, n in enumerate(other)}
+    reordered = saved_model_dir(model, tokenizer, tmp_path / "reordered")
+    return in_order, reordered
+
+
+def test_a_given_teacher_with_another_label_order_is_scored_by_label_name(tmp_path, tokenizer):
+    from grain.stages.teacher import run_teacher_stage
+
+    cfg = compose_config(["task=mnli", *TINY], tmp_path)
+    in_order, reordered = mnli_teacher_dirs(cfg, tokenizer, tmp_path)
+    results = {}
+    for name, path in (("in_order", in_order), ("reordered", reordered)):
+        with open_dict(cfg):
+            cfg.teacher.path = str(path)
+        results[name] = run_teacher_stage(cfg, tokenizer, tmp_path / name, logger=None)
+    batch = tokenizer(["a cat sat", "two dogs ran far"], ["a cat", "dogs"], return_tensors="pt", padding=True)
+    expected = results["in_order"].model.eval()(**batch).logits
+    torch.testing.assert_close(results["reordered"].model.eval()(**batch).logits, expected)
+    assert results["reordered"].metrics == results["in_order"].metrics
+    assert results["reordered"].model.config.id2label == dict(enumerate(MNLI))
+
+
+@pytest.mark.parametrize("id2label", [{0: "positive", 1: "negative", 2: "other"}, {0: "LABEL_0", 1: "LABEL_1"}])
+def test_a_given_teacher_with_other_labels_is_refused(id2label, tmp_path, tokenizer, tiny_bert):
+    from grain.stages.teacher import run_teacher_stage
+
+    tiny_bert.config.id2label = id2label
+    tiny_bert.config.label2id = {v: k for k, v in id2label.items()}
+    if len(id2label) == 2:
+        tiny_bert.classifier = torch.nn.Linear(tiny_bert.config.hidden_size, 2)
+    teacher = saved_model_dir(tiny_bert, tokenizer, tmp_path / "teacher")
+    cfg = compose_config(["task=mnli", *TINY, f"teacher.path={teacher}"], tmp_path)
+    with pytest.raises(GrainError) as err:
+        run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)
+    message = one_line(err)
+    assert message.startswith(f"teacher.path={teacher} predicts the labels") and "entailment" in message
+
+
+def test_saved_models_carry_the_tasks_label_names(tmp_path, tokenizer):
+    from grain.models.compact import GrainBertPreTrainedModel
+    from grain.models.masks import EncoderShape
+    from grain.models.slicing import compact_from_masked
+    from grain.stages.prune import run_prune_stage
+    from grain.stages.teacher import run_teacher_stage
+    from tests.conftest import all_kept_masks
+
+    cfg = compose_config(["task=mnli", *TINY, "stages=[teacher,prune]"], tmp_path)
+    teacher = run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)
+    cached = json.loads((Path(teacher.path) / "config.json").read_text())
+    assert cached["id2label"] == {str(i): name for i, name in enumerate(MNLI)}
+    assert cached["label2id"] == {name: i for i, name in enumerate(MNLI)}
+    with open_dict(cfg):
+        cfg.student.init = "pretrained"  # not a copy of the (named) teacher
+    pruned = run_prune_stage(cfg, tokenizer, teacher.model, tmp_path / "run", logger=None)
+    assert pruned.student.config.id2label == dict(enumerate(MNLI))
+    compact = pruned.student
+    if not isinstance(compact, GrainBertPreTrainedModel):  # not compacted when its masks froze
+        pruned.controller.detach()
+        compact, _ = compact_from_masked(compact, all_kept_masks(EncoderShape.of(compact)))
+    compact.save_pretrained(tmp_path / "compact")
+    assert json.loads((tmp_path / "compact" / "config.json").read_text())["id2label"]["2"] == "contradiction"

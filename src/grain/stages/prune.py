@@ -18,6 +18,7 @@ from grain.models.backbone import load_task_model
 from grain.models.masks import EncoderShape
 from grain.modules.student import StudentModule
 from grain.pruning.controller import PruningController
+from grain.stages.teacher import name_labels
 from grain.training import build_datamodule, build_trainer
 from grain.viz import plot_structure
 
@@ -83,6 +84,7 @@ class RecordSettings(pl.Callback):
 def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
     module = build_student_module(cfg, teacher, getattr(datamodule, "num_labels", None))
+    name_labels(module.student, getattr(datamodule, "labels", None))  # the compact model inherits them
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     callbacks = [checkpoints, RecordSettings(resume_settings(cfg))]
     trainer = build_trainer(cfg, cfg.student, run_dir / "student", logger, callbacks=callbacks)

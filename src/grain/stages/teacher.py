@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,22 +52,29 @@ def teacher_cache_dir(cfg: DictConfig, datamodule) -> Path:
 def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> TeacherResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.teacher.batch_size, cfg.teacher.max_train_samples)
     num_labels = getattr(datamodule, "num_labels", None)
+    labels = getattr(datamodule, "labels", None)  # classification and NER: the task's label names
     if cfg.teacher.path:
+        order = teacher_label_order(str(cfg.teacher.path), labels, cfg.task.name) if labels else None
         try:
             model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cfg.teacher.path))
         except GrainError as err:
             raise GrainError(f"teacher.path={cfg.teacher.path}: {err}") from err
+        if order is not None:
+            reorder_label_rows(model, order)
+        name_labels(model, labels)
         datamodule.setup("validate")
         return TeacherResult(model, str(cfg.teacher.path), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
 
     cache_dir = teacher_cache_dir(cfg, datamodule)
     if (cache_dir / META_FILE).exists():
         meta, model = load_cached_teacher(cfg, cache_dir, num_labels)
+        name_labels(model, labels)
         datamodule.setup("validate")  # this run's evaluation set, not the one of the run that cached it
         metrics = evaluate(model, datamodule, "teacher (cached)")
         return TeacherResult(model, str(cache_dir), metrics, meta.get("train_seconds", 0.0), cached=True)
 
     model = load_task_model(cfg.model, cfg.task.type, num_labels)
+    name_labels(model, labels)  # the cached teacher and the models made from it carry the task's names
     module = TeacherModule(model, cfg.teacher.lr, cfg.teacher.weight_decay, cfg.teacher.warmup_ratio)
     trainer = build_trainer(cfg, cfg.teacher, run_dir / "teacher", logger)
     started = time.perf_counter()
@@ -74,6 +83,66 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
     metrics = evaluate(model, datamodule, "teacher")
     save_teacher(model, tokenizer, cache_dir, {"metrics": metrics, "train_seconds": train_seconds})
     return TeacherResult(model, str(cache_dir), metrics, train_seconds, cached=False)
+
+
+def _label_key(name) -> str:
+    """A label name as compared: case and spaces aside, and LABEL_3 as 3."""
+    key = str(name).strip().lower()
+    return key[len("label_"):] if re.fullmatch(r"label_\d+", key) else key
+
+
+def teacher_label_order(path: str, labels: list[str], task_name: str) -> list[int] | None:
+    """The row of the given teacher's classifier for each of the task's labels, matched by name
+    (None: already in the task's order). Names that say nothing (LABEL_0.., or a task whose labels
+    are codes such as SST-2's 0/1) are taken in order when the counts agree; otherwise refused."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GrainError(f"teacher.path={path}: its config cannot be loaded ({reason}); give a directory saved "
+                         f"with save_pretrained or a hub name") from None
+    saved = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
+    saved_keys, task_keys = [_label_key(n) for n in saved], [_label_key(n) for n in labels]
+    if sorted(saved_keys) == sorted(task_keys) and len(set(saved_keys)) == len(saved_keys):
+        order = [saved_keys.index(key) for key in task_keys]
+        return None if order == list(range(len(order))) else order
+    uninformative = all(k.isdigit() for k in saved_keys) or all(k.isdigit() for k in task_keys)
+    if uninformative and len(saved) == len(labels):
+        return None
+    raise GrainError(
+        f"teacher.path={path} predicts the labels {saved} and task {task_name} has {list(labels)}; give a teacher "
+        f"fine-tuned on {task_name} (its config.json id2label naming the same labels), or drop teacher.path to "
+        f"fine-tune one"
+    )
+
+
+def reorder_label_rows(model, order: list[int]) -> None:
+    """Put the classifier's output rows in the task's label order (row i = the task's label i)."""
+    num_labels = len(order)
+    base = model.base_model_prefix
+    heads = [
+        module for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and module.out_features == num_labels and not name.startswith(base + ".")
+    ]
+    if len(heads) != 1:
+        raise GrainError(f"cannot find the classifier of {type(model).__name__} to put its labels in the task's order")
+    head = heads[-1]
+    index = torch.tensor(order)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[index])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[index])
+
+
+def name_labels(model, labels: list[str] | None) -> None:
+    """Write the task's label names into the model's config, so saved models (cached teacher, compact
+    model) carry them instead of LABEL_0..n."""
+    if not labels:
+        return
+    model.config.id2label = {i: str(name) for i, name in enumerate(labels)}
+    model.config.label2id = {str(name): i for i, name in enumerate(labels)}
 
 
 def load_cached_teacher(cfg: DictConfig, cache_dir: Path, num_labels):
