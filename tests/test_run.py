@@ -41,6 +41,14 @@ def test_tiny_run_writes_summary(tmp_path):
     assert (path.parent / "masks.safetensors").exists() and (path.parent / "structure.png").exists()
     assert (path.parent / ".hydra" / "config.yaml").exists()
 
+    output = result.stdout + result.stderr  # captured: not a terminal
+    assert output.count("Seed set to 42") == 1, "each Lightning INFO line once"
+    assert "teacher: step 1/5 (20%)" in output and "student: step 1/5 (20%)" in output  # progress lines
+    assert "student: trained 5 steps" in output
+    block = result.stdout[result.stdout.index("grain: sst2 tiny sparsity 0.9: completed"):]
+    assert f"student  accuracy {student['metric']:.4f}" in block and f"summary  {path}" in block
+    assert str(path.parent / "compact") in block
+
     # a second run reuses the cached teacher
     again = run_grain(["task=sst2", "model=tiny", "trainer.max_steps=5", "logger=none", "stages=[teacher]"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -109,6 +109,11 @@ def validate_sizes(cfg: DictConfig) -> None:
     check_count(cfg, "trainer.max_steps", "trainer.max_steps=5", null="no cap", unlimited="no cap")
     check_count(cfg, "trainer.log_every_n_steps", "trainer.log_every_n_steps=10")
     check_count(cfg, "trainer.num_workers", "trainer.num_workers=0", minimum=0)
+    from grain.training import PROGRESS_MODES
+
+    if cfg.trainer.get("progress", "auto") not in PROGRESS_MODES:
+        raise GrainError(f"trainer.progress={cfg.trainer.progress!r}; expected one of {list(PROGRESS_MODES)}")
+    check_range(cfg, "trainer.progress_seconds", 0.0, float("inf"), "trainer.progress_seconds=30", low_open=True)
     devices = cfg.trainer.devices
     if not (devices == "auto" or (_is_int(devices) and (devices >= 1 or devices == -1)) or OmegaConf.is_list(devices)):
         raise GrainError(

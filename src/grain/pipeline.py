@@ -135,6 +135,37 @@ def save_summary(run_dir: Path, summary: dict) -> None:
     log.info("wrote %s", path)
 
 
+def results_block(summary: dict) -> str:
+    """What a run ends with on the console: metrics, sparsity, speedup, where the models and the summary are."""
+    metric = summary.get("metric_name", "metric")
+
+    def value(x, fmt=".4f"):
+        return format(x, fmt) if isinstance(x, (int, float)) else "n/a"
+
+    run_dir = summary.get("run_dir", ".")
+    lines = [f"grain: {summary.get('task')} {summary.get('model')} sparsity {summary.get('sparsity')}: {summary.get('status')}"]
+    teacher = summary.get("teacher") or {}
+    if teacher:
+        cached = " (cached)" if teacher.get("cached") else ""
+        lines.append(f"  teacher  {metric} {value(teacher.get('metric'))}{cached}   {teacher.get('path')}")
+    student = summary.get("student") or {}
+    if student:
+        lines.append(
+            f"  student  {metric} {value(student.get('metric'))}   sparsity {value(student.get('sparsity'))} "
+            f"(target {summary.get('sparsity')}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
+        )
+    compact = summary.get("compact") or {}
+    if compact:
+        lines.append(
+            f"  compact  {metric} {value(compact.get('metric'))}   speedup {value(compact.get('speedup'), '.2f')}x "
+            f"(FLOPs-ideal {value(compact.get('flops_ratio'), '.2f')}x) on {compact.get('device')}, batch "
+            f"{compact.get('batch')} x {compact.get('seq_len')}   {compact.get('path')}"
+        )
+    seconds = (summary.get("timing") or {}).get("total_seconds")
+    lines.append(f"  summary  {Path(run_dir) / 'summary.json'}" + (f"   ({seconds:.0f} s)" if seconds else ""))
+    return "\n".join(lines)
+
+
 def flat_metrics(summary: dict) -> dict[str, float]:
     """The headline numbers of summary.json, for the experiment logger."""
     flat = {}

@@ -41,6 +41,16 @@ def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
             break
 
 
+def single_log_handler() -> None:
+    """The `lightning` logger prints to its own console handler and also passes each record on to the
+    root logger that Hydra set up (console and run.log): every Lightning INFO line came out twice.
+    Keep Hydra's."""
+    import lightning
+
+    if logging.getLogger().handlers:
+        logging.getLogger("lightning").removeHandler(getattr(lightning, "_console", None))
+
+
 def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> None:
     """A sweep job failed: log it and let the sweep go on; it ends non-zero, listing the failures."""
     from grain.sweep import record_failure
@@ -72,6 +82,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(BAD_INPUT_EXIT)
     from grain.pipeline import run_pipeline
 
+    single_log_handler()
     try:
         with stop_on_signals():
             try:
@@ -95,6 +106,12 @@ def main(cfg: DictConfig) -> float | None:
         if sweeping:
             return job_failed(hydra_cfg, err, with_traceback=True)
         raise
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from grain.pipeline import results_block
+
+    if rank_zero_only.rank == 0:
+        print(results_block(summary), flush=True)
     student = summary.get("student") or {}
     return student.get("metric", summary.get("teacher", {}).get("metric"))
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -9,6 +13,9 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from grain.stopping import StopCallback
+
+log = logging.getLogger(__name__)
+PROGRESS_MODES = ("auto", "bar", "log", "none")
 
 
 def build_datamodule(cfg: DictConfig, tokenizer, batch_size: int, max_train_samples):
@@ -33,8 +40,61 @@ def stage_steps(stage_cfg: DictConfig, trainer_cfg: DictConfig) -> int:
     return min(caps) if caps else -1
 
 
+class ProgressLog(pl.Callback):
+    """A log line at the first step, then every `every_s` seconds, and at the end of training: what a
+    progress bar cannot show where the output is not a terminal (`make run > log`, a SLURM job)."""
+
+    def __init__(self, stage: str, every_s: float = 30.0):
+        self.stage = stage
+        self.every_s = float(every_s)
+        self.started = self.last = 0.0
+
+    def on_train_start(self, trainer, pl_module):
+        self.started = self.last = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        now = time.monotonic()
+        if trainer.global_step == 1 or now - self.last >= self.every_s:
+            self.last = now
+            log.info(self.line(trainer, now))
+
+    def on_train_end(self, trainer, pl_module):
+        log.info("%s: trained %d steps in %.0f s", self.stage, trainer.global_step, time.monotonic() - self.started)
+
+    def line(self, trainer, now: float) -> str:
+        step, elapsed = trainer.global_step, max(now - self.started, 1e-9)
+        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+        try:
+            total = int(trainer.estimated_stepping_batches) if math.isfinite(trainer.estimated_stepping_batches) else total
+        except Exception:  # no estimate (an iterable without a length)
+            pass
+        parts = [f"{self.stage}: step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else "")]
+        if trainer.max_epochs and trainer.max_epochs > 0:
+            parts.append(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        for name, value in sorted(trainer.progress_bar_metrics.items()):
+            if "loss" in name:
+                parts.append(f"{name} {float(value):.4f}")
+        parts.append(f"{step / elapsed:.2f} steps/s")
+        if total and step:
+            parts.append(f"{(total - step) * elapsed / step / 60:.1f} min left")
+        return ", ".join(parts)
+
+
+def progress_settings(trainer_cfg: DictConfig, stage: str) -> dict:
+    """A progress bar on a terminal; elsewhere (or with trainer.progress=log) a log line every
+    trainer.progress_seconds."""
+    mode = trainer_cfg.get("progress", "auto")
+    if mode == "auto":
+        mode = "bar" if sys.stdout.isatty() else "log"
+    if mode == "bar":
+        return {"enable_progress_bar": True, "callbacks": []}
+    callbacks = [ProgressLog(stage, trainer_cfg.get("progress_seconds", 30))] if mode == "log" else []
+    return {"enable_progress_bar": False, "callbacks": callbacks}
+
+
 def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, run_dir: Path, logger, callbacks=(), **overrides):
     t = cfg.trainer
+    progress = progress_settings(t, Path(run_dir).name)
     kwargs = dict(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -47,7 +107,8 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, run_dir: Path, logger,
         num_sanity_val_steps=0,
         deterministic=t.deterministic,
         default_root_dir=str(run_dir),
-        callbacks=[*callbacks, StopCallback()],
+        callbacks=[*callbacks, StopCallback(), *progress["callbacks"]],
+        enable_progress_bar=progress["enable_progress_bar"],
         enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks),
         enable_model_summary=False,
     )
