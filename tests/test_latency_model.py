@@ -68,5 +68,9 @@ def test_measured_model_is_cached_and_reused(tmp_path):
     model = latency_model(config, torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.005, progress=lines.append)
     assert model.head_widths == [0] + width_grid(16) and len(model.head_ms) == len(model.head_widths)
     assert all(t >= 0 for row in model.head_ms for t in row) and model.ffn_widths[0] == 0
+    # wider never costs less (noise is smoothed out), so no marginal cost is negative
+    assert all(a <= b for row in model.head_ms for a, b in zip(row, row[1:]))
+    assert all(a <= b for column in zip(*model.head_ms) for a, b in zip(column, column[1:]))
+    assert all(a <= b for a, b in zip(model.ffn_ms, model.ffn_ms[1:]))
     again = latency_model(config, torch.device("cpu"), 2, 8, tmp_path, progress=lines.append)
     assert again == model and lines[-1].startswith("latency model from")

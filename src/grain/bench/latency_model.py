@@ -209,9 +209,25 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     fixed = empty_ms - shape.num_layers * (attention_empty + ffn_table[0])
     return LatencyModel(
         key=model_key(shape, device, dtype, batch, seq_len), fixed_ms=fixed, attention_empty_ms=attention_empty,
-        attention_base_ms=statistics.median(bases), head_widths=widths, head_ms=table,
-        ffn_widths=ffn_widths, ffn_ms=ffn_table,
+        attention_base_ms=statistics.median(bases), head_widths=widths, head_ms=monotone_2d(table),
+        ffn_widths=ffn_widths, ffn_ms=monotone(ffn_table),
     )
+
+
+def monotone(values: list[float]) -> list[float]:
+    """Running maximum: a wider part never costs less (timing noise would give negative marginal costs)."""
+    out, top = [], float("-inf")
+    for value in values:
+        top = max(top, value)
+        out.append(top)
+    return out
+
+
+def monotone_2d(table: list[list[float]]) -> list[list[float]]:
+    """Non-decreasing along both widths (rows: QK, columns: VO)."""
+    rows = [monotone(row) for row in table]
+    columns = [monotone(list(column)) for column in zip(*rows)]
+    return [list(row) for row in zip(*columns)]
 
 
 def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path,
