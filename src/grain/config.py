@@ -37,6 +37,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise GrainError(f"pruner.units={cfg.pruner.units!r}; expected one of {list(UNIT_MODES)}")
     if cfg.pruner.score not in SCORE_KINDS:
         raise GrainError(f"pruner.score={cfg.pruner.score!r}; expected one of {list(SCORE_KINDS)}")
+    from grain.pruning.ranking import BUDGET_MODES
+
+    if cfg.pruner.get("budget", "grain") not in BUDGET_MODES:
+        raise GrainError(
+            f"pruner.budget={cfg.pruner.budget!r}; expected one of {list(BUDGET_MODES)} (grain: the QK units "
+            f"of emptied heads count in the budget; official: they go on top of it, as airaria/GRAIN)"
+        )
     if not 0.0 <= cfg.pruner.start <= cfg.pruner.end <= 1.0:
         raise GrainError(
             f"pruner.start={cfg.pruner.start}, pruner.end={cfg.pruner.end}: need 0 <= start <= end <= 1 "
@@ -47,6 +54,20 @@ def validate_config(cfg: DictConfig) -> None:
     validate_sizes(cfg)
     validate_models(cfg)
     validate_checkpoint(cfg)
+    validate_task_data(cfg)
+
+
+def validate_task_data(cfg: DictConfig) -> None:
+    """A task whose DataModule can check its data (files, columns, labels: the generic tasks on the
+    user's own files) does so here, through its `check_config(cfg)`, before anything trains."""
+    target = OmegaConf.select(cfg, "task.datamodule._target_")
+    if not isinstance(target, str) or not target.startswith("grain.data."):
+        return
+    from hydra.utils import get_class
+
+    check = getattr(get_class(target), "check_config", None)
+    if check is not None:
+        check(cfg)
 
 
 def _is_int(value) -> bool:

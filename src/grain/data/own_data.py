@@ -1,0 +1,128 @@
+"""The user's own data files: which `datasets` builder reads a file (from its extension), loading a
+split from local files or a hub dataset, and the one-line errors that name the file and the fix.
+
+Used by the generic tasks (`task=text_classification`, `task=token_classification`,
+`task=question_answering`); the GLUE/SQuAD/CoNLL modules keep their own readers.
+"""
+
+from __future__ import annotations
+
+import csv
+from contextlib import contextmanager
+from pathlib import Path
+
+import datasets
+
+from grain.errors import GrainError
+
+# extension -> (datasets builder, its keyword arguments)
+FORMATS = {
+    ".csv": ("csv", {}),
+    # tab-separated as GLUE writes them: no quoting, so a lone `"` in a sentence stays a character
+    ".tsv": ("csv", {"delimiter": "\t", "quoting": csv.QUOTE_NONE}),
+    ".json": ("json", {}),
+    ".jsonl": ("json", {}),
+    ".parquet": ("parquet", {}),
+}
+SPLIT_KEYS = {"train": "train_file", "validation": "validation_file", "test": "test_file"}
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+@contextmanager
+def quiet_progress():
+    """No `Generating train split` bars while a small file loads (they would clutter the run log)."""
+    was_enabled = not datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def resolve_file(task: str, split: str, value: str | None) -> Path:
+    """The local file of a split (`task.<split>_file`), existing and of a known format."""
+    key = f"task.{SPLIT_KEYS[split]}"
+    if not value:
+        raise GrainError(
+            f"task={task}: no {split} data; give {key}=<path to a {'/'.join(e[1:] for e in FORMATS)} file> "
+            f"(or task.dataset_name=<hub dataset> for a dataset from the hub)"
+        )
+    path = Path(str(value)).expanduser()
+    if not path.is_file():
+        where = path.parent if str(path.parent) not in ("", ".") else Path(".")
+        if where.is_dir():
+            present = sorted(p.name for p in where.iterdir() if p.suffix.lower() in FORMATS)[:8]
+            around = f" ({where.resolve()} has {', '.join(present) if present else 'no csv/tsv/json/jsonl/parquet files'})"
+        else:
+            around = f" (no directory {where})"
+        raise GrainError(f"{key}={value}: no such file{around}; give the path of your {split} file")
+    if path.suffix.lower() not in FORMATS:
+        raise GrainError(
+            f"{key}={value}: unknown format '{path.suffix or '(no extension)'}'; name the file .csv, .tsv, .json, "
+            f".jsonl or .parquet (the extension says how it is read)"
+        )
+    return path.resolve()
+
+
+def load_file(path: Path, cache_dir: Path | None, json_field: str | None = None) -> datasets.Dataset:
+    """All rows of one local file as a Dataset (read with `datasets`, cached as Arrow under cache_dir)."""
+    builder, kwargs = FORMATS[path.suffix.lower()]
+    kwargs = dict(kwargs)
+    if builder == "json" and json_field:
+        kwargs["field"] = json_field
+    try:
+        with quiet_progress():
+            return datasets.load_dataset(
+                builder, data_files={"train": str(path)}, split="train",
+                cache_dir=str(Path(cache_dir) / "datasets") if cache_dir else None, **kwargs,
+            )
+    except Exception as err:  # pyarrow/pandas parse errors, a JSON object without the list of rows, ...
+        hint = {
+            "csv": "a header line with the column names, then one row per line",
+            "json": "one JSON object per line (.jsonl), a JSON list of objects, or task.json_field=<key> "
+                    "naming the list inside a JSON object",
+            "parquet": "a parquet table",
+        }[builder]
+        raise GrainError(f"{path}: cannot be read as {path.suffix.lstrip('.').lower()} ({first_line(err)}); expected {hint}") from None
+
+
+def load_hub_split(task: str, name: str, config: str | None, split: str, hub_split: str | None,
+                   cache_dir: Path | None) -> datasets.Dataset:
+    key = {"train": "task.train_split", "validation": "task.validation_split", "test": "task.test_split"}[split]
+    if not hub_split:
+        raise GrainError(f"task={task}: no {split} split named for task.dataset_name={name}; set {key}=<split name>")
+    try:
+        with quiet_progress():
+            return datasets.load_dataset(name, config, split=hub_split)
+    except ValueError as err:
+        if "split" in str(err).lower():
+            raise GrainError(
+                f"task.dataset_name={name}: no split '{hub_split}' ({first_line(err)}); set {key}=<one of its splits>"
+            ) from None
+        raise GrainError(f"task.dataset_name={name} (task.dataset_config={config}): {first_line(err)}") from None
+    except Exception as err:  # not on the hub, no network, a config the dataset lacks
+        raise GrainError(
+            f"task.dataset_name={name} (task.dataset_config={config}) cannot be loaded: {first_line(err)}; give a "
+            f"dataset name (and config) reachable from this machine, or local files with task.train_file=... "
+            f"task.validation_file=..."
+        ) from None
+
+
+def require_columns(where: str, dataset: datasets.Dataset, columns: dict[str, str]) -> None:
+    """columns: {setting: column name}; a missing one is named with the columns the data has."""
+    present = list(dataset.column_names)
+    for setting, column in columns.items():
+        if column not in present:
+            raise GrainError(
+                f"{where}: no column '{column}' ({setting}); its columns are {present}: set {setting} to one of them"
+            )
+
+
+def require_rows(where: str, dataset: datasets.Dataset) -> None:
+    if len(dataset) == 0:
+        raise GrainError(f"{where}: no rows (an empty split); give a file with at least one example")
