@@ -82,6 +82,8 @@ def load_file(path: Path, cache_dir: Path | None, json_field: str | None = None)
                 cache_dir=str(Path(cache_dir) / "datasets") if cache_dir else None, **kwargs,
             )
     except Exception as err:  # pyarrow/pandas parse errors, a JSON object without the list of rows, ...
+        if path.stat().st_size == 0 or "corresponds to no data" in str(err) or "No columns to parse" in str(err):
+            raise GrainError(f"{path}: no rows (an empty file); give a file with at least one example") from None
         hint = {
             "csv": "a header line with the column names, then one row per line",
             "json": "one JSON object per line (.jsonl), a JSON list of objects, or task.json_field=<key> "

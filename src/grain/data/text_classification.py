@@ -12,6 +12,7 @@ names the file and the fix.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,12 @@ class TextClassificationEvaluator:
         self.regression = num_labels == 1
         local = {"sync_on_compute": False}  # each process evaluates the whole split (see metrics/classification.py)
         if self.regression:
+            with warnings.catch_warnings():  # Spearman keeps the split's predictions: one float per row is fine
+                warnings.simplefilter("ignore", UserWarning)
+                spearman = tmr.SpearmanCorrCoef(**local)
             self.metrics = {
                 "pearson": tmr.PearsonCorrCoef(**local),
-                "spearman": tmr.SpearmanCorrCoef(**local),
+                "spearman": spearman,
                 "mse": tmr.MeanSquaredError(**local),
             }
         else:
@@ -307,6 +311,13 @@ class TextClassificationDataModule(TaskDataModule):
         module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
         trains = "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path)
         module.check(needs_train=trains)
+        distill = cfg.get("distillation") or {}
+        if module.regression and "prune" in cfg.stages and not distill.get("hard_label_weight", 0):
+            raise GrainError(
+                "task.num_labels=1 (regression): KD on logits compares softmaxes, which are constant for one "
+                "output, so the student's head would learn nothing; add distillation.hard_label_weight=1.0 "
+                "(the student's MSE to the gold numbers)"
+            )
 
     # --- rows and features ------------------------------------------------------------------------
     def load_split(self, split: str) -> datasets.Dataset:

@@ -1,0 +1,227 @@
+"""task=text_classification on the user's own files: every format reads the same examples and labels,
+each data mistake is one line naming the file and the fix (before anything trains), and a tiny run
+completes on the SST-2 fixture as CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import datasets
+import pytest
+import torch
+
+from grain.config import validate_config
+from grain.data.text_classification import TextClassificationEvaluator, sorted_labels
+from grain.errors import GrainError
+from grain.training import build_datamodule
+from tests.conftest import FIXTURES, REPO, compose_config
+
+OWN = FIXTURES / "own_data"
+TRAIN_CSV, DEV_CSV = OWN / "sst2_train.csv", OWN / "sst2_dev.csv"
+
+
+def read_rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_format(rows, path):
+    """The CSV's rows (label as int) in the format of path's extension."""
+    typed = [{"sentence": r["sentence"], "label": int(r["label"])} for r in rows]
+    suffix = path.suffix
+    if suffix == ".csv":
+        write_csv(path, ["sentence", "label"], [[r["sentence"], r["label"]] for r in typed])
+    elif suffix == ".tsv":
+        path.write_text("sentence\tlabel\n" + "".join(f"{r['sentence']}\t{r['label']}\n" for r in typed))
+    elif suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in typed))
+    elif suffix == ".json":
+        path.write_text(json.dumps(typed))
+    elif suffix == ".parquet":
+        datasets.Dataset.from_list(typed).to_parquet(str(path))
+    return path
+
+
+def own_config(tmp_path, *overrides, train=TRAIN_CSV, dev=DEV_CSV):
+    args = ["task=text_classification", "model=tiny"]
+    if train is not None:
+        args.append(f"task.train_file={train}")
+    if dev is not None:
+        args.append(f"task.validation_file={dev}")
+    return compose_config([*args, *overrides], tmp_path)
+
+
+def own_datamodule(cfg, tokenizer):
+    return build_datamodule(cfg, tokenizer, batch_size=8, max_train_samples=cfg.task.max_train_samples)
+
+
+def refused(cfg) -> str:
+    """The one-line GrainError config validation gives."""
+    with pytest.raises(GrainError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".json", ".parquet"])
+def test_each_format_reads_the_same_examples_and_labels(suffix, tokenizer, tmp_path):
+    files = {split: write_format(read_rows(path), tmp_path / f"{split}{suffix}")
+             for split, path in (("train", TRAIN_CSV), ("dev", DEV_CSV))}
+    cfg = own_config(tmp_path, train=files["train"], dev=files["dev"])
+    validate_config(cfg)
+    dm = own_datamodule(cfg, tokenizer)
+    assert dm.labels == ["0", "1"] and dm.num_labels == 2 and dm.eval_splits == ["validation"]
+    for split, path in (("train", TRAIN_CSV), ("validation", DEV_CSV)):
+        rows = read_rows(path)
+        raw = dm.raw_split(split)
+        assert raw["text_a"] == [r["sentence"] for r in rows]
+        assert raw["label"] == [int(r["label"]) for r in rows]
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 8 and batch["labels"].dtype == torch.long
+
+
+def test_same_examples_and_label_ids_as_task_sst2(tokenizer, tmp_path):
+    """The CSV made from the SST-2 fixture gives task=sst2's rows, label ids and token ids."""
+    own = own_datamodule(own_config(tmp_path), tokenizer)
+    sst2 = own_datamodule(compose_config(["task=sst2", "model=tiny"], tmp_path), tokenizer)
+    for split in ("train", "validation"):
+        assert own.raw_split(split)["label"] == sst2.raw_split(split)["label"]
+        assert [t.strip() for t in sst2.raw_split(split)["text_a"]] == own.raw_split(split)["text_a"]
+        assert own.dataset(split)["input_ids"] == sst2.dataset(split)["input_ids"]
+
+
+def test_labels_sorted_given_and_subsets(tokenizer, tmp_path):
+    assert sorted_labels({"10", "2", "1"}) == ["1", "2", "10"]
+    assert sorted_labels({"pos", "neg", "neutral"}) == ["neg", "neutral", "pos"]
+    rows = [["good", "pos"], ["bad", "neg"], ["fine", "neutral"], ["great", "pos"]]
+    train = write_csv(tmp_path / "train.csv", ["text", "sentiment"], rows)
+    dev = write_csv(tmp_path / "dev.csv", ["text", "sentiment"], rows[:2])
+    base = ["task.text_columns=[text]", "task.label_column=sentiment"]
+    dm = own_datamodule(own_config(tmp_path, *base, train=train, dev=dev), tokenizer)
+    assert dm.labels == ["neg", "neutral", "pos"] and dm.raw_split("train")["label"] == [2, 0, 1, 2]
+    given = own_config(tmp_path, *base, "task.labels=[pos,neg,neutral]", train=train, dev=dev)
+    validate_config(given)
+    dm = own_datamodule(given, tokenizer)
+    assert dm.labels == ["pos", "neg", "neutral"] and dm.raw_split("validation")["label"] == [0, 1]
+    # a subset of the training rows keeps the label set of the whole split
+    small = own_datamodule(own_config(tmp_path, *base, "task.max_train_samples=1", train=train, dev=dev), tokenizer)
+    assert len(small.raw_split("train")) == 1 and small.labels == ["neg", "neutral", "pos"]
+
+
+def test_sentence_pairs_and_a_test_split(tokenizer, tmp_path):
+    rows = [["a man sleeps", "a man is awake", "contradiction"], ["a dog runs", "an animal moves", "entailment"],
+            ["a cat sits", "the cat is black", "neutral"]]
+    train = write_csv(tmp_path / "train.csv", ["premise", "hypothesis", "gold"], rows)
+    cfg = own_config(tmp_path, "task.text_columns=[premise,hypothesis]", "task.label_column=gold",
+                     f"task.test_file={train}", "task.metric=f1", train=train, dev=train)
+    validate_config(cfg)
+    dm = own_datamodule(cfg, tokenizer)
+    assert dm.eval_splits == ["validation", "test"]
+    dm.setup("fit")
+    features = dm.dataset("validation")[0]
+    assert features["token_type_ids"].count(1) > 0  # the hypothesis is the second segment
+    evaluator = dm.make_evaluator("validation")
+    batch = next(iter(dm.eval_dataloader("validation")))
+    logits = torch.nn.functional.one_hot(batch["labels"], 3).float()
+    evaluator.update(batch, type("Out", (), {"logits": logits})())
+    assert evaluator.compute() == {"accuracy": 1.0, "f1": 1.0, "f1_macro": 1.0, "matthews": 1.0}
+
+
+def test_regression_reads_numbers_and_reports_correlations(tokenizer, tmp_path):
+    rows = [["a", "b", "0.5"], ["c", "d", "4.0"], ["e", "f", "2.25"], ["g", "h", "3"]]
+    train = write_csv(tmp_path / "sts.csv", ["s1", "s2", "score"], rows)
+    base = ["task.text_columns=[s1,s2]", "task.label_column=score", "task.num_labels=1", "task.metric=pearson"]
+    message = refused(own_config(tmp_path, *base, train=train, dev=train))
+    assert "hard_label_weight=1.0" in message
+    cfg = own_config(tmp_path, *base, "distillation.hard_label_weight=1.0", train=train, dev=train)
+    validate_config(cfg)
+    dm = own_datamodule(cfg, tokenizer)
+    assert dm.labels is None and dm.num_labels == 1
+    assert dm.raw_split("train")["label"] == [0.5, 4.0, 2.25, 3.0]
+    dm.setup("fit")
+    batch = next(iter(dm.eval_dataloader("validation")))
+    assert batch["labels"].dtype == torch.float32
+    evaluator = TextClassificationEvaluator(1)
+    evaluator.update(batch, type("Out", (), {"logits": batch["labels"][:, None] * 2})())
+    result = evaluator.compute()
+    assert result["pearson"] == pytest.approx(1.0) and result["spearman"] == pytest.approx(1.0)
+    assert "accuracy" in refused(own_config(tmp_path, *base[:-1], "task.metric=accuracy", train=train, dev=train))
+
+
+# --- one line per mistake, naming the file and the fix ----------------------------------------------
+
+
+def test_missing_file_names_it_and_what_the_folder_has(tmp_path):
+    message = refused(own_config(tmp_path, dev=OWN / "sst2_dvE.csv"))
+    assert "task.validation_file=" in message and "sst2_dvE.csv: no such file" in message
+    assert "sst2_dev.csv" in message  # what is there
+    message = refused(own_config(tmp_path, train=None))
+    assert "no train data" in message and "task.train_file=" in message
+
+
+def test_unknown_extension_and_unreadable_file(tmp_path):
+    odd = tmp_path / "train.xlsx"
+    odd.write_text("x")
+    assert "unknown format '.xlsx'" in refused(own_config(tmp_path, train=odd))
+    broken = tmp_path / "train.jsonl"
+    broken.write_text('{"sentence": "good", "label": 1}\nnot json at all\n')
+    message = refused(own_config(tmp_path, train=broken))
+    assert str(broken) in message and "cannot be read as jsonl" in message
+
+
+def test_missing_column_names_the_columns_present(tmp_path):
+    message = refused(own_config(tmp_path, "task.text_columns=[text]"))
+    assert str(TRAIN_CSV) in message and "no column 'text'" in message
+    assert "['sentence', 'label']" in message and "task.text_columns[0]" in message
+    message = refused(own_config(tmp_path, "task.label_column=sentiment"))
+    assert "no column 'sentiment'" in message and "task.label_column" in message
+
+
+def test_empty_split(tmp_path):
+    empty = write_csv(tmp_path / "dev.csv", ["sentence", "label"], [])
+    message = refused(own_config(tmp_path, dev=empty))
+    assert str(empty) in message and "no rows" in message
+
+
+def test_dev_label_the_training_split_lacks(tmp_path):
+    dev = write_csv(tmp_path / "dev.csv", ["sentence", "label"], [["good", "1"], ["meh", "2"]])
+    message = refused(own_config(tmp_path, dev=dev))
+    assert str(dev) in message and "row 2 has label '2'" in message
+    assert str(TRAIN_CSV) in message and "task.labels=" in message
+    # listing the labels accepts it; a label outside the list is refused naming task.labels
+    validate_config(own_config(tmp_path, "task.labels=[0,1,2]", dev=dev))
+    assert "task.labels" in refused(own_config(tmp_path, "task.labels=[0,1]", dev=dev))
+
+
+def test_unlabelled_row_and_single_label(tmp_path):
+    train = write_csv(tmp_path / "train.csv", ["sentence", "label"], [["good", "1"], ["bad", ""]])
+    assert "row 2 has no label" in refused(own_config(tmp_path, train=train))
+    one = write_csv(tmp_path / "one.csv", ["sentence", "label"], [["good", "1"], ["fine", "1"]])
+    assert "at least two labels" in refused(own_config(tmp_path, train=one, dev=one))
+
+
+def test_refused_on_the_command_line_in_one_line(tmp_path):
+    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), WANDB_MODE="offline")
+    result = subprocess.run(
+        [sys.executable, "-m", "grain.run", "task=text_classification", f"task.train_file={TRAIN_CSV}",
+         f"task.validation_file={DEV_CSV}", "task.text_columns=[text]", "model=tiny"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no column 'text'" in lines[0], lines
+    assert not list(tmp_path.glob("**/summary.json"))
