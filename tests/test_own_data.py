@@ -225,3 +225,88 @@ def test_refused_on_the_command_line_in_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no column 'text'" in lines[0], lines
     assert not list(tmp_path.glob("**/summary.json"))
+
+
+def test_a_dataset_directory_through_dataset_name_keeps_its_class_names(tokenizer, tmp_path):
+    """task.dataset_name goes through datasets.load_dataset as a hub name does: here a local folder of
+    parquet files whose label column is a ClassLabel (its names and order are the labels)."""
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["positive", "negative"])})
+    for split, path in (("train", TRAIN_CSV), ("validation", DEV_CSV)):
+        rows = read_rows(path)
+        datasets.Dataset.from_dict(
+            {"text": [r["sentence"] for r in rows], "label": [1 - int(r["label"]) for r in rows]}, features=features,
+        ).to_parquet(str(folder / f"{split}.parquet"))
+    cfg = compose_config(["task=text_classification", "model=tiny", f"task.dataset_name={folder}",
+                          "task.text_columns=[text]"], tmp_path)
+    validate_config(cfg)
+    dm = own_datamodule(cfg, tokenizer)
+    assert dm.labels == ["positive", "negative"]
+    assert dm.raw_split("validation")["label"] == [1 - int(r["label"]) for r in read_rows(DEV_CSV)]
+    assert "no split 'dev'" in refused(compose_config(
+        ["task=text_classification", "model=tiny", f"task.dataset_name={folder}", "task.text_columns=[text]",
+         "task.validation_split=dev"], tmp_path))
+
+
+# --- the README's section, run as written -----------------------------------------------------------
+
+
+def readme_own_data_commands() -> list[list[str]]:
+    import re
+    import shlex
+
+    text = (REPO / "README.md").read_text()
+    section = re.search(r"^## Prune your own model on your own data\n(.*?)(?=^## )", text, flags=re.S | re.M).group(1)
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            if words[1:3] == ["-m", "grain.run"]:
+                commands.append(words[3:])
+    return commands
+
+
+def run_in_repo(args, tmp_path):
+    """grain.run from the repository root (the README's relative paths), its outputs and caches in tmp_path."""
+    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), WANDB_MODE="offline")
+    env.pop("GRAIN_CACHE_DIR", None)
+    env.pop("GRAIN_DATA_DIR", None)
+    return subprocess.run([sys.executable, "-m", "grain.run", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_readme_own_data_commands_run_as_written(tmp_path):
+    commands = readme_own_data_commands()
+    assert len(commands) == 2 and "task=text_classification" in commands[0]
+    assert any(arg.startswith("teacher.path=") for arg in commands[1])
+    cheap = ["model=tiny", "trainer.max_steps=3", "logger=csv"]
+    first = run_in_repo([*commands[0], *cheap], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    [path] = list(tmp_path.glob("outputs/text_classification/tiny/*/*/summary.json"))
+    summary = json.loads(path.read_text())
+    assert summary["status"] == "completed" and summary["metric_name"] == "accuracy"
+    for section in ("teacher", "student", "compact"):
+        assert 0.0 <= summary[section]["metric"] <= 1.0
+        assert set(summary[section]["metrics"]) >= {"validation/accuracy", "validation/f1", "validation/matthews"}
+    assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-4
+    compact = json.loads((path.parent / "compact" / "config.json").read_text())
+    assert compact["id2label"] == {"0": "0", "1": "1"}
+
+    # task=sst2 on the same sentences (the TSV fixture) with the same settings: the same teacher
+    sst2 = run_in_repo(["task=sst2", f"paths.data_dir={FIXTURES}", *cheap, "stages=[teacher]"], tmp_path)
+    assert sst2.returncode == 0, sst2.stderr[-3000:]
+    [sst2_path] = list(tmp_path.glob("outputs/sst2/tiny/*/*/summary.json"))
+    sst2_teacher = json.loads(sst2_path.read_text())["teacher"]["metrics"]
+    assert summary["teacher"]["metrics"]["validation/accuracy"] == sst2_teacher["validation/accuracy"]
+
+    # your own fine-tuned model: the teacher the first run fine-tuned stands for it
+    teacher = summary["teacher"]["path"]
+    args = [f"{arg.split('=', 1)[0]}={teacher}" if "=/my/" in arg else arg for arg in commands[1]]
+    second = run_in_repo([*args, *cheap, "stages=[teacher,prune]"], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    [own] = [p for p in tmp_path.glob("outputs/text_classification/tiny/*/*/summary.json") if p != path]
+    result = json.loads(own.read_text())
+    assert result["status"] == "completed" and result["teacher"]["path"] == teacher
+    assert result["teacher"]["metric"] == summary["teacher"]["metric"]
