@@ -154,18 +154,23 @@ def test_a_max_length_beyond_the_model_is_refused(tmp_path):
     assert one_line(err).startswith("task.datamodule.max_length=1024 is longer than model=tiny can read (512")
 
 
-@pytest.mark.parametrize("stages", ["[teacher,prune,compact]", "[teacher,prune]"])
-def test_roberta_is_refused_with_advice_unless_nothing_compacts(stages, tmp_path):
+def test_an_unsupported_family_is_refused_naming_the_supported_ones(tmp_path, tokenizer):
+    """A decoder (GPT-2) is refused at validation, whatever its name, before anything trains."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = saved_model_dir(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=100)), tokenizer,
+                           tmp_path / "gpt2")
     with pytest.raises(GrainError) as err:
-        validate_config(compose_config(["model=roberta-base", f"stages={stages}"], tmp_path))
+        validate_config(compose_config(["model=tiny", f"model.pretrained={gpt2}", "model.name=mine"], tmp_path))
     message = one_line(err)
-    assert message.startswith("model=roberta-base") and "roberta" in message
-    assert "stages=[teacher,prune] pruner.compact_after_end=false" in message
-    validate_config(compose_config(["model=roberta-base", "stages=[teacher,prune]", "pruner.compact_after_end=false"], tmp_path))
+    assert message.startswith("model=mine") and "gpt2 model" in message
+    assert "bert, camembert, electra, roberta, xlm-roberta" in message
+    validate_config(compose_config(["model=roberta-base"], tmp_path))  # RoBERTa compacts now
 
 
-def test_the_roberta_advice_works(tmp_path, tokenizer):
-    """A (tiny, local) RoBERTa run with the advice's settings prunes to the target, masked."""
+def test_a_local_roberta_runs_masked(tmp_path, tokenizer):
+    """A (tiny, local) RoBERTa run without compaction prunes to the target, masked; its position
+    offset counts against max_length."""
     from transformers import RobertaConfig, RobertaForMaskedLM
 
     from grain.pipeline import run_pipeline
@@ -176,8 +181,6 @@ def test_the_roberta_advice_works(tmp_path, tokenizer):
     )
     roberta = saved_model_dir(RobertaForMaskedLM(config), tokenizer, tmp_path / "roberta")
     overrides = ["model=roberta-base", f"model.pretrained={roberta}", "task.datamodule.max_length=64", *TINY]
-    with pytest.raises(GrainError, match="compacts only BERT"):  # its config says roberta, whatever the name
-        validate_config(compose_config([*overrides, "model.name=mine"], tmp_path))
     with pytest.raises(GrainError, match=r"max_length=200 is longer than .* \(128 positions\)"):
         validate_config(compose_config([*overrides, "stages=[teacher,prune]", "pruner.compact_after_end=false",
                                         "task.datamodule.max_length=200"], tmp_path))

@@ -252,9 +252,6 @@ def validate_checkpoint(cfg: DictConfig) -> None:
         )
 
 
-# Families whose encoder grain can prune (masks hook base_model.encoder.layer[i]) and compact
-# (models/compact.py builds BERT layers only).
-COMPACTABLE_FAMILIES = ("bert",)
 # Other families, recognised by name when a hub model's config is not on this machine.
 OTHER_FAMILIES = ("xlm-roberta", "roberta", "deberta", "distilbert", "electra", "albert", "camembert", "mpnet", "modernbert")
 # Position embeddings that a family keeps for itself (RoBERTa's start at padding_idx + 1).
@@ -361,13 +358,13 @@ def validate_models(cfg: DictConfig) -> None:
             read_model_config("teacher.path", teacher_dir)
 
     family = model_family(cfg, config)
-    compacts = "compact" in cfg.stages or ("prune" in cfg.stages and cfg.pruner.get("compact_after_end", False))
-    if family is not None and family not in COMPACTABLE_FAMILIES and compacts:
+    from grain.architectures import find_architecture, supported_families
+
+    if family is not None and find_architecture(family) is None:
         raise GrainError(
-            f"model={cfg.model.name} (model.pretrained={cfg.model.pretrained}) is a {family} model, and grain "
-            f"compacts only BERT-family encoders "
-            f"(models/compact.py); prune it without compaction: stages=[teacher,prune] pruner.compact_after_end=false, "
-            f"or pick a BERT model (model=minilm, model=bert-base)"
+            f"model={cfg.model.name} (model.pretrained={cfg.model.pretrained}) is a {family} model, and grain prunes "
+            f"encoders of the families {', '.join(supported_families())} (grain.architectures); pick one of those "
+            f"(model=minilm, model=roberta-base, ...)"
         )
 
     if config is not None and config.get("max_position_embeddings"):

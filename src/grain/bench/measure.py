@@ -8,16 +8,16 @@ import torch
 
 from grain.bench.flops import count_flops, padding_flops
 from grain.bench.latency import measure_latency, retain_freed_memory
-from grain.models.masks import EncoderShape
+from grain.models.masks import EncoderShape, encoder_layers
 from grain.models.slicing import compact_from_masked
 
 
 def encoder_linear_param_count(model) -> int:
-    """Parameters of the encoder's linear layers (the quantity sparsity is measured over)."""
-    return sum(
-        p.numel() for n, p in model.named_parameters()
-        if ".encoder.layer." in n and "LayerNorm" not in n
-    )
+    """Parameters of the encoder layers' linear maps, LayerNorms excluded (the quantity sparsity is
+    measured over); a compact sub-layer with no kept units counts its remaining output bias."""
+    layers = encoder_layers(model)
+    norms = {id(p) for m in layers.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
+    return sum(p.numel() for p in layers.parameters() if id(p) not in norms)
 
 
 def floor_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:

@@ -14,7 +14,6 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
     AutoTokenizer,
-    BertConfig,
     PreTrainedModel,
 )
 
@@ -80,7 +79,8 @@ def load_task_model(
 ) -> PreTrainedModel:
     """Build the model for a task: from `path` (a fine-tuned model) or the config's backbone.
 
-    `model=tiny` (pretrained: random) builds a seeded random BERT with the tokenizer's vocabulary.
+    `pretrained: random` (model=tiny, tiny-roberta, ...) builds a seeded random model with the
+    tokenizer's vocabulary, of the family `random_config.model_type` names (default "bert").
     """
     auto_cls = AUTO_CLASS_BY_TASK_TYPE[task_type]
     label_kwargs = {} if num_labels is None else {"num_labels": num_labels}
@@ -88,16 +88,21 @@ def load_task_model(
         return _from_pretrained(auto_cls, path, label_kwargs)
     if model_cfg.pretrained == "random":
         tokenizer = load_tokenizer(model_cfg.tokenizer)
-        config = BertConfig(
-            vocab_size=len(tokenizer),
-            pad_token_id=tokenizer.pad_token_id,
-            **dict(model_cfg.random_config),
-            **label_kwargs,
-        )
+        config = random_config(dict(model_cfg.random_config), tokenizer, label_kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_MODEL_SEED)
             return auto_cls.from_config(config)
     return _from_pretrained(auto_cls, resolve_pretrained(model_cfg.pretrained), label_kwargs)
+
+
+def random_config(settings: dict, tokenizer, label_kwargs: dict):
+    """The HF config of a random model: `settings` (a model yaml's random_config; its `model_type`
+    picks the family, BERT by default) with the tokenizer's vocabulary size and padding id."""
+    settings = dict(settings)
+    model_type = settings.pop("model_type", "bert")
+    return AutoConfig.for_model(
+        model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **settings, **label_kwargs
+    )
 
 
 def _from_pretrained(auto_cls, name_or_path: str, label_kwargs: dict) -> PreTrainedModel:

@@ -26,6 +26,7 @@ from transformers import (
     AutoModelForTokenClassification,
     BertConfig,
 )
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
     BaseModelOutputWithPooling,
@@ -47,15 +48,13 @@ from grain.models.kernels import (
 )
 
 
-class GrainBertConfig(BertConfig):
-    """BertConfig plus the kept structure.
+class CompactStructure:
+    """Config mixin: the kept structure, on top of a family's HF config class.
 
     qk_dims / vo_dims: per layer, the QK and VO width of every kept head (heads without VO units are
     dropped); ffn_dims: per layer, the number of kept FFN neurons; embedding_rank: rank of the
     factorized word embeddings (None: full).
     """
-
-    model_type = "grain_bert"
 
     def __init__(self, qk_dims=None, vo_dims=None, ffn_dims=None, original_head_dim=None, embedding_rank=None, **kwargs):
         super().__init__(**kwargs)
@@ -66,6 +65,14 @@ class GrainBertConfig(BertConfig):
         self.ffn_dims = ffn_dims if ffn_dims is not None else [self.intermediate_size] * layers
         self.original_head_dim = original_head_dim or head_dim
         self.embedding_rank = embedding_rank
+
+
+class GrainBertConfig(CompactStructure, BertConfig):
+    """BertConfig plus the kept structure (`CompactStructure`)."""
+
+    model_type = "grain_bert"
+    # in the class's own namespace: HF turns config classes without one into dataclasses with a generated __init__
+    __init__ = CompactStructure.__init__
 
 
 class GrainSelfAttention(nn.Module):
@@ -254,23 +261,57 @@ class FactorizedEmbedding(nn.Module):
 
 
 class GrainBertPreTrainedModel(BertPreTrainedModel):
+    """Base of every compact model, whatever its family: the other families' compact classes
+    (`grain.models.compact_roberta`, ...) subclass these BERT ones, keeping the layers and swapping the
+    embeddings, the config class and the sequence-classification head. `is_compact` tells them apart
+    from HF models."""
+
     config_class = GrainBertConfig
     base_model_prefix = "bert"
     _can_record_outputs = {}  # hidden states are returned by GrainBertModel itself
 
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # the position / token type id buffers of other families' embeddings (BERT's are set above)
+        positions = getattr(module, "position_ids", None)
+        if isinstance(positions, torch.Tensor) and not isinstance(module, BertEmbeddings):
+            init.copy_(positions, torch.arange(positions.shape[-1], device=positions.device).expand_as(positions))
+            if isinstance(getattr(module, "token_type_ids", None), torch.Tensor):
+                init.zeros_(module.token_type_ids)
+
+
+def is_compact(model: nn.Module) -> bool:
+    """Whether `model` is a compact (sliced) model of any family rather than an HF one."""
+    return isinstance(model, GrainBertPreTrainedModel)
+
 
 class GrainBertModel(GrainBertPreTrainedModel):
+    """Embeddings, the compact layers and (BERT) a pooler. Families change `embeddings_class`,
+    `has_pooler` and, for what runs between the embeddings and layer 0, `embed`."""
+
+    embeddings_class = BertEmbeddings
+    has_pooler = True
+
     def __init__(self, config: GrainBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
-        self.embeddings = BertEmbeddings(config)
+        self.build_embeddings(config)
         if config.embedding_rank:
+            words = self.embeddings.word_embeddings
             self.embeddings.word_embeddings = FactorizedEmbedding(
-                config.vocab_size, config.embedding_rank, config.hidden_size, config.pad_token_id
+                config.vocab_size, config.embedding_rank, words.embedding_dim, config.pad_token_id
             )
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(GrainLayer(config, i) for i in range(config.num_hidden_layers))
-        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.pooler = BertPooler(config) if add_pooling_layer and self.has_pooler else None
         self.post_init()
+
+    def build_embeddings(self, config) -> None:
+        """The modules before layer 0, named as in the family's HF model (their weights copy by name)."""
+        self.embeddings = self.embeddings_class(config)
+
+    def embed(self, input_ids, token_type_ids, position_ids) -> torch.Tensor:
+        """[batch, seq] ids -> [batch, seq, hidden], the input of layer 0."""
+        return self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
 
     def forward(
         self,
@@ -281,7 +322,7 @@ class GrainBertModel(GrainBertPreTrainedModel):
         output_hidden_states: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+        hidden = self.embed(input_ids, token_type_ids, position_ids)
         keys = KeyMask.of(attention_mask, hidden.dtype)
         states = [hidden]
         for layer in self.encoder.layer:
@@ -294,48 +335,79 @@ class GrainBertModel(GrainBertPreTrainedModel):
         )
 
 
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, num_labels: int) -> torch.Tensor | None:
+    """MSE for one label (regression), cross-entropy otherwise; None without labels."""
+    if labels is None:
+        return None
+    if num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+
+
 class GrainBertForSequenceClassification(GrainBertPreTrainedModel):
+    base_model_class = GrainBertModel
+
     def __init__(self, config: GrainBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = GrainBertModel(config)
+        setattr(self, self.base_model_prefix, self.base_model_class(config))
         self.dropout = nn.Dropout(config.classifier_dropout or config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
-        outputs = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = None
-        if labels is not None:
-            loss = (
-                F.mse_loss(logits.squeeze(-1), labels.float()) if self.num_labels == 1
-                else F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-            )
+        loss = classification_loss(logits, labels, self.num_labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+class FirstTokenClassification(GrainBertPreTrainedModel):
+    """Sequence classification of families without a pooler: `head_class` (the family's HF head
+    module, e.g. RobertaClassificationHead) reads the first token's final hidden state."""
+
+    base_model_class = GrainBertModel
+    head_class = None
+
+    def __init__(self, config: GrainBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
+        self.classifier = self.head_class(config)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
+        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.classifier(outputs.last_hidden_state)
+        loss = classification_loss(logits, labels, self.num_labels)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class GrainBertForTokenClassification(GrainBertPreTrainedModel):
+    base_model_class = GrainBertModel
+
     def __init__(self, config: GrainBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = GrainBertModel(config, add_pooling_layer=False)
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
         self.dropout = nn.Dropout(config.classifier_dropout or config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
-        outputs = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None if labels is None else F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
 
 class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
+    base_model_class = GrainBertModel
+
     def __init__(self, config: GrainBertConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
-        self.bert = GrainBertModel(config, add_pooling_layer=False)
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -343,7 +415,7 @@ class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
         self, input_ids=None, attention_mask=None, token_type_ids=None, start_positions=None, end_positions=None,
         output_hidden_states=False, **kwargs,
     ):
-        outputs = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None
@@ -369,9 +441,22 @@ COMPACT_CLASS_BY_HF_HEAD = {
 }
 
 
+def register_family(config_class, base, sequence, token, qa) -> None:
+    """Register one family's compact config and model classes with the HF Auto classes."""
+    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+    AutoModel.register(config_class, base, exist_ok=True)
+    AutoModelForSequenceClassification.register(config_class, sequence, exist_ok=True)
+    AutoModelForTokenClassification.register(config_class, token, exist_ok=True)
+    AutoModelForQuestionAnswering.register(config_class, qa, exist_ok=True)
+
+
 def register_auto_classes() -> None:
-    AutoConfig.register("grain_bert", GrainBertConfig, exist_ok=True)
-    AutoModel.register(GrainBertConfig, GrainBertModel, exist_ok=True)
-    AutoModelForSequenceClassification.register(GrainBertConfig, GrainBertForSequenceClassification, exist_ok=True)
-    AutoModelForTokenClassification.register(GrainBertConfig, GrainBertForTokenClassification, exist_ok=True)
-    AutoModelForQuestionAnswering.register(GrainBertConfig, GrainBertForQuestionAnswering, exist_ok=True)
+    """Every family's compact classes (`import grain` calls this)."""
+    from grain.models import compact_electra, compact_roberta
+
+    register_family(
+        GrainBertConfig, GrainBertModel, GrainBertForSequenceClassification, GrainBertForTokenClassification,
+        GrainBertForQuestionAnswering,
+    )
+    for family in (compact_roberta, compact_electra):
+        family.register_auto_classes()

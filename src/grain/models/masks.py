@@ -6,7 +6,7 @@ Per layer l, three mask vectors multiply unit outputs:
 - vo  [hidden]: the context vector, i.e. the input of the attention output projection W_O;
 - ffn [intermediate]: the FFN activation, i.e. the input of W_2.
 A mask of 0 therefore gives exactly the outputs of a model whose masked rows/columns are zero.
-Works for BERT and RoBERTa in transformers 5.x (same module names).
+Which modules these are is the model family's `grain.architectures.Architecture`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from grain.architectures import architecture_of
 
 
 @dataclass(frozen=True)
@@ -35,13 +37,17 @@ class EncoderShape:
         return {"qk": self.hidden_size, "vo": self.hidden_size, "ffn": self.intermediate_size}
 
     @classmethod
-    def of(cls, model: nn.Module) -> "EncoderShape":
-        config = model.config
-        return cls(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.intermediate_size)
+    def of(cls, model_or_config) -> "EncoderShape":
+        """The shape of a model's encoder, or of an HF config (object or dict)."""
+        config = getattr(model_or_config, "config", model_or_config)
+        arch = architecture_of(config)
+        return cls(*(int(arch.config_value(config, name)) for name in (
+            "num_layers", "hidden_size", "num_heads", "intermediate_size",
+        )))
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
-    return model.base_model.encoder.layer
+    return architecture_of(model).layers(model)
 
 
 # (layer index, unit kind) -> mask tensor for that layer, or None to leave the layer unmasked.
@@ -50,11 +56,12 @@ MaskSource = Callable[[int, str], "torch.Tensor | None"]
 
 def attach_mask_hooks(model: nn.Module, mask_for: MaskSource) -> list:
     """Register hooks that multiply each layer's units by `mask_for(layer, kind)`; returns the handles."""
+    arch = architecture_of(model)
     handles = []
-    for index, layer in enumerate(encoder_layers(model)):
-        handles.append(layer.attention.self.query.register_forward_hook(MaskOutput(mask_for, index, "qk")))
-        handles.append(layer.attention.output.dense.register_forward_pre_hook(MaskInput(mask_for, index, "vo")))
-        handles.append(layer.output.dense.register_forward_pre_hook(MaskInput(mask_for, index, "ffn")))
+    for index in range(len(arch.layers(model))):
+        handles.append(arch.module(model, index, "query").register_forward_hook(MaskOutput(mask_for, index, "qk")))
+        handles.append(arch.module(model, index, "attention_output").register_forward_pre_hook(MaskInput(mask_for, index, "vo")))
+        handles.append(arch.module(model, index, "ffn_out").register_forward_pre_hook(MaskInput(mask_for, index, "ffn")))
     return handles
 
 
@@ -113,10 +120,13 @@ class MaskInput(MaskOutput):
 
 def unit_weights(model: nn.Module, index: int) -> dict[str, tuple[torch.Tensor, ...]]:
     """Weight slices of each unit kind of layer `index`, each laid out [units, fan] (for magnitude scores)."""
-    layer = encoder_layers(model)[index]
-    attention = layer.attention
+    arch = architecture_of(model)
+
+    def weight(role: str) -> torch.Tensor:
+        return arch.module(model, index, role).weight
+
     return {
-        "qk": (attention.self.query.weight, attention.self.key.weight),
-        "vo": (attention.self.value.weight, attention.output.dense.weight.t()),
-        "ffn": (layer.intermediate.dense.weight, layer.output.dense.weight.t()),
+        "qk": (weight("query"), weight("key")),
+        "vo": (weight("value"), weight("attention_output").t()),
+        "ffn": (weight("ffn_in"), weight("ffn_out").t()),
     }

@@ -1,5 +1,6 @@
-"""Turn a masked BERT into a compact one: slice every weight to the kept units.
+"""Turn a masked encoder into a compact one: slice every weight to the kept units.
 
+Which parameters are sliced is read from the model family's `grain.architectures.Architecture`;
 `compaction_plan` says, for each parameter of the compact model, which parameter of the masked model
 it comes from and which rows/columns it keeps; the same plan slices the weights and the optimizer
 state (Adam moments), so training can go on on the small model.
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from grain.architectures import COMPACT_EMPTY_BIAS, COMPACT_LAYER, Architecture, find_architecture, supported_families
 from grain.errors import GrainError
-from grain.models.compact import COMPACT_CLASS_BY_HF_HEAD, GrainBertConfig
 from grain.models.masks import EncoderShape
 
 
@@ -57,12 +58,14 @@ def kept_structure(masks: dict[str, torch.Tensor], shape: EncoderShape) -> dict:
     return {"layers": layers}
 
 
-def compact_config(model: nn.Module, structure: dict, embedding_rank: int | None = None) -> GrainBertConfig:
+def compact_config(model: nn.Module, structure: dict, embedding_rank: int | None = None):
+    """The family's compact config (e.g. GrainBertConfig): `model`'s config plus the kept structure."""
+    arch = find_architecture(model)
     config = model.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config.pop(key, None)
     layers = structure["layers"]
-    return GrainBertConfig(
+    return arch.compact_config_class()(
         **config,
         qk_dims=[layer["qk_dims"] for layer in layers],
         vo_dims=[layer["vo_dims"] for layer in layers],
@@ -72,36 +75,55 @@ def compact_config(model: nn.Module, structure: dict, embedding_rank: int | None
     )
 
 
-def compaction_plan(structure: dict, prefix: str = "bert") -> dict[str, Slice]:
-    """Compact parameter name -> Slice of the masked model's parameter (only the sliced ones)."""
+def compaction_plan(structure: dict, arch: Architecture, prefix: str) -> dict[str, Slice]:
+    """Compact parameter name -> Slice of the masked model's parameter, for every parameter of the
+    encoder layers (the others, embeddings and heads, keep their names and are copied whole).
+
+    arch: the masked model's family (its module names); prefix: the models' `base_model_prefix`
+    (the compact model of a family keeps it, and the family's layer path).
+    """
+    source_modules, compact_modules = arch.modules, COMPACT_LAYER
     plan = {}
     for i, layer in enumerate(structure["layers"]):
-        base = f"{prefix}.encoder.layer.{i}"
+        base = f"{prefix}.{arch.layer_path}.{i}"
+
+        def add(role: str, param: str, rows=None, cols=None, target: str | None = None):
+            target = target or f"{base}.{getattr(compact_modules, role)}.{param}"
+            plan[target] = Slice(f"{base}.{getattr(source_modules, role)}.{param}", rows=rows, cols=cols)
+
         if layer["vo_dims"]:
-            for name in ("query", "key"):
-                plan[f"{base}.attention.self.{name}.weight"] = Slice(f"{base}.attention.self.{name}.weight", rows=layer["qk_index"])
-                plan[f"{base}.attention.self.{name}.bias"] = Slice(f"{base}.attention.self.{name}.bias", rows=layer["qk_index"])
-            plan[f"{base}.attention.self.value.weight"] = Slice(f"{base}.attention.self.value.weight", rows=layer["vo_index"])
-            plan[f"{base}.attention.self.value.bias"] = Slice(f"{base}.attention.self.value.bias", rows=layer["vo_index"])
-            plan[f"{base}.attention.output.dense.weight"] = Slice(f"{base}.attention.output.dense.weight", cols=layer["vo_index"])
+            for role in ("query", "key"):
+                add(role, "weight", rows=layer["qk_index"])
+                add(role, "bias", rows=layer["qk_index"])
+            add("value", "weight", rows=layer["vo_index"])
+            add("value", "bias", rows=layer["vo_index"])
+            add("attention_output", "weight", cols=layer["vo_index"])
+            add("attention_output", "bias")
         else:
-            plan[f"{base}.attention.output.bias"] = Slice(f"{base}.attention.output.dense.bias")
+            add("attention_output", "bias", target=f"{base}.{COMPACT_EMPTY_BIAS['attention_output']}")
         if len(layer["ffn_index"]):
-            plan[f"{base}.intermediate.dense.weight"] = Slice(f"{base}.intermediate.dense.weight", rows=layer["ffn_index"])
-            plan[f"{base}.intermediate.dense.bias"] = Slice(f"{base}.intermediate.dense.bias", rows=layer["ffn_index"])
-            plan[f"{base}.output.dense.weight"] = Slice(f"{base}.output.dense.weight", cols=layer["ffn_index"])
+            add("ffn_in", "weight", rows=layer["ffn_index"])
+            add("ffn_in", "bias", rows=layer["ffn_index"])
+            add("ffn_out", "weight", cols=layer["ffn_index"])
+            add("ffn_out", "bias")
         else:
-            plan[f"{base}.output.bias"] = Slice(f"{base}.output.dense.bias")
+            add("ffn_out", "bias", target=f"{base}.{COMPACT_EMPTY_BIAS['ffn_out']}")
+        for role in ("attention_norm", "ffn_norm"):
+            add(role, "weight")
+            add(role, "bias")
     return plan
 
 
 def check_supported(model: nn.Module) -> None:
+    """Refuse a model whose family or head class has no compact classes, naming what is supported."""
+    arch = find_architecture(model)
     head = type(model).__name__
-    if model.config.model_type not in ("bert", "grain_bert") or head not in COMPACT_CLASS_BY_HF_HEAD:
+    if arch is None or arch.compact_class(model) is None:
+        heads = f"; {arch.family} heads: {', '.join(arch.head_names())}" if arch is not None else ""
         raise GrainError(
-            f"compaction supports BERT-architecture models (bert-base, MiniLM) with a classification, QA or "
-            f"token-classification head; got {head} ({model.config.model_type}). Run with stages=[teacher,prune] "
-            f"to keep the masked model"
+            f"compaction supports the families {', '.join(supported_families())} with a classification, QA or "
+            f"token-classification head{heads}; got {head} ({model.config.model_type}). Run with "
+            f"stages=[teacher,prune] to keep the masked model"
         )
 
 
@@ -109,12 +131,13 @@ def check_supported(model: nn.Module) -> None:
 def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedding_rank: int | None = None):
     """Build the compact model from a masked one. Returns (compact model, plan for optimizer state)."""
     check_supported(model)
+    arch = find_architecture(model)
     shape = EncoderShape.of(model)
     structure = kept_structure(masks, shape)
     config = compact_config(model, structure, embedding_rank)
     with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
-        compact = COMPACT_CLASS_BY_HF_HEAD[type(model).__name__](config)
-    plan = compaction_plan(structure, model.base_model_prefix)
+        compact = arch.compact_class(model)(config)
+    plan = compaction_plan(structure, arch, model.base_model_prefix)
     source = dict(model.named_parameters())
     word_key = f"{model.base_model_prefix}.embeddings.word_embeddings"
     for name, target in compact.named_parameters():  # buffers (position ids) are built alike
@@ -162,7 +185,7 @@ def expand_to_masked(compact: nn.Module, skeleton: nn.Module, masks: dict[str, t
     architecture, modified in place) with zeros for the pruned units, so that, masked, it computes
     what the compact model computes. Used to check a student that was compacted during training."""
     structure = kept_structure(masks, EncoderShape.of(skeleton))
-    plan = compaction_plan(structure, skeleton.base_model_prefix)
+    plan = compaction_plan(structure, find_architecture(skeleton), skeleton.base_model_prefix)
     targets = dict(skeleton.named_parameters())
     for name, param in compact.named_parameters():
         rule = plan.get(name, Slice(name))

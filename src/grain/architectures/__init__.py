@@ -1,0 +1,51 @@
+"""The model families grain prunes and compacts, one `Architecture` each, and the registry that
+finds a model's: `architecture_of(model_or_config)`."""
+
+from __future__ import annotations
+
+from grain.architectures.base import COMPACT_EMPTY_BIAS, COMPACT_LAYER, Architecture, ConfigFields, LayerModules
+from grain.architectures.bert import BERT
+from grain.architectures.electra import ELECTRA
+from grain.architectures.roberta import ROBERTA
+from grain.errors import GrainError
+
+ARCHITECTURES: tuple[Architecture, ...] = (BERT, ROBERTA, ELECTRA)
+
+__all__ = [
+    "ARCHITECTURES", "Architecture", "COMPACT_EMPTY_BIAS", "COMPACT_LAYER", "ConfigFields", "LayerModules",
+    "architecture_of", "find_architecture", "supported_families",
+]
+
+
+def supported_families() -> list[str]:
+    """The model_type values grain supports, e.g. ["bert", "camembert", "electra", "roberta", "xlm-roberta"]."""
+    return sorted(model_type for arch in ARCHITECTURES for model_type in arch.model_types)
+
+
+def _model_type(model_or_config) -> str | None:
+    if isinstance(model_or_config, str):
+        return model_or_config
+    if isinstance(model_or_config, dict):
+        return model_or_config.get("model_type")
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None)
+
+
+def find_architecture(model_or_config) -> Architecture | None:
+    """The Architecture of a model, an HF config (object or dict) or a model_type; None if unsupported."""
+    model_type = _model_type(model_or_config)
+    for arch in ARCHITECTURES:
+        if model_type in arch.model_types or model_type == arch.compact_model_type:
+            return arch
+    return None
+
+
+def architecture_of(model_or_config) -> Architecture:
+    """As `find_architecture`, refusing a family grain does not support, naming those it does."""
+    arch = find_architecture(model_or_config)
+    if arch is None:
+        raise GrainError(
+            f"grain does not support {_model_type(model_or_config) or 'this'} models; it prunes encoders of the "
+            f"families {', '.join(supported_families())}"
+        )
+    return arch

@@ -1,0 +1,106 @@
+"""What grain must know about a model family, in one object (as TextPruner's structure classes).
+
+An `Architecture` names, for layer i of the encoder, the Linear modules of the query, key, value,
+attention output and the FFN's two projections, the LayerNorms after each sub-layer, where the
+encoder's layer list lives, which config fields hold the encoder's sizes, and which compact class
+replaces each HF head class. Masks (`grain.models.masks`), slicing (`grain.models.slicing`) and the
+benchmarks read it; no other module names a family's modules.
+
+Module paths are dotted, relative to one encoder layer (`layer_path`: relative to the base model).
+The compact model of every family keeps the layer list at the same path and names its layer
+modules as `grain.models.compact.GrainLayer` does (`COMPACT_LAYER`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+
+@dataclass(frozen=True)
+class LayerModules:
+    """Dotted paths, relative to one encoder layer, of the modules pruning reads and slices."""
+
+    query: str = "attention.self.query"
+    key: str = "attention.self.key"
+    value: str = "attention.self.value"
+    attention_output: str = "attention.output.dense"    # W_O: its input columns are VO units
+    attention_norm: str = "attention.output.LayerNorm"
+    ffn_in: str = "intermediate.dense"                  # W_1: its output rows are FFN units
+    ffn_out: str = "output.dense"                       # W_2: its input columns are FFN units
+    ffn_norm: str = "output.LayerNorm"
+
+
+# How the compact layers (`grain.models.compact.GrainLayer`) name these modules, whatever the family;
+# a sub-layer with no kept units keeps only its output bias, at `<sub-layer>.bias`.
+COMPACT_LAYER = LayerModules()
+COMPACT_EMPTY_BIAS = {"attention_output": "attention.output.bias", "ffn_out": "output.bias"}
+
+
+@dataclass(frozen=True)
+class ConfigFields:
+    """Names of the HF config fields that hold the encoder's sizes."""
+
+    num_layers: str = "num_hidden_layers"
+    hidden_size: str = "hidden_size"
+    num_heads: str = "num_attention_heads"
+    intermediate_size: str = "intermediate_size"
+    activation: str = "hidden_act"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One model family.
+
+    family: the name users see ("roberta"); model_types: the HF `config.model_type` values it covers
+    (XLM-R and CamemBERT are RoBERTa); compact_model_type: `model_type` of its compact config;
+    compact_classes: () -> {HF head class name: compact class}, the compact model's own names included
+    (a function, as `compact_config_class`: the compact classes live in `grain.models`, which reads
+    this package).
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    compact_model_type: str
+    compact_classes: Callable[[], dict[str, type]]
+    compact_config_class: Callable[[], type]
+    layer_path: str = "encoder.layer"
+    modules: LayerModules = field(default_factory=LayerModules)
+    config_fields: ConfigFields = field(default_factory=ConfigFields)
+    # HF config fields every random ("pretrained: random") config of this family needs
+    random_defaults: dict = field(default_factory=dict)
+    # positions the embeddings use besides the tokens (RoBERTa's start after padding_idx + 1)
+    position_offset: int = 0
+
+    # --- where things are -------------------------------------------------------------------
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        """The encoder's layer list of `model` (an HF model of this family or its compact model)."""
+        return model.base_model.get_submodule(self.layer_path)
+
+    def layer_prefix(self, model: nn.Module, index: int) -> str:
+        """Parameter-name prefix of layer `index` in `model.named_parameters()`."""
+        return f"{model.base_model_prefix}.{self.layer_path}.{index}"
+
+    def module(self, model: nn.Module, index: int, role: str) -> nn.Module:
+        """The module of layer `index` playing `role` (a `LayerModules` field: "query", "ffn_out", ...)."""
+        return self.layers(model)[index].get_submodule(getattr(self.modules, role))
+
+    def config_value(self, config, name: str):
+        """A `ConfigFields` entry ("hidden_size", ...) read from an HF config object or dict."""
+        key = getattr(self.config_fields, name)
+        return config[key] if isinstance(config, dict) else getattr(config, key)
+
+    # --- what compacts to what --------------------------------------------------------------
+
+    def compact_class(self, model: nn.Module) -> type | None:
+        """The compact class that replaces `model`'s head class (None: that head is not supported)."""
+        return self.compact_classes().get(type(model).__name__)
+
+    def head_names(self) -> list[str]:
+        return sorted(name for name in self.compact_classes() if not name.startswith("Grain"))
+
+    def __repr__(self) -> str:
+        return f"Architecture({self.family})"
