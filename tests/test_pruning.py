@@ -7,7 +7,7 @@ import torch
 
 from grain.models.masks import EncoderShape, encoder_layers
 from grain.pruning.controller import PruningController
-from grain.pruning.ranking import encoder_linear_params, select_lowest, unit_costs
+from grain.pruning.ranking import prunable_params, removed_unit_params, select_lowest, unit_costs
 from grain.pruning.regularization import regularize_updates
 from grain.pruning.schedule import CubicSchedule
 
@@ -88,11 +88,14 @@ def test_layer_scale_zeroes_updates_of_empty_layers():
     assert torch.allclose(out["ffn"][0], torch.ones(4))
 
 
-def test_select_lowest_takes_lowest_until_budget():
+def test_select_lowest_takes_lowest_while_under_budget():
+    """As the official `searchsorted(cumsum, budget)`: a unit goes when the cost through it stays
+    below the budget, so the removed cost undershoots by less than one unit, never overshoots."""
     scores = torch.tensor([5.0, 1.0, 3.0, 2.0, 4.0])
     costs = torch.tensor([10.0, 10.0, 10.0, 10.0, 10.0])
-    assert select_lowest(scores, costs, 25).tolist() == [False, True, True, True, False]
-    assert select_lowest(scores, costs, 20).tolist() == [False, True, False, True, False]
+    assert select_lowest(scores, costs, 25).tolist() == [False, True, False, True, False]
+    assert select_lowest(scores, costs, 20).tolist() == [False, True, False, False, False]
+    assert select_lowest(scores, costs, 20.5).tolist() == [False, True, False, True, False]
     assert not select_lowest(scores, costs, 0).any()
 
 
@@ -111,22 +114,24 @@ def test_ranking_removes_exactly_the_lowest_units(tiny_bert):
     assert costs["qk"] == 2 * 32 + 2
 
 
+@pytest.mark.parametrize("budget_mode", ["grain", "official"])
 @pytest.mark.parametrize("target", [0.3, 0.6, 0.9, 0.97])
-def test_achieved_sparsity_bound(tiny_bert, target):
-    controller = controller_for(tiny_bert, target_sparsity=target)
+def test_achieved_sparsity_bound(tiny_bert, target, budget_mode):
+    controller = controller_for(tiny_bert, target_sparsity=target, budget=budget_mode)
     g = torch.Generator().manual_seed(int(target * 100))
     for score in controller.scores().values():
         score.copy_(torch.rand(score.shape, generator=g))
     controller.prune_to(target)
-    achieved = controller.sparsity()
     shape = controller.shape
-    total = encoder_linear_params(shape)
-    assert achieved >= target
-    # overshoot: at most one unit plus the QK units of heads left without VO units
-    qk_of_empty_heads = sum(
-        shape.head_dim for layer in controller.structure()["layers"] for vo in layer["vo_per_head"] if vo == 0
-    ) * unit_costs(shape)["qk"]
-    assert (achieved - target) * total <= unit_costs(shape)["qk"] + qk_of_empty_heads + 1e-6
+    budget = target * prunable_params(shape)
+    removed = removed_unit_params(controller.masks(), shape)
+    if budget_mode == "grain":  # within one unit below the budget, QK units of emptied heads counted
+        assert budget - unit_costs(shape)["qk"] < removed < budget
+    else:  # official: the prefix stays below the budget, the QK units of emptied heads go on top
+        qk_of_empty_heads = sum(
+            shape.head_dim for layer in controller.structure()["layers"] for vo in layer["vo_per_head"] if vo == 0
+        ) * unit_costs(shape)["qk"]
+        assert budget - unit_costs(shape)["qk"] < removed < budget + qk_of_empty_heads
 
 
 def test_masks_never_turn_back_on(tiny_bert, tiny_batch):
@@ -139,7 +144,8 @@ def test_masks_never_turn_back_on(tiny_bert, tiny_batch):
         for kind, mask in controller.masks().items():
             assert torch.all(mask <= previous[kind])
             previous[kind] = mask.clone()
-    assert controller.sparsity() >= 0.8
+    budget = 0.8 * prunable_params(controller.shape)
+    assert budget - unit_costs(controller.shape)["qk"] < removed_unit_params(controller.masks(), controller.shape) < budget
 
 
 def test_head_units_remove_whole_heads(tiny_bert):
@@ -151,7 +157,10 @@ def test_head_units_remove_whole_heads(tiny_bert):
     for layer in controller.structure()["layers"]:
         for qk, vo in zip(layer["qk_per_head"], layer["vo_per_head"]):
             assert (qk, vo) in ((0, 0), (controller.shape.head_dim,) * 2)
-    assert controller.sparsity() >= 0.5
+    shape, costs = controller.shape, unit_costs(controller.shape)
+    head_cost = shape.head_dim * (costs["qk"] + costs["vo"])  # the dearest item, ISPruner's head size
+    budget = 0.5 * prunable_params(shape)
+    assert budget - head_cost < removed_unit_params(controller.masks(), shape) < budget
 
 
 def test_empty_head_loses_its_qk_units(tiny_bert):
@@ -164,15 +173,21 @@ def test_empty_head_loses_its_qk_units(tiny_bert):
 
 
 def test_cubic_schedule_values():
+    """By hand, as airaria/GRAIN: S = int(0.2 * 100) = 20, E = 40; official batches g = 25, 30, 35
+    prune (g = 20 at sparsity 0), then grain's final step at g = E; grain step s is batch s + 1."""
     schedule = CubicSchedule.from_fractions(0.9, total_steps=100, start=0.2, end=0.4, frequency=5)
-    assert (schedule.start_step, schedule.end_step) == (20, 40)
+    assert (schedule.start_step, schedule.end_step) == (20, 39)
     assert schedule.sparsity_at(0) == 0.0
-    assert schedule.sparsity_at(20) == pytest.approx(0.0)
-    assert schedule.sparsity_at(30) == pytest.approx(1 - (0.1 + 0.9 * 0.5**3))
-    assert schedule.sparsity_at(40) == pytest.approx(0.9)
+    assert schedule.sparsity_at(19) == 0.0
+    assert schedule.sparsity_at(24) == pytest.approx(0.9 * (1 - 0.75**3))
+    assert schedule.sparsity_at(29) == pytest.approx(1 - (0.1 + 0.9 * 0.5**3))
+    assert schedule.sparsity_at(39) == pytest.approx(0.9)
     assert schedule.sparsity_at(99) == pytest.approx(0.9)
-    assert [s for s in range(100) if schedule.prunes_at(s)] == [20, 25, 30, 35, 40]
-    assert schedule.is_frozen_after(41) and not schedule.is_frozen_after(40)
+    assert [s for s in range(100) if schedule.prunes_at(s)] == [24, 29, 34, 39]
+    assert schedule.is_frozen_after(40) and not schedule.is_frozen_after(39)
+    truncated = CubicSchedule.from_fractions(0.9, total_steps=37, start=0.2, end=0.4, frequency=1)
+    assert (truncated.start_batch, truncated.end_batch) == (7, 14)  # 7.4 and 14.8 truncated, not rounded
+    assert [s for s in range(37) if truncated.prunes_at(s)] == [7, 8, 9, 10, 11, 12, 13]
 
 
 def test_short_run_still_reaches_target():

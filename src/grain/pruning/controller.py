@@ -25,7 +25,15 @@ from grain.pruning.importance import (
     random_scores,
     taylor_updates,
 )
-from grain.pruning.ranking import encoder_linear_params, kept_linear_params, select_lowest, unit_costs
+from grain.pruning.ranking import (
+    BUDGET_MODES,
+    encoder_linear_params,
+    kept_linear_params,
+    prunable_params,
+    select_lowest,
+    select_units,
+    unit_costs,
+)
 from grain.pruning.regularization import regularize_updates
 from grain.pruning.schedule import CubicSchedule
 
@@ -48,12 +56,15 @@ class PruningController(nn.Module):
         end: float = 0.4,
         frequency: int = 1,
         seed: int = 0,
+        budget: str = "grain",
     ):
         super().__init__()
         if units not in UNIT_MODES:
             raise ValueError(f"pruner.units={units!r}; expected one of {UNIT_MODES}")
         if score not in SCORE_KINDS:
             raise ValueError(f"pruner.score={score!r}; expected one of {SCORE_KINDS}")
+        if budget not in BUDGET_MODES:
+            raise ValueError(f"pruner.budget={budget!r}; expected one of {BUDGET_MODES}")
         self.shape = shape
         self.target_sparsity = float(target_sparsity)
         self.units = units
@@ -64,6 +75,7 @@ class PruningController(nn.Module):
         self.structure_reg = structure_reg
         self.start, self.end, self.frequency = start, end, frequency
         self.seed = seed
+        self.budget_mode = budget
         for kind, size in shape.units_per_layer.items():
             self.register_buffer(f"mask_{kind}", torch.ones(shape.num_layers, size))
             self.register_buffer(f"score_{kind}", torch.zeros(shape.num_layers, size))
@@ -196,30 +208,21 @@ class PruningController(nn.Module):
 
     @torch.no_grad()
     def prune_to(self, sparsity: float) -> None:
-        """Remove the least important units until `sparsity` of the encoder linear params is gone.
+        """Remove the least important units until `sparsity` of the prunable-unit parameters is gone.
 
+        The budget is `sparsity * prunable_params` (W_O/W_2 output biases, never pruned, left out),
+        as airaria/GRAIN FineISPruner; see `ranking.select_units` for the `budget` modes.
         Runs on the masks' device without reading values back to the host.
         """
-        budget = sparsity * encoder_linear_params(self.shape)
+        budget = sparsity * prunable_params(self.shape)
         masks, scores = self.masks(), self._ranking_scores()
         if self.units == "head":
             self._prune_heads(budget, masks, scores)
         else:
-            self._prune_units(budget, masks, scores)
+            remove = select_units(scores, masks, self.shape, budget, self.budget_mode, select_lowest)
+            for kind, gone in remove.items():
+                masks[kind].masked_fill_(gone, 0.0)
         self._remove_qk_of_empty_heads()
-
-    def _prune_units(self, budget: float, masks, scores) -> None:
-        costs = unit_costs(self.shape)
-        flat_scores = torch.cat([
-            scores[k].float().masked_fill(masks[k] == 0, float("-inf")).flatten() for k in UNIT_KINDS
-        ])
-        flat_costs = torch.cat([torch.full((masks[k].numel(),), costs[k], device=flat_scores.device) for k in UNIT_KINDS])
-        remove = select_lowest(flat_scores, flat_costs, budget)
-        offset = 0
-        for kind in UNIT_KINDS:
-            n = masks[kind].numel()
-            masks[kind].masked_fill_(remove[offset : offset + n].view_as(masks[kind]), 0.0)
-            offset += n
 
     def _prune_heads(self, budget: float, masks, scores) -> None:
         """Baseline: rank whole heads (QK + VO units together) and single FFN neurons."""
@@ -230,7 +233,7 @@ class PruningController(nn.Module):
         head_scores = head_scores.masked_fill(~head_alive, float("-inf")).flatten()
         ffn_scores = scores["ffn"].float().masked_fill(masks["ffn"] == 0, float("-inf")).flatten()
         flat_scores = torch.cat([head_scores, ffn_scores])
-        flat_costs = torch.cat([
+        flat_costs = torch.cat([  # a head: d * (4h + 3), ISPruner's head_unit_size
             torch.full((head_scores.numel(),), d * (costs["qk"] + costs["vo"]), device=flat_scores.device),
             torch.full((ffn_scores.numel(),), costs["ffn"], device=flat_scores.device),
         ])

@@ -46,6 +46,7 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
         end=p.end,
         frequency=p.frequency,
         seed=cfg.seed,
+        budget=p.get("budget", "grain"),
     )
 
 
