@@ -1,0 +1,129 @@
+"""`task=question_answering`: extractive QA on the user's own SQuAD-format JSON files (v1.1:
+`{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}`), or a
+hub dataset with SQuAD's columns (id, context, question, answers). Windows, the evaluator and the
+exact-match/F1 metrics are SQuAD's (`grain.data.squad`, `grain.metrics.qa`).
+
+Every question needs an answer found in its context: v2.0's unanswerable questions are refused (the
+metrics and windows here are v1.1's), naming the file and how many there are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig, OmegaConf
+
+from grain.data.base import file_signature
+from grain.data.own_data import SPLIT_KEYS, load_hub_split, require_columns, require_rows
+from grain.data.squad import SquadDataModule, read_squad_json
+from grain.errors import GrainError
+
+SQUAD_COLUMNS = ("id", "context", "question", "answers")
+
+
+class QuestionAnsweringDataModule(SquadDataModule):
+    def __init__(
+        self,
+        task_name: str = "question_answering",
+        train_file: str | None = None,
+        validation_file: str | None = None,
+        test_file: str | None = None,
+        dataset_name: str | None = None,
+        dataset_config: str | None = None,
+        train_split: str | None = "train",
+        validation_split: str | None = "validation",
+        test_split: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(offline_split=False, **kwargs)
+        self.task_name = task_name
+        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
+        self.dataset_name = dataset_name
+        self.dataset_config = dataset_config
+        self.hub_splits = {"train": train_split, "validation": validation_split, "test": test_split}
+        self._tables: dict[str, datasets.Dataset] = {}
+
+    @property
+    def from_hub(self) -> bool:
+        return bool(self.dataset_name)
+
+    @property
+    def eval_splits(self) -> list[str]:
+        test = self.hub_splits["test"] if self.from_hub else self.files["test"]
+        return ["validation"] + (["test"] if test else [])
+
+    def where(self, split: str) -> str:
+        if self.from_hub:
+            return f"task.dataset_name={self.dataset_name} split '{self.hub_splits[split]}'"
+        return str(self.files[split])
+
+    def _local_file(self, split: str) -> Path:
+        key, value = f"task.{SPLIT_KEYS[split]}", self.files[split]
+        if not value:
+            raise GrainError(
+                f"task={self.task_name}: no {split} data; give {key}=<SQuAD-format .json file> (or "
+                f"task.dataset_name=<hub dataset>)"
+            )
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise GrainError(f"{key}={value}: no such file; give the path of your SQuAD-format {split} JSON")
+        if path.suffix.lower() != ".json":
+            raise GrainError(f"{key}={value}: expected a SQuAD-format .json file (v1.1: {{'data': [...]}})")
+        return path.resolve()
+
+    def source_signature(self, split: str) -> list:
+        if self.from_hub:
+            return ["hub", self.dataset_name, self.dataset_config, self.hub_splits[split]]
+        return file_signature(self._local_file(split))
+
+    def table(self, split: str) -> datasets.Dataset:
+        if split not in self._tables:
+            where = self.where(split)
+            if self.from_hub:
+                table = load_hub_split(self.task_name, self.dataset_name, self.dataset_config, split,
+                                       self.hub_splits[split], self.cache_dir)
+                require_columns(where, table, {f"(SQuAD column {c})": c for c in SQUAD_COLUMNS})
+                if "title" not in table.column_names:
+                    table = table.add_column("title", [""] * len(table))
+                table = table.select_columns(["id", "title", "context", "question", "answers"])
+            else:
+                try:
+                    table = read_squad_json(self._local_file(split))
+                except (KeyError, TypeError) as err:  # an article or question without a SQuAD key
+                    raise GrainError(
+                        f"{where}: not SQuAD v1.1 (a paragraph or question lacks {err}); each paragraph needs "
+                        f"'context' and 'qas', each question 'id', 'question' and 'answers' [{{'text', 'answer_start'}}]"
+                    ) from None
+            require_rows(where, table)
+            unanswerable = sum(1 for answers in table["answers"] if not answers["text"])
+            if unanswerable:
+                raise GrainError(
+                    f"{where}: {unanswerable} of {len(table)} questions have no answer (SQuAD v2.0's unanswerable "
+                    f"questions); grain reads v1.1: drop them (or keep only answerable ones)"
+                )
+            for qid, context, answers in zip(table["id"], table["context"], table["answers"]):
+                for text, start in zip(answers["text"], answers["answer_start"]):
+                    if context[start:start + len(text)] != text:
+                        raise GrainError(
+                            f"{where}: question {qid}: answer {text!r} is not at answer_start={start} of its "
+                            f"context; answer_start is the character offset of the answer in the context"
+                        )
+            self._tables[split] = table
+        return self._tables[split]
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        return self.table(split)
+
+    def check(self, needs_train: bool = True) -> None:
+        if self.from_hub and any(self.files.values()):
+            raise GrainError(f"task.dataset_name={self.dataset_name} and task.*_file are both set; read one of them")
+        for split in (["train"] if needs_train else []) + self.eval_splits:
+            self.table(split)
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
+        params.pop("_target_", None)
+        module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        module.check(needs_train="prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path))
