@@ -162,15 +162,19 @@ class PruningController(nn.Module):
 
     @torch.no_grad()
     def update_scores(self, mask_grads: dict[str, torch.Tensor]) -> None:
-        """Fold |dL/dm| of this step (all-reduced over ranks, structure-regularized) into the EMA.
+        """Fold |dL/dm| of this step (averaged over ranks, structure-regularized) into the EMA.
 
-        mask_grads: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}. A step whose
-        update holds inf or NaN (an fp16 overflow, a diverging batch) leaves the scores as they are
-        and counts in `skipped_score_updates`. The check runs after the all-reduce, so every rank
-        skips alike, and on the device, so it costs no host sync.
+        mask_grads: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}. Under several
+        processes the raw gradients are averaged first and the absolute value taken after, |mean g|
+        (as airaria/GRAIN: DDP averages the weight gradients, then FineISPruner.gather_IS takes
+        `(grad * weight).sum().abs()`), in fp32 whatever the autocast dtype. A step whose update
+        holds inf or NaN (an fp16 overflow, a diverging batch) leaves the scores as they are and
+        counts in `skipped_score_updates`. The check runs after the all-reduce, so every rank skips
+        alike, and on the device, so it costs no host sync.
         """
-        updates = taylor_updates(mask_grads)
-        all_reduce_mean_([updates[kind] for kind in UNIT_KINDS])
+        grads = {kind: grad.detach().to(torch.float32, copy=True) for kind, grad in mask_grads.items()}
+        all_reduce_mean_([grads[kind] for kind in UNIT_KINDS])
+        updates = taylor_updates(grads)
         finite = all_finite(list(updates.values()))
         if self.structure_reg:
             updates = regularize_updates(

@@ -11,7 +11,10 @@ UNIT_KINDS = ("qk", "vo", "ffn")
 
 
 def taylor_updates(mask_grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """|dL/dm| per unit; dL/dm equals sum(grad * weight) over the unit's weights."""
+    """|dL/dm| per unit; dL/dm equals sum(grad * weight) over the unit's weights.
+
+    mask_grads: {kind: [layers, units]}, already averaged over ranks (|mean g|, not mean |g|).
+    """
     return {kind: grad.detach().abs() for kind, grad in mask_grads.items()}
 
 
