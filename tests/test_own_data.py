@@ -310,3 +310,120 @@ def test_readme_own_data_commands_run_as_written(tmp_path):
     result = json.loads(own.read_text())
     assert result["status"] == "completed" and result["teacher"]["path"] == teacher
     assert result["teacher"]["metric"] == summary["teacher"]["metric"]
+
+
+# --- token classification and question answering on the user's files --------------------------------
+
+CONLL_TRAIN, CONLL_DEV = FIXTURES / "conll2003" / "train.txt", FIXTURES / "conll2003" / "valid.txt"
+SQUAD_DEV = FIXTURES / "squad" / "v1.1" / "dev.json"
+
+
+def conll_sentences(path):
+    from grain.data.token_classification import read_column_file
+
+    table = read_column_file(path)
+    return table["tokens"], table["tags"]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl", ".parquet"])
+def test_token_classification_formats_read_the_same_sentences(suffix, tokenizer, tmp_path):
+    files = {}
+    for split, path in (("train", CONLL_TRAIN), ("dev", CONLL_DEV)):
+        tokens, tags = conll_sentences(path)
+        target = tmp_path / f"{split}{suffix}"
+        if suffix == ".txt":
+            target.write_text(path.read_text())
+        elif suffix == ".jsonl":
+            target.write_text("".join(json.dumps({"tokens": t, "ner_tags": g}) + "\n" for t, g in zip(tokens, tags)))
+        else:
+            datasets.Dataset.from_dict({"tokens": tokens, "ner_tags": tags}).to_parquet(str(target))
+        files[split] = target
+    cfg = compose_config(["task=token_classification", "model=tiny", f"task.train_file={files['train']}",
+                          f"task.validation_file={files['dev']}"], tmp_path)
+    validate_config(cfg)
+    dm = own_datamodule(cfg, tokenizer)
+    assert dm.labels == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    tokens, tags = conll_sentences(CONLL_DEV)
+    raw = dm.raw_split("validation")
+    assert raw["tokens"] == tokens and [[dm.labels[i] for i in row] for row in raw["ner_tags"]] == tags
+    dm.setup("fit")
+    assert next(iter(dm.eval_dataloader("validation")))["labels"].dim() == 2
+    assert type(dm.make_evaluator("validation")).__name__ == "NEREvaluator"
+
+
+def test_token_classification_mistakes_are_one_line(tmp_path):
+    def config(train, dev=CONLL_DEV, *extra):
+        return compose_config(["task=token_classification", "model=tiny", f"task.train_file={train}",
+                               f"task.validation_file={dev}", *extra], tmp_path)
+
+    bioes = tmp_path / "bioes.txt"
+    bioes.write_text("EU S-ORG\nrejects O\n")
+    message = refused(config(bioes))
+    assert str(bioes) in message and "'S-ORG', not IOB2" in message
+    dev = tmp_path / "dev.txt"
+    dev.write_text("Paris B-CITY\n")
+    message = refused(config(CONLL_TRAIN, dev))
+    assert str(dev) in message and "'B-CITY'" in message and "task.labels" in message
+    lengths = tmp_path / "dev.jsonl"
+    lengths.write_text(json.dumps({"tokens": ["a", "b"], "ner_tags": ["O"]}) + "\n")
+    assert "2 tokens and 1 tags" in refused(config(CONLL_TRAIN, lengths))
+    assert "no column 'words'" in refused(config(CONLL_TRAIN, lengths, "task.tokens_column=words"))
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text(json.dumps({"tokens": ["EU", "rejects"], "ner_tags": [3, 0]}) + "\n")
+    assert "task.labels=[O,B-PER" in refused(config(ids, ids))
+    named = config(ids, ids, "task.labels=[O,B-PER,I-PER,B-ORG,I-ORG]")
+    validate_config(named)
+    assert "no such file" in refused(config(tmp_path / "nope.txt"))
+
+
+def squad_json(path, articles):
+    path.write_text(json.dumps({"version": "1.1", "data": articles}))
+    return path
+
+
+def test_question_answering_reads_squad_json_and_refuses_v2_and_bad_offsets(tokenizer, tmp_path):
+    cfg = compose_config(["task=question_answering", "model=tiny", f"task.train_file={SQUAD_DEV}",
+                          f"task.validation_file={SQUAD_DEV}", "task.datamodule.max_length=64",
+                          "task.datamodule.doc_stride=16"], tmp_path)
+    validate_config(cfg)
+    dm = own_datamodule(cfg, tokenizer)
+    from grain.data.squad import read_squad_json
+
+    assert dm.raw_split("validation")["id"] == read_squad_json(SQUAD_DEV)["id"]
+    dm.setup("fit")
+    assert type(dm.make_evaluator("validation")).__name__ == "QAEvaluator"
+
+    def config(dev):
+        return compose_config(["task=question_answering", "model=tiny", f"task.train_file={SQUAD_DEV}",
+                               f"task.validation_file={dev}"], tmp_path)
+
+    paragraph = {"context": "Paris is in France.", "qas": [
+        {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
+        {"id": "q2", "question": "Who won?", "answers": [], "is_impossible": True},
+    ]}
+    v2 = squad_json(tmp_path / "v2.json", [{"title": "t", "paragraphs": [paragraph]}])
+    message = refused(config(v2))
+    assert str(v2) in message and "1 of 2 questions have no answer" in message
+    paragraph["qas"] = [{"id": "q1", "question": "Where?", "answers": [{"text": "France", "answer_start": 3}]}]
+    shifted = squad_json(tmp_path / "shifted.json", [{"title": "t", "paragraphs": [paragraph]}])
+    assert "'France' is not at answer_start=3" in refused(config(shifted))
+    assert "no rows" in refused(config(squad_json(tmp_path / "empty.json", [])))
+    del paragraph["context"]
+    assert "lacks 'context'" in refused(config(squad_json(tmp_path / "nocontext.json", [{"paragraphs": [paragraph]}])))
+    assert "SQuAD-format .json" in refused(config(TRAIN_CSV))
+
+
+def test_tiny_runs_of_token_classification_and_question_answering(tmp_path):
+    for task, extra in (
+        ("token_classification", [f"task.train_file={CONLL_TRAIN}", f"task.validation_file={CONLL_DEV}"]),
+        ("question_answering", [f"task.train_file={SQUAD_DEV}", f"task.validation_file={SQUAD_DEV}",
+                                "task.datamodule.max_length=64", "task.datamodule.doc_stride=16"]),
+    ):
+        result = run_in_repo([f"task={task}", *extra, "model=tiny", "trainer.max_steps=3", "logger=none"], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        [path] = list(tmp_path.glob(f"outputs/{task}/tiny/*/*/summary.json"))
+        summary = json.loads(path.read_text())
+        assert summary["status"] == "completed" and summary["metric_name"] == "f1"
+        for section in ("teacher", "student", "compact"):
+            assert 0.0 <= summary[section]["metric"] <= 1.0
+        assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-4
