@@ -35,11 +35,15 @@ def prediction_logits(outputs, task_type: str) -> list[torch.Tensor]:
 
 
 def kd_loss(student_out, teacher_out, task_type: str, temperature: float, batch: dict) -> torch.Tensor:
-    """KD on the task's logits: for NER only real first-sub-token positions (labels != -100) count."""
+    """KD on the task's logits: for NER only real first-sub-token positions (labels != -100) count.
+
+    For QA the start and end losses are summed, as airaria/GRAIN (PruneDistiller.compute_loss adds
+    `kd_ce_loss` over the logits list (start_logits, end_logits)); one tensor for the other tasks.
+    """
     valid = batch["labels"] != -100 if task_type == "ner" else None
     pairs = zip(prediction_logits(student_out, task_type), prediction_logits(teacher_out, task_type))
     losses = [soft_cross_entropy(s, t, temperature, valid) for s, t in pairs]
-    return torch.stack(losses).mean()
+    return torch.stack(losses).sum()
 
 
 def hidden_mse(
