@@ -14,12 +14,23 @@ def options(group):
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+# The tasks on the user's own files check them at validation: give them the fixtures (tests/test_own_data.py).
+OWN_DATA_FILES = {
+    task: [f"task.train_file={CONF_DIR.parent / 'tests/fixtures' / train}", f"task.validation_file={CONF_DIR.parent / 'tests/fixtures' / dev}"]
+    for task, train, dev in (
+        ("text_classification", "own_data/sst2_train.csv", "own_data/sst2_dev.csv"),
+        ("token_classification", "conll2003/train.txt", "conll2003/valid.txt"),
+        ("question_answering", "squad/v1.1/dev.json", "squad/v1.1/dev.json"),
+    )
+}
+
+
 @pytest.mark.parametrize("task", options("task"))
 @pytest.mark.parametrize("model", options("model"))
 def test_every_task_and_model_composes(task, model, tmp_path):
     # RoBERTa is refused unless the run leaves compaction out (tests/test_robustness.py)
     masked_only = ["stages=[teacher,prune]", "pruner.compact_after_end=false"] if model == "roberta-base" else []
-    cfg = compose_config([f"task={task}", f"model={model}", *masked_only], tmp_path)
+    cfg = compose_config([f"task={task}", f"model={model}", *masked_only, *OWN_DATA_FILES.get(task, [])], tmp_path)
     validate_config(cfg)
     assert cfg.task.name == task
     assert cfg.model.name == model
