@@ -8,10 +8,30 @@ from transformers import get_linear_schedule_with_warmup
 from grain.data.base import model_inputs
 
 
-def adamw_with_linear_schedule(params, lr: float, weight_decay: float, warmup_ratio: float, total_steps: int):
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+def adamw_with_linear_schedule(
+    params, lr: float, weight_decay: float, warmup_ratio: float, total_steps: int, eps: float = 1e-8
+):
+    """AdamW (`eps` added to the denominator; the official GRAIN scripts use 1e-6) with a linear
+    warmup over `warmup_ratio` of `total_steps`, then a linear decay to 0, stepped every step.
+
+    params: parameters, or param groups (dicts) whose own `weight_decay` overrides the default.
+    """
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, eps=eps)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), max(total_steps, 1))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+NO_DECAY = ("bias", "LayerNorm.weight")  # airaria/GRAIN glue/main.py and squad/main.py `no_decay`
+
+
+def decay_groups(named_params, weight_decay: float, no_decay_params=()) -> list[dict]:
+    """Param groups as the official scripts: `weight_decay` on weights, none on biases and LayerNorm
+    weights (names containing "bias" or "LayerNorm.weight"), nor on `no_decay_params` (the hidden
+    projections, which the official adds as a group of their own with AdamW's default decay, 0)."""
+    decay, no_decay = [], list(no_decay_params)
+    for name, param in named_params:
+        (no_decay if any(part in name for part in NO_DECAY) else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 class SplitEvaluation:

@@ -21,7 +21,7 @@ from grain.distill.losses import hidden_mse, kd_loss
 from grain.distill.projections import HiddenProjections, matched_layers
 from grain.models.backbone import restore_output_capture
 from grain.models.slicing import compact_from_masked, slice_optimizer_state
-from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule
+from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule, decay_groups
 from grain.pruning.controller import PruningController
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,12 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         if optimizer is None:  # restoring a checkpoint: the optimizer is built afterwards
             return
         new_params = dict(compact.named_parameters())
-        kept = list(new_params.values()) + list(self.projections.parameters())
-        group = {k: v for k, v in optimizer.param_groups[0].items() if k != "params"}
-        new_optimizer = type(optimizer)([{"params": kept, **group}])
+        # the same groups as configure_optimizers (decay / no decay), each with its settings
+        new_groups = decay_groups(compact.named_parameters(), self.optim_cfg["weight_decay"], self.projections.parameters())
+        new_optimizer = type(optimizer)([
+            {**{k: v for k, v in old.items() if k != "params"}, "params": new["params"]}
+            for old, new in zip(optimizer.param_groups, new_groups, strict=True)
+        ])
         new_optimizer.state.update(slice_optimizer_state(old_params, new_params, plan, optimizer.state))
         for param in self.projections.parameters():
             if param in optimizer.state:
@@ -184,7 +187,9 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         total_steps = int(self.trainer.estimated_stepping_batches)
         if self.controller.planned_steps == 0:  # a resumed run keeps the saved schedule
             self.controller.set_total_steps(total_steps)
-        params = list(self.student.parameters()) + list(self.projections.parameters())
+        weight_decay = self.optim_cfg["weight_decay"]
+        params = decay_groups(self.student.named_parameters(), weight_decay, self.projections.parameters())
         return adamw_with_linear_schedule(
-            params, self.optim_cfg["lr"], self.optim_cfg["weight_decay"], self.optim_cfg["warmup_ratio"], total_steps
+            params, self.optim_cfg["lr"], weight_decay, self.optim_cfg["warmup_ratio"], total_steps,
+            eps=self.optim_cfg.get("adam_eps", 1e-8),
         )

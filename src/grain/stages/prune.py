@@ -64,7 +64,7 @@ def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
         build_controller(cfg, student),
         task_type=cfg.task.type,
         distill_cfg=dict(cfg.distillation),
-        optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm")},
+        optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "adam_eps")},
         gradient_separation=cfg.pruner.gradient_separation,
         compact_after_end=cfg.pruner.compact_after_end,
         seed=cfg.seed,
