@@ -292,3 +292,32 @@ def test_real_minilm_magnitude_one_shot_keeps_heads_and_the_target():
     budget = 0.9 * prunable_params(shape)
     assert budget - unit_costs(shape)["qk"] < results["grain"][0] < budget and results["grain"][1] > 0
     assert results["official"][0] / prunable_params(shape) > 0.98 and results["official"][1] == 0
+
+
+def test_default_budget_lands_within_one_unit_for_any_scores_and_schedule():
+    """Property check on small random shapes, scores with and without ties, several pruning steps:
+    masks only turn off, no QK unit outlives its head's VO units, and after each step the removed
+    parameters are below the budget by less than one unit."""
+    import random
+
+    for trial in range(120):
+        rnd = random.Random(trial)
+        heads, head_dim = rnd.choice([1, 2, 4]), rnd.choice([1, 2, 4, 8])
+        shape = EncoderShape(rnd.choice([1, 2, 3]), heads * head_dim, heads, rnd.choice([1, 3, 8]))
+        controller = PruningController(shape, 0.9)
+        generator = torch.Generator().manual_seed(trial)
+        for target in sorted(rnd.uniform(0, 0.999) for _ in range(rnd.choice([1, 3, 6]))):
+            for score in controller.scores().values():
+                if rnd.random() < 0.3:
+                    score.copy_(torch.randint(0, 3, score.shape, generator=generator).float())
+                else:
+                    score.copy_(torch.rand(score.shape, generator=generator) * rnd.choice([0.01, 1.0, 100.0]))
+            before = {k: m.clone() for k, m in controller.masks().items()}
+            controller.prune_to(target)
+            for kind, mask in controller.masks().items():
+                assert torch.all(mask <= before[kind])
+            per_head = (shape.num_layers, heads, head_dim)
+            assert torch.all(controller.mask_qk.view(per_head).amax(-1) <= controller.mask_vo.view(per_head).amax(-1))
+            budget = target * prunable_params(shape)
+            removed = removed_unit_params(controller.masks(), shape)
+            assert budget - unit_costs(shape)["qk"] < removed < budget, (trial, target)
