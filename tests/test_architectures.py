@@ -13,6 +13,10 @@ from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
+    DistilBertConfig,
+    DistilBertForQuestionAnswering,
+    DistilBertForSequenceClassification,
+    DistilBertForTokenClassification,
     ElectraConfig,
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
@@ -45,7 +49,8 @@ SIZES = dict(
     initializer_range=0.2,  # logits of order 1, so that 1e-5 is a strict bound
 )
 # family -> (config, {head kind: HF class}); RoBERTa as its checkpoints are: padding id 1 (positions
-# from 2), one token type; ELECTRA with embeddings narrower than the encoder (embeddings_project).
+# from 2), one token type; ELECTRA with embeddings narrower than the encoder (embeddings_project);
+# DistilBERT under its own config names, without token types.
 FAMILIES = {
     "bert": (
         lambda: BertConfig(**SIZES, max_position_embeddings=64),
@@ -64,6 +69,12 @@ FAMILIES = {
         lambda: ElectraConfig(**SIZES, embedding_size=16, max_position_embeddings=64),
         {"sequence": ElectraForSequenceClassification, "token": ElectraForTokenClassification,
          "qa": ElectraForQuestionAnswering},
+    ),
+    "distilbert": (
+        lambda: DistilBertConfig(vocab_size=100, dim=32, n_layers=3, n_heads=4, hidden_dim=48, initializer_range=0.2,
+                                 max_position_embeddings=64),
+        {"sequence": DistilBertForSequenceClassification, "token": DistilBertForTokenClassification,
+         "qa": DistilBertForQuestionAnswering},
     ),
 }
 CASES = [(family, head) for family, (_, heads) in FAMILIES.items() for head in heads]
@@ -89,7 +100,7 @@ def family_batch(model):
     attention[3, 3:] = 0
     ids[attention == 0] = pad
     inputs = {"input_ids": ids, "attention_mask": attention}
-    if model.config.type_vocab_size > 1:
+    if getattr(model.config, "type_vocab_size", 1) > 1:
         inputs["token_type_ids"] = (torch.arange(12) >= 6).long().expand(4, -1).clone()
     return inputs
 
@@ -114,6 +125,23 @@ def test_compact_equals_masked(family, head, plan):
     for field in FIELDS[head]:
         assert getattr(expected, field).abs().max() > 0.1  # not a vanishing signal
         torch.testing.assert_close(getattr(got, field), getattr(expected, field), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_match_the_masked_models(family):
+    """Hidden-state distillation reads the same states from both (embeddings output, then each
+    layer's; ELECTRA's after embeddings_project) once training has compacted the student."""
+    model = tiny_model(family)
+    masks = hard_masks(EncoderShape.of(model))
+    inputs = family_batch(model)
+    compact, _ = compact_from_masked(model, masks)
+    expected = masked_outputs(model, masks, {**inputs, "output_hidden_states": True}).hidden_states
+    with torch.no_grad():
+        got = compact.eval()(**inputs, output_hidden_states=True).hidden_states
+    assert len(got) == len(expected) == 4
+    kept = inputs["attention_mask"].bool()
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a[kept], b[kept], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -156,10 +184,10 @@ def test_save_and_load_through_auto_class(family, tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, compact.eval()(**inputs).logits, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["roberta", "electra"])
+@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert"])
 def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
-    """The families' embeddings (RoBERTa's position ids from the token ids, ELECTRA's projection)
-    keep the compact forward on the device, with no host sync."""
+    """The families' embeddings (RoBERTa's position ids from the token ids, ELECTRA's projection,
+    DistilBERT's) keep the compact forward on the device, with no host sync."""
     model = tiny_model(family)
     masks = hard_masks(EncoderShape.of(model))
     inputs = family_batch(model)
@@ -197,13 +225,14 @@ def test_the_registry_finds_families_and_refuses_others():
     assert architecture_of("camembert").family == "roberta"
     assert architecture_of({"model_type": "grain_electra"}).family == "electra"
     assert find_architecture(GPT2Config()) is None
-    with pytest.raises(GrainError, match="grain does not support gpt2 models; .* bert, camembert, electra, roberta"):
+    with pytest.raises(GrainError, match="grain does not support gpt2 models; .* bert, camembert, distilbert, electra, roberta"):
         architecture_of(GPT2Config())
-    assert set(supported_families()) >= {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
+    assert set(supported_families()) >= {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert"}
 
 
 @pytest.mark.parametrize("name,model_type,positions", [("tiny", "bert", 512), ("tiny-roberta", "roberta", 514),
-                                                        ("tiny-electra", "electra", 512)])
+                                                        ("tiny-electra", "electra", 512),
+                                                        ("tiny-distilbert", "distilbert", 512)])
 def test_random_models_of_each_family(name, model_type, positions, tmp_path):
     from grain.config import validate_config
     from grain.models.backbone import load_task_model
@@ -218,7 +247,7 @@ def test_random_models_of_each_family(name, model_type, positions, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # seeded
 
 
-@pytest.mark.parametrize("family", ["roberta", "electra"])
+@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert"])
 def test_tiny_run_compacts_exactly(family, tmp_path):
     """The issue's bar: `python -m grain.run model=tiny-<family> task=sst2 sparsity=0.9
     trainer.max_steps=30` completes, compact == masked within 1e-5, and the compact model loads
@@ -235,4 +264,4 @@ def test_tiny_run_compacts_exactly(family, tmp_path):
     compact = summary["compact"]
     assert compact["max_abs_logit_diff_vs_masked"] <= 1e-5
     loaded = AutoModelForSequenceClassification.from_pretrained(compact["path"])
-    assert type(loaded).__name__ == f"Grain{family.capitalize()}ForSequenceClassification"
+    assert type(loaded).__name__ == f"Grain{dict(distilbert='DistilBert').get(family, family.capitalize())}ForSequenceClassification"

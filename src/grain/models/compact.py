@@ -287,10 +287,12 @@ def is_compact(model: nn.Module) -> bool:
 
 class GrainBertModel(GrainBertPreTrainedModel):
     """Embeddings, the compact layers and (BERT) a pooler. Families change `embeddings_class`,
-    `has_pooler` and, for what runs between the embeddings and layer 0, `embed`."""
+    `has_pooler`, `encoder_name` (the layers live at `<encoder_name>.layer`, as in the family's HF
+    model) and, for what runs between the embeddings and layer 0, `embed`."""
 
     embeddings_class = BertEmbeddings
     has_pooler = True
+    encoder_name = "encoder"
 
     def __init__(self, config: GrainBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -300,8 +302,9 @@ class GrainBertModel(GrainBertPreTrainedModel):
             self.embeddings.word_embeddings = FactorizedEmbedding(
                 config.vocab_size, config.embedding_rank, words.embedding_dim, config.pad_token_id
             )
-        self.encoder = nn.Module()
-        self.encoder.layer = nn.ModuleList(GrainLayer(config, i) for i in range(config.num_hidden_layers))
+        encoder = nn.Module()
+        encoder.layer = nn.ModuleList(GrainLayer(config, i) for i in range(config.num_hidden_layers))
+        self.add_module(self.encoder_name, encoder)
         self.pooler = BertPooler(config) if add_pooling_layer and self.has_pooler else None
         self.post_init()
 
@@ -325,7 +328,7 @@ class GrainBertModel(GrainBertPreTrainedModel):
         hidden = self.embed(input_ids, token_type_ids, position_ids)
         keys = KeyMask.of(attention_mask, hidden.dtype)
         states = [hidden]
-        for layer in self.encoder.layer:
+        for layer in getattr(self, self.encoder_name).layer:
             hidden = layer(hidden, keys)
             states.append(hidden)
         pooled = self.pooler(hidden) if self.pooler is not None else None
@@ -416,7 +419,11 @@ class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
         output_hidden_states=False, **kwargs,
     ):
         outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
-        start_logits, end_logits = self.qa_outputs(outputs.last_hidden_state).split(1, dim=-1)
+        return self.answer(outputs.last_hidden_state, start_positions, end_positions, outputs.hidden_states)
+
+    def answer(self, hidden, start_positions, end_positions, hidden_states) -> QuestionAnsweringModelOutput:
+        """Start/end logits of the final hidden states [batch, seq, hidden], and their loss."""
+        start_logits, end_logits = self.qa_outputs(hidden).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None
         if start_positions is not None and end_positions is not None:
@@ -427,7 +434,7 @@ class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
                 + F.cross_entropy(end_logits, end_positions, ignore_index=ignored)
             ) / 2
         return QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=outputs.hidden_states
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=hidden_states
         )
 
 
@@ -452,11 +459,11 @@ def register_family(config_class, base, sequence, token, qa) -> None:
 
 def register_auto_classes() -> None:
     """Every family's compact classes (`import grain` calls this)."""
-    from grain.models import compact_electra, compact_roberta
+    from grain.models import compact_distilbert, compact_electra, compact_roberta
 
     register_family(
         GrainBertConfig, GrainBertModel, GrainBertForSequenceClassification, GrainBertForTokenClassification,
         GrainBertForQuestionAnswering,
     )
-    for family in (compact_roberta, compact_electra):
+    for family in (compact_roberta, compact_electra, compact_distilbert):
         family.register_auto_classes()
