@@ -11,6 +11,7 @@ from omegaconf import open_dict
 from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings, validate_config
 from grain.errors import GrainError
 from tests.conftest import compose_config
+from tests.test_run import lowest_sparsity
 
 TINY = ["model=tiny", "trainer.max_steps=2", "logger=none"]
 
@@ -188,7 +189,8 @@ def test_a_local_roberta_runs_masked(tmp_path, tokenizer):
     with open_dict(cfg):
         del cfg["hydra"]
     summary = run_pipeline(cfg, tmp_path / "run")
-    assert summary["status"] == "completed" and summary["student"]["sparsity"] >= 0.9
+    assert summary["status"] == "completed"
+    assert lowest_sparsity(0.9, summary["student"], hidden=32) <= summary["student"]["sparsity"] < 0.91
 
 
 MNLI = ["entailment", "neutral", "contradiction"]
