@@ -17,6 +17,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from grain.architectures import architecture_of
 from grain.errors import GrainError
 
 AUTO_CLASS_BY_TASK_TYPE = {
@@ -92,7 +93,10 @@ def load_task_model(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_MODEL_SEED)
             return auto_cls.from_config(config)
-    return _from_pretrained(auto_cls, resolve_pretrained(model_cfg.pretrained), label_kwargs)
+    model = _from_pretrained(auto_cls, resolve_pretrained(model_cfg.pretrained), label_kwargs)
+    # a hub model whose config was not on this machine at validation: refused here, before it trains
+    architecture_of(model)
+    return model
 
 
 def random_config(settings: dict, tokenizer, label_kwargs: dict):
