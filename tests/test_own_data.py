@@ -413,17 +413,24 @@ def test_question_answering_reads_squad_json_and_refuses_v2_and_bad_offsets(toke
     assert "SQuAD-format .json" in refused(config(TRAIN_CSV))
 
 
-def test_tiny_runs_of_token_classification_and_question_answering(tmp_path):
-    for task, extra in (
-        ("token_classification", [f"task.train_file={CONLL_TRAIN}", f"task.validation_file={CONLL_DEV}"]),
+def test_tiny_runs_of_token_classification_question_answering_and_regression(tmp_path):
+    scores = [[a, b, str(n % 5 + 0.5)] for n, (a, b) in enumerate(
+        (r["sentence"], r["sentence"][::-1]) for r in read_rows(TRAIN_CSV)[:24])]
+    sts = write_csv(tmp_path / "sts.csv", ["s1", "s2", "score"], scores)
+    for task, extra, metric in (
+        ("token_classification", [f"task.train_file={CONLL_TRAIN}", f"task.validation_file={CONLL_DEV}"], "f1"),
         ("question_answering", [f"task.train_file={SQUAD_DEV}", f"task.validation_file={SQUAD_DEV}",
-                                "task.datamodule.max_length=64", "task.datamodule.doc_stride=16"]),
+                                "task.datamodule.max_length=64", "task.datamodule.doc_stride=16"], "f1"),
+        ("text_classification", [f"task.train_file={sts}", f"task.validation_file={sts}", "task.text_columns=[s1,s2]",
+                                 "task.label_column=score", "task.num_labels=1", "task.metric=pearson",
+                                 "distillation.hard_label_weight=1.0"], "pearson"),
     ):
         result = run_in_repo([f"task={task}", *extra, "model=tiny", "trainer.max_steps=3", "logger=none"], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         [path] = list(tmp_path.glob(f"outputs/{task}/tiny/*/*/summary.json"))
         summary = json.loads(path.read_text())
-        assert summary["status"] == "completed" and summary["metric_name"] == "f1"
+        assert summary["status"] == "completed" and summary["metric_name"] == metric
         for section in ("teacher", "student", "compact"):
-            assert 0.0 <= summary[section]["metric"] <= 1.0
+            assert -1.0 <= summary[section]["metric"] <= 1.0
         assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-4
+    assert set(summary["teacher"]["metrics"]) == {"validation/pearson", "validation/spearman", "validation/mse"}
