@@ -13,6 +13,10 @@ from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
+    DebertaV2Config,
+    DebertaV2ForQuestionAnswering,
+    DebertaV2ForSequenceClassification,
+    DebertaV2ForTokenClassification,
     DistilBertConfig,
     DistilBertForQuestionAnswering,
     DistilBertForSequenceClassification,
@@ -50,7 +54,8 @@ SIZES = dict(
 )
 # family -> (config, {head kind: HF class}); RoBERTa as its checkpoints are: padding id 1 (positions
 # from 2), one token type; ELECTRA with embeddings narrower than the encoder (embeddings_project);
-# DistilBERT under its own config names, without token types.
+# DistilBERT under its own config names, without token types; DeBERTa-v3-like (disentangled
+# attention with c2p and p2c through the shared W_Q/W_K, log-bucketed positions, no token types).
 FAMILIES = {
     "bert": (
         lambda: BertConfig(**SIZES, max_position_embeddings=64),
@@ -75,6 +80,13 @@ FAMILIES = {
                                  max_position_embeddings=64),
         {"sequence": DistilBertForSequenceClassification, "token": DistilBertForTokenClassification,
          "qa": DistilBertForQuestionAnswering},
+    ),
+    "deberta-v2": (
+        lambda: DebertaV2Config(**SIZES, max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                share_att_key=True, position_buckets=8, norm_rel_ebd="layer_norm",
+                                position_biased_input=False, type_vocab_size=0),
+        {"sequence": DebertaV2ForSequenceClassification, "token": DebertaV2ForTokenClassification,
+         "qa": DebertaV2ForQuestionAnswering},
     ),
 }
 CASES = [(family, head) for family, (_, heads) in FAMILIES.items() for head in heads]
@@ -184,7 +196,7 @@ def test_save_and_load_through_auto_class(family, tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, compact.eval()(**inputs).logits, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert", "deberta-v2"])
 def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
     """The families' embeddings (RoBERTa's position ids from the token ids, ELECTRA's projection,
     DistilBERT's) keep the compact forward on the device, with no host sync."""
@@ -220,19 +232,42 @@ def test_masks_hook_the_familys_modules(family):
         handle.remove()
 
 
+@pytest.mark.parametrize("buckets,max_position", [(256, 512), (8, 64), (-1, 64)])
+def test_deberta_relative_positions_are_hfs(buckets, max_position):
+    from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
+
+    from grain.models.compact_deberta import relative_positions
+
+    for seq in (1, 7, 130, 600):
+        states = torch.zeros(1, seq, 2)
+        expected = build_relative_position(states, states, bucket_size=buckets, max_position=max_position)
+        assert torch.equal(relative_positions(seq, buckets, max_position, "cpu"), expected)
+
+
+def test_deberta_with_separate_position_projections_is_refused():
+    model = DebertaV2ForSequenceClassification(DebertaV2Config(
+        **SIZES, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=False,
+    ))
+    with pytest.raises(GrainError, match="share_att_key=false"):
+        attach_mask_hooks(model, lambda layer, kind: None)
+    with pytest.raises(GrainError, match="share_att_key=false"):
+        compact_from_masked(model, hard_masks(EncoderShape.of(model)))
+
+
 def test_the_registry_finds_families_and_refuses_others():
     assert architecture_of(XLMRobertaConfig()).family == "roberta"
     assert architecture_of("camembert").family == "roberta"
     assert architecture_of({"model_type": "grain_electra"}).family == "electra"
     assert find_architecture(GPT2Config()) is None
-    with pytest.raises(GrainError, match="grain does not support gpt2 models; .* bert, camembert, distilbert, electra, roberta"):
+    with pytest.raises(GrainError, match="grain does not support gpt2 models; .* bert, camembert, deberta-v2, distilbert, electra, roberta"):
         architecture_of(GPT2Config())
-    assert set(supported_families()) >= {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert"}
+    assert set(supported_families()) >= {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2"}
 
 
 @pytest.mark.parametrize("name,model_type,positions", [("tiny", "bert", 512), ("tiny-roberta", "roberta", 514),
                                                         ("tiny-electra", "electra", 512),
-                                                        ("tiny-distilbert", "distilbert", 512)])
+                                                        ("tiny-distilbert", "distilbert", 512),
+                                                        ("tiny-deberta", "deberta-v2", 512)])
 def test_random_models_of_each_family(name, model_type, positions, tmp_path):
     from grain.config import validate_config
     from grain.models.backbone import load_task_model
@@ -247,7 +282,7 @@ def test_random_models_of_each_family(name, model_type, positions, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # seeded
 
 
-@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert"])
+@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert", "deberta"])
 def test_tiny_run_compacts_exactly(family, tmp_path):
     """The issue's bar: `python -m grain.run model=tiny-<family> task=sst2 sparsity=0.9
     trainer.max_steps=30` completes, compact == masked within 1e-5, and the compact model loads
@@ -264,4 +299,5 @@ def test_tiny_run_compacts_exactly(family, tmp_path):
     compact = summary["compact"]
     assert compact["max_abs_logit_diff_vs_masked"] <= 1e-5
     loaded = AutoModelForSequenceClassification.from_pretrained(compact["path"])
-    assert type(loaded).__name__ == f"Grain{dict(distilbert='DistilBert').get(family, family.capitalize())}ForSequenceClassification"
+    names = {"distilbert": "DistilBert", "deberta": "DebertaV2"}
+    assert type(loaded).__name__ == f"Grain{names.get(family, family.capitalize())}ForSequenceClassification"

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from grain.architectures.base import COMPACT_EMPTY_BIAS, COMPACT_LAYER, Architecture, ConfigFields, LayerModules
 from grain.architectures.bert import BERT
+from grain.architectures.deberta import DEBERTA_V2
 from grain.architectures.distilbert import DISTILBERT
 from grain.architectures.electra import ELECTRA
 from grain.architectures.roberta import ROBERTA
 from grain.errors import GrainError
 
-ARCHITECTURES: tuple[Architecture, ...] = (BERT, ROBERTA, ELECTRA, DISTILBERT)
+ARCHITECTURES: tuple[Architecture, ...] = (BERT, ROBERTA, ELECTRA, DISTILBERT, DEBERTA_V2)
 
 __all__ = [
     "ARCHITECTURES", "Architecture", "COMPACT_EMPTY_BIAS", "COMPACT_LAYER", "ConfigFields", "LayerModules",

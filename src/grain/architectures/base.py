@@ -73,6 +73,8 @@ class Architecture:
     random_defaults: dict = field(default_factory=dict)
     # positions the embeddings use besides the tokens (RoBERTa's start after padding_idx + 1)
     position_offset: int = 0
+    # config -> why grain cannot prune this variant of the family exactly (None: it can)
+    unsupported: Callable[[object], str | None] | None = None
 
     # --- where things are -------------------------------------------------------------------
 
@@ -94,6 +96,14 @@ class Architecture:
         return config[key] if isinstance(config, dict) else getattr(config, key)
 
     # --- what compacts to what --------------------------------------------------------------
+
+    def check(self, config) -> None:
+        """Refuse a variant of the family that masks or compaction would not handle exactly."""
+        reason = self.unsupported(config) if self.unsupported is not None else None
+        if reason:
+            from grain.errors import GrainError
+
+            raise GrainError(f"grain cannot prune this {self.family} model: {reason}")
 
     def compact_class(self, model: nn.Module) -> type | None:
         """The compact class that replaces `model`'s head class (None: that head is not supported)."""

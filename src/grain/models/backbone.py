@@ -7,6 +7,7 @@ import importlib
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -89,13 +90,16 @@ def load_task_model(
         return _from_pretrained(auto_cls, path, label_kwargs)
     if model_cfg.pretrained == "random":
         tokenizer = load_tokenizer(model_cfg.tokenizer)
-        config = random_config(dict(model_cfg.random_config), tokenizer, label_kwargs)
+        settings = model_cfg.random_config
+        if OmegaConf.is_config(settings):  # lists (DeBERTa's pos_att_type) as plain lists
+            settings = OmegaConf.to_container(settings, resolve=True)
+        config = random_config(dict(settings), tokenizer, label_kwargs)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_MODEL_SEED)
             return auto_cls.from_config(config)
     model = _from_pretrained(auto_cls, resolve_pretrained(model_cfg.pretrained), label_kwargs)
     # a hub model whose config was not on this machine at validation: refused here, before it trains
-    architecture_of(model)
+    architecture_of(model).check(model.config)
     return model
 
 

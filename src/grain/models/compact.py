@@ -459,11 +459,11 @@ def register_family(config_class, base, sequence, token, qa) -> None:
 
 def register_auto_classes() -> None:
     """Every family's compact classes (`import grain` calls this)."""
-    from grain.models import compact_distilbert, compact_electra, compact_roberta
+    from grain.models import compact_deberta, compact_distilbert, compact_electra, compact_roberta
 
     register_family(
         GrainBertConfig, GrainBertModel, GrainBertForSequenceClassification, GrainBertForTokenClassification,
         GrainBertForQuestionAnswering,
     )
-    for family in (compact_roberta, compact_electra, compact_distilbert):
+    for family in (compact_roberta, compact_electra, compact_distilbert, compact_deberta):
         family.register_auto_classes()

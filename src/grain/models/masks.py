@@ -57,6 +57,7 @@ MaskSource = Callable[[int, str], "torch.Tensor | None"]
 def attach_mask_hooks(model: nn.Module, mask_for: MaskSource) -> list:
     """Register hooks that multiply each layer's units by `mask_for(layer, kind)`; returns the handles."""
     arch = architecture_of(model)
+    arch.check(model.config)
     handles = []
     for index in range(len(arch.layers(model))):
         handles.append(arch.module(model, index, "query").register_forward_hook(MaskOutput(mask_for, index, "qk")))

@@ -125,6 +125,7 @@ def check_supported(model: nn.Module) -> None:
             f"token-classification head{heads}; got {head} ({model.config.model_type}). Run with "
             f"stages=[teacher,prune] to keep the masked model"
         )
+    arch.check(model.config)
 
 
 @torch.no_grad()
