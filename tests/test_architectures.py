@@ -191,6 +191,9 @@ def test_save_and_load_through_auto_class(family, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(compact)
+    from grain.bench.__main__ import load_model  # by the class name config.json holds
+
+    assert type(load_model(str(tmp_path))) is type(compact)
     inputs = family_batch(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, compact.eval()(**inputs).logits, atol=0, rtol=0)

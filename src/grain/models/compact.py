@@ -467,3 +467,16 @@ def register_auto_classes() -> None:
     )
     for family in (compact_roberta, compact_electra, compact_distilbert, compact_deberta):
         family.register_auto_classes()
+
+
+def __getattr__(name: str):
+    """The other families' compact classes by name too (`compact.GrainRobertaForSequenceClassification`),
+    for code that loads a saved compact model by the class its config names."""
+    if not name.startswith("Grain"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from grain.models import compact_deberta, compact_distilbert, compact_electra, compact_roberta
+
+    for family in (compact_roberta, compact_electra, compact_distilbert, compact_deberta):
+        if name in vars(family):
+            return vars(family)[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Unit masks on a BERT-like encoder, applied with forward hooks (no change to the model's code).
+"""Unit masks on a transformer encoder, applied with forward hooks (no change to the model's code).
 
 Per layer l, three mask vectors multiply unit outputs:
 - qk  [hidden]: the query projection's output (a QK unit's score contribution q_j * k_j becomes 0,
