@@ -65,6 +65,12 @@ def all_kept_masks(shape) -> dict[str, torch.Tensor]:
     return {kind: torch.ones(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}
 
 
+def pytest_configure(config):
+    # Runs the tests start (also as subprocesses) time their compact models briefly: the numbers are
+    # not what these tests check, and 3 s per model and shape adds up over the suite.
+    os.environ.setdefault("GRAIN_BENCH_SECONDS", "0.3")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `gpu` need CUDA: skipped, with the reason, where there is none (CI)."""
     if torch.cuda.is_available():

@@ -62,13 +62,13 @@ def bench_shapes(compact_cfg, device: torch.device) -> list[tuple[int, int]]:
     return [primary] + [shape for shape in extra if shape != primary]
 
 
-def benchmark(dense, compact, shapes: list[tuple[int, int]], device: torch.device) -> dict:
+def benchmark(dense, compact, shapes: list[tuple[int, int]], device: torch.device, seconds: float = 3.0) -> dict:
     """compare_models on `device` in its serving dtype, at every shape; the first shape's numbers
     are the result's top level, all shapes are under `shapes`."""
     dtype = serving_defaults(device)[0]
     dense = copy.deepcopy(dense).to(device=device, dtype=dtype).eval()
     compact = copy.deepcopy(compact).to(device=device, dtype=dtype).eval()
-    runs = [compare_models(dense, compact, batch, seq_len) for batch, seq_len in shapes]
+    runs = [compare_models(dense, compact, batch, seq_len, min_run_time=seconds) for batch, seq_len in shapes]
     for run in runs:
         print(format_table(run))
     keys = ("batch", "seq_len", "latency_ms", "dense_latency_ms", "speedup", "flops", "kept_flops", "dense_flops", "flops_ratio")
@@ -116,7 +116,8 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
         handle.remove()
     masked.cpu()  # only the benchmark's copies stay on the device
 
-    result.update(benchmark(teacher.eval(), compact, bench_shapes(cfg.compact, device), device))
+    seconds = float(cfg.compact.get("bench_seconds", 3.0))
+    result.update(benchmark(teacher.eval(), compact, bench_shapes(cfg.compact, device), device, seconds))
     write_model_card(out_dir, cfg, summary, result)
     return result
 
