@@ -65,6 +65,19 @@ def all_kept_masks(shape) -> dict[str, torch.Tensor]:
     return {kind: torch.ones(shape.num_layers, size) for kind, size in shape.units_per_layer.items()}
 
 
+def least_sparsity(controller, target: float) -> float:
+    """The least sparsity the pruner may reach for `target`: its budget is target x the prunable-unit
+    parameters (output biases left out) and it stops less than one unit (a whole head in head mode)
+    below it, as airaria/GRAIN (issue 15)."""
+    from grain.pruning.ranking import encoder_linear_params
+
+    shape = controller.shape
+    h = shape.hidden_size
+    unit = shape.head_dim * (4 * h + 3) if controller.units == "head" else 2 * h + 2
+    dense = encoder_linear_params(shape)
+    return (target * (dense - shape.num_layers * 2 * h) - unit) / dense
+
+
 def pytest_configure(config):
     # Runs the tests start (also as subprocesses) time their compact models briefly: the numbers are
     # not what these tests check, and 3 s per model and shape adds up over the suite.

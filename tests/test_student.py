@@ -9,7 +9,7 @@ import torch
 from grain.models.backbone import load_task_model
 from grain.stages.prune import build_student_module
 from grain.training import build_datamodule
-from tests.conftest import compose_config
+from tests.conftest import compose_config, least_sparsity
 
 STUDENT_OVERRIDES = [
     "task=sst2", "model=tiny", "sparsity=0.6", "student.epochs=3", "student.batch_size=8",
@@ -61,7 +61,7 @@ def test_training_prunes_to_target_and_logs(tmp_path):
     trainer.fit(module, datamodule=datamodule)
     controller = module.controller
     assert int(controller.step) == 24  # 64 examples / 8 per batch * 3 epochs
-    assert 0.6 <= controller.sparsity() < 0.7
+    assert least_sparsity(controller, 0.6) <= controller.sparsity() < 0.7
     assert controller.is_frozen()
     logged = trainer.callback_metrics
     assert logged["student/skipped_score_updates"] == 0
