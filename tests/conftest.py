@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
+import grain.config  # noqa: F401  (registers the config's resolvers, as `python -m grain.run` does)
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

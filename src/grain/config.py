@@ -15,7 +15,45 @@ STUDENT_INITS = ("pretrained", "teacher")
 CHECKPOINT_SETTINGS_KEY = "grain_settings"
 
 
+def target_label(sparsity, speedup) -> str:
+    """The run dir's target component: `s<sparsity>`, or `x<speedup>` with a speedup target."""
+    return f"s{sparsity}" if speedup is None else f"x{speedup}"
+
+
+OmegaConf.register_new_resolver("grain_target", target_label, replace=True)
+
+
+def command_line_keys(cfg: DictConfig) -> set[str]:
+    """Keys the user set on the command line (Hydra's task overrides), e.g. {"sparsity", "task"}."""
+    overrides = OmegaConf.select(cfg, "hydra.overrides.task", default=None)
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    return {str(o).split("=", 1)[0].lstrip("+~") for o in overrides}
+
+
+def validate_target(cfg: DictConfig) -> None:
+    """`speedup` (a number > 1) replaces `sparsity`; both given, or pruner.cost=latency without a
+    speedup, are refused."""
+    speedup, cost = cfg.get("speedup"), cfg.pruner.get("cost", "params")
+    if cost not in ("params", "latency"):
+        raise GrainError(f"pruner.cost={cost!r}; expected params (GRAIN as published) or latency")
+    if speedup is None:
+        if cost == "latency":
+            raise GrainError("pruner.cost=latency prunes to a speed: give speedup=<x> (e.g. speedup=8) instead of sparsity")
+        return
+    if isinstance(speedup, bool) or not isinstance(speedup, (int, float)) or not float(speedup) > 1.0:
+        raise GrainError(f"speedup={speedup!r} is not a number above 1; e.g. speedup=8 (8x faster than dense)")
+    if "sparsity" in command_line_keys(cfg):
+        raise GrainError(
+            f"sparsity={cfg.sparsity} and speedup={speedup} both given; give one target: sparsity=<fraction> "
+            "(parameters removed) or speedup=<x> (predicted latency)"
+        )
+
+
 def validate_config(cfg: DictConfig) -> None:
+    validate_target(cfg)
     sparsity = cfg.get("sparsity")
     if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)):
         raise GrainError(f"sparsity={sparsity!r} is not a number; give a fraction in [0, 1), e.g. sparsity=0.9")

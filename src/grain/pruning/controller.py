@@ -34,11 +34,13 @@ from grain.pruning.ranking import (
     select_units,
     unit_costs,
 )
+from grain.pruning.latency_ranking import prune_to_latency
 from grain.pruning.regularization import regularize_updates
 from grain.pruning.schedule import CubicSchedule
 
 UNIT_MODES = ("intra", "head", "none")
 SCORE_KINDS = ("grad", "magnitude", "random")
+COST_KINDS = ("params", "latency")
 
 
 class PruningController(nn.Module):
@@ -57,8 +59,25 @@ class PruningController(nn.Module):
         frequency: int = 1,
         seed: int = 0,
         budget: str = "grain",
+        cost: str = "params",
+        target_speedup: float | None = None,
+        latency_model=None,
     ):
+        """target_sparsity: fraction of the prunable-unit parameters to remove; or, with
+        `target_speedup` (predicted dense / compact latency under `latency_model`, a
+        grain.bench.latency_model.LatencyModel), the schedule runs over the fraction of the predicted
+        latency removed, 1 - 1 / target_speedup. cost: what a unit is charged in the ranking, its
+        parameters (GRAIN as published) or its marginal latency (needs a speedup target)."""
         super().__init__()
+        if cost not in COST_KINDS:
+            raise ValueError(f"pruner.cost={cost!r}; expected one of {COST_KINDS}")
+        if cost == "latency" and target_speedup is None:
+            raise ValueError("pruner.cost=latency prunes to a speed: give a speedup target (speedup=8)")
+        if target_speedup is not None and latency_model is None:
+            raise ValueError("a speedup target needs a latency model (grain.bench.latency_model)")
+        self.cost = cost
+        self.target_speedup = None if target_speedup is None else float(target_speedup)
+        self.latency_model = latency_model
         if units not in UNIT_MODES:
             raise ValueError(f"pruner.units={units!r}; expected one of {UNIT_MODES}")
         if score not in SCORE_KINDS:
@@ -95,7 +114,15 @@ class PruningController(nn.Module):
     # --- state ------------------------------------------------------------------------------
     @property
     def active(self) -> bool:
-        return self.units != "none" and self.target_sparsity > 0
+        return self.units != "none" and (self.target_sparsity > 0 or self.target_speedup is not None)
+
+    @property
+    def schedule_target(self) -> float:
+        """What the schedule reaches at its end: the target sparsity, or with a speedup target the
+        fraction of the predicted latency removed."""
+        if self.target_speedup is not None:
+            return 1.0 - 1.0 / self.target_speedup
+        return self.target_sparsity
 
     def masks(self) -> dict[str, torch.Tensor]:
         return {kind: getattr(self, f"mask_{kind}") for kind in UNIT_KINDS}
@@ -127,7 +154,7 @@ class PruningController(nn.Module):
     @property
     def schedule(self) -> CubicSchedule:
         return CubicSchedule.from_fractions(
-            self.target_sparsity, self._total_steps, self.start, self.end, self.frequency
+            self.schedule_target, self._total_steps, self.start, self.end, self.frequency
         )
 
     # --- hooks ------------------------------------------------------------------------------
@@ -211,22 +238,64 @@ class PruningController(nn.Module):
         return self.scores()
 
     @torch.no_grad()
-    def prune_to(self, sparsity: float) -> None:
-        """Remove the least important units until `sparsity` of the prunable-unit parameters is gone.
+    def prune_to(self, fraction: float) -> None:
+        """Prune to the schedule's `fraction`: of the prunable-unit parameters (a sparsity), or with a
+        speedup target of the predicted latency (`prune_to_latency`)."""
+        if self.target_speedup is not None:
+            self.prune_to_latency(self.latency_model.dense_ms() * (1.0 - fraction))
+        else:
+            self._select_by_params(fraction, self.masks())
+
+    def _select_by_params(self, sparsity: float, masks: dict[str, torch.Tensor]) -> None:
+        """Remove the least important units of `masks` (in place) until `sparsity` of the prunable-unit
+        parameters is gone.
 
         The budget is `sparsity * prunable_params` (W_O/W_2 output biases, never pruned, left out),
         as airaria/GRAIN FineISPruner; see `ranking.select_units` for the `budget` modes.
         Runs on the masks' device without reading values back to the host.
         """
         budget = sparsity * prunable_params(self.shape)
-        masks, scores = self.masks(), self._ranking_scores()
+        scores = self._ranking_scores()
         if self.units == "head":
             self._prune_heads(budget, masks, scores)
         else:
             remove = select_units(scores, masks, self.shape, budget, self.budget_mode, select_lowest)
             for kind, gone in remove.items():
                 masks[kind].masked_fill_(gone, 0.0)
-        self._remove_qk_of_empty_heads()
+        self._remove_qk_of_empty_heads(masks)
+
+    @torch.no_grad()
+    def prune_to_latency(self, target_ms: float) -> None:
+        """Prune until the latency model predicts at most `target_ms` for the compact model.
+
+        cost=latency: units go by increasing importance per ms saved (`latency_ranking`). cost=params:
+        GRAIN's own selection, at the least sparsity whose masks meet the target (bisection). Both
+        read masks back to the host, once per pruning step (rare), never per training step.
+        """
+        masks, model = self.masks(), self.latency_model
+        if self.cost == "latency":
+            prune_to_latency(self._ranking_scores(), masks, self.shape, model, target_ms)
+            return
+        lo, hi, best = 0.0, 1.0 - 1e-6, None
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            trial = {kind: mask.clone() for kind, mask in masks.items()}
+            self._select_by_params(mid, trial)
+            if model.predict_masks(trial, self.shape) <= target_ms:
+                hi, best = mid, trial
+            else:
+                lo = mid
+        if best is None:  # even (almost) everything removed misses the target: take the most
+            best = {kind: mask.clone() for kind, mask in masks.items()}
+            self._select_by_params(hi, best)
+        for kind, mask in masks.items():
+            mask.copy_(best[kind])
+
+    def predicted_speedup(self) -> float | None:
+        """Predicted dense / compact latency of the current masks (None without a latency model)."""
+        if self.latency_model is None:
+            return None
+        return self.latency_model.dense_ms() / self.latency_model.predict_masks(self.masks(), self.shape)
 
     def _prune_heads(self, budget: float, masks, scores) -> None:
         """Baseline: rank whole heads (QK + VO units together) and single FFN neurons."""
@@ -246,10 +315,10 @@ class PruningController(nn.Module):
         masks["vo"].masked_fill_(head_removed.reshape(layers, -1), 0.0)
         masks["ffn"].masked_fill_(remove[head_scores.numel():].view_as(masks["ffn"]), 0.0)
 
-    def _remove_qk_of_empty_heads(self) -> None:
+    def _remove_qk_of_empty_heads(self, masks: dict[str, torch.Tensor]) -> None:
         layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
-        empty = self.mask_vo.view(layers, heads, d).amax(-1, keepdim=True) == 0
-        self.mask_qk.view(layers, heads, d).masked_fill_(empty, 0.0)
+        empty = masks["vo"].view(layers, heads, d).amax(-1, keepdim=True) == 0
+        masks["qk"].view(layers, heads, d).masked_fill_(empty, 0.0)
 
     # --- reporting ----------------------------------------------------------------------------
     def sparsity(self) -> float:

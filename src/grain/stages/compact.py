@@ -118,6 +118,9 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
 
     seconds = float(cfg.compact.get("bench_seconds", 3.0))
     result.update(benchmark(teacher.eval(), compact, bench_shapes(cfg.compact, device), device, seconds))
+    predicted = summary.get("student", {}).get("predicted_speedup")
+    if predicted is not None:  # a speedup target: what the latency model promised, beside what was measured
+        result["predicted_speedup"] = predicted
     write_model_card(out_dir, cfg, summary, result)
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from grain.stages.teacher import name_labels
 from grain.training import build_datamodule, build_trainer
 from grain.viz import plot_structure
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PruneResult:
@@ -29,6 +32,19 @@ class PruneResult:
     controller: PruningController
     summary: dict
     datamodule: object
+
+
+def build_latency_model(cfg: DictConfig, student):
+    """The measured latency model of `student`'s compact form on the device and shape the compact
+    stage benchmarks (cached in paths.cache_dir); None without a speedup target."""
+    if cfg.get("speedup") is None:
+        return None
+    from grain.bench.latency_model import latency_model
+    from grain.stages.compact import bench_shapes, serving_device
+
+    device = serving_device(cfg.trainer)
+    batch, seq_len = bench_shapes(cfg.compact, device)[0]
+    return latency_model(student.config, device, batch, seq_len, Path(cfg.paths.cache_dir), progress=log.info)
 
 
 def build_controller(cfg: DictConfig, student) -> PruningController:
@@ -47,6 +63,9 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
         frequency=p.frequency,
         seed=cfg.seed,
         budget=p.get("budget", "grain"),
+        cost=p.get("cost", "params"),
+        target_speedup=cfg.get("speedup"),
+        latency_model=build_latency_model(cfg, student),
     )
 
 
@@ -100,11 +119,14 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
         "metric": metrics.get(f"validation/{cfg.task.metric}"),
         "metrics": metrics,
         "sparsity": controller.sparsity(),
-        "target_sparsity": float(cfg.sparsity),
+        "target_sparsity": None if cfg.get("speedup") is not None else float(cfg.sparsity),
         **structure,
         "train_seconds": train_seconds,
         "steps": int(controller.step),
     }
+    if controller.latency_model is not None:
+        summary.update(target_speedup=controller.target_speedup, predicted_speedup=controller.predicted_speedup(),
+                       cost=controller.cost)
     if trainer.is_global_zero:
         save_file({k: v.contiguous().cpu() for k, v in controller.masks().items()}, str(run_dir / "masks.safetensors"))
         plot_structure(

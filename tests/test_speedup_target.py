@@ -1,0 +1,72 @@
+"""Pruning to a speed: `speedup=` as the target, `pruner.cost=latency`, and their refusals."""
+
+import json
+
+import pytest
+
+from grain.config import validate_config
+from grain.errors import GrainError
+from grain.pruning.controller import PruningController
+from tests.conftest import compose_config
+from tests.test_latency_model import SHAPE, known_model
+from tests.test_latency_ranking import seeded_scores
+from tests.test_run import run_grain, summaries
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sparsity=0.9", "speedup=8"], "both given"),
+    (["pruner.cost=latency"], "give speedup=<x>"),
+    (["speedup=1"], "not a number above 1"),
+    (["speedup=8", "pruner.cost=flops"], "pruner.cost='flops'"),
+])
+def test_targets_are_refused_in_one_line(overrides, message):
+    with pytest.raises(GrainError, match=message):
+        validate_config(compose_config(overrides))
+
+
+def test_speedup_alone_and_with_latency_cost_validate():
+    validate_config(compose_config(["speedup=8"]))
+    validate_config(compose_config(["speedup=8", "pruner.cost=latency"]))
+
+
+@pytest.mark.parametrize("cost", ["params", "latency"])
+def test_controller_reaches_the_predicted_speedup(cost):
+    model = known_model()
+    controller = PruningController(SHAPE, 0.0, score="random", cost=cost, target_speedup=1.5, latency_model=model,
+                                   start=0.0, end=0.0)
+    controller.set_total_steps(1)
+    assert controller.active and controller.schedule_target == pytest.approx(1 / 3)
+    for kind, score in seeded_scores().items():
+        getattr(controller, f"score_{kind}").copy_(score)
+    assert controller.end_step()  # one-shot, to the target
+    dense = model.dense_ms()
+    predicted = model.predict_masks(controller.masks(), SHAPE)
+    assert dense / 1.5 - 0.5 <= predicted <= dense / 1.5  # within the largest unit's cost (0.5 ms here)
+    assert controller.predicted_speedup() == pytest.approx(dense / predicted)
+
+
+def test_latency_cost_keeps_more_importance_at_equal_predicted_latency():
+    """On the known table heads are dear and FFN neurons cheap in latency: charging latency keeps more
+    importance at the same predicted speed than charging parameters."""
+    model = known_model()
+    model.ffn_ms = [0.2, 0.21, 0.22]
+    kept = {}
+    for cost in ("params", "latency"):
+        controller = PruningController(SHAPE, 0.0, score="grad", cost=cost, target_speedup=1.4, latency_model=model)
+        for kind, score in seeded_scores(1).items():
+            getattr(controller, f"score_{kind}").copy_(score)
+        controller.prune_to_latency(model.dense_ms() / 1.4)
+        kept[cost] = sum(float((s * m).sum()) for s, m in zip(controller.scores().values(), controller.masks().values()))
+    assert kept["latency"] > kept["params"]
+
+
+def test_tiny_run_to_a_speed(tmp_path):
+    result = run_grain(["model=tiny", "speedup=1.5", "pruner.cost=latency", "trainer.max_steps=8", "logger=csv"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    assert path.parent.parent.name == "x1.5"
+    summary = json.loads(path.read_text())
+    student, compact = summary["student"], summary["compact"]
+    assert student["target_speedup"] == 1.5 and student["cost"] == "latency" and student["target_sparsity"] is None
+    assert 1.5 - 1e-9 <= student["predicted_speedup"] <= 1.7  # at the target, past it by at most a unit or two
+    assert compact["predicted_speedup"] == student["predicted_speedup"] and compact["speedup"] > 0
