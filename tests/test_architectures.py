@@ -219,6 +219,20 @@ def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_compaction_and_forward_name_their_devices(family):
+    """DeviceGuard: grain's code creates no tensor without a device (or *_like / new_*) and does
+    not sync with the host, in compaction (but reading the masks) and in the compact forward."""
+    from tests.device_guard import DeviceGuard
+
+    model = tiny_model(family)
+    masks = hard_masks(EncoderShape.of(model))
+    with DeviceGuard():
+        compact, _ = compact_from_masked(model, masks)
+    with torch.no_grad(), DeviceGuard():
+        compact.eval()(**family_batch(model))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_masks_hook_the_familys_modules(family):
     model = tiny_model(family)
     shape = EncoderShape.of(model)

@@ -69,8 +69,6 @@ class Architecture:
     layer_path: str = "encoder.layer"
     modules: LayerModules = field(default_factory=LayerModules)
     config_fields: ConfigFields = field(default_factory=ConfigFields)
-    # HF config fields every random ("pretrained: random") config of this family needs
-    random_defaults: dict = field(default_factory=dict)
     # positions the embeddings use besides the tokens (RoBERTa's start after padding_idx + 1)
     position_offset: int = 0
     # config -> why grain cannot prune this variant of the family exactly (None: it can)
@@ -81,10 +79,6 @@ class Architecture:
     def layers(self, model: nn.Module) -> nn.ModuleList:
         """The encoder's layer list of `model` (an HF model of this family or its compact model)."""
         return model.base_model.get_submodule(self.layer_path)
-
-    def layer_prefix(self, model: nn.Module, index: int) -> str:
-        """Parameter-name prefix of layer `index` in `model.named_parameters()`."""
-        return f"{model.base_model_prefix}.{self.layer_path}.{index}"
 
     def module(self, model: nn.Module, index: int, role: str) -> nn.Module:
         """The module of layer `index` playing `role` (a `LayerModules` field: "query", "ffn_out", ...)."""
