@@ -13,6 +13,8 @@ from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
+    CamembertConfig,
+    CamembertForSequenceClassification,
     DebertaV2Config,
     DebertaV2ForQuestionAnswering,
     DebertaV2ForSequenceClassification,
@@ -69,6 +71,10 @@ FAMILIES = {
     "xlm-roberta": (
         lambda: XLMRobertaConfig(**SIZES, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1),
         {"sequence": XLMRobertaForSequenceClassification},
+    ),
+    "camembert": (
+        lambda: CamembertConfig(**SIZES, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1),
+        {"sequence": CamembertForSequenceClassification},
     ),
     "electra": (
         lambda: ElectraConfig(**SIZES, embedding_size=16, max_position_embeddings=64),
