@@ -54,7 +54,8 @@ def base_summary(cfg: DictConfig, run_dir: Path) -> dict:
         "distillation": cfg.distillation.name,
         "experiment": cfg.experiment_name,
         "metric_name": cfg.task.metric,
-        "sparsity": cfg.sparsity,
+        "sparsity": cfg.sparsity if cfg.get("speedup") is None else None,  # the target: one or the other
+        "speedup": cfg.get("speedup"),
         "eval_split": cfg.task.get("eval_split", "validation"),
         "run_dir": str(run_dir),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -81,7 +82,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     summary = base_summary(cfg, run_dir)
-    summary["sparsity"] = float(cfg.sparsity)
+    summary["sparsity"] = float(cfg.sparsity) if cfg.get("speedup") is None else None
     started = time.perf_counter()
     logger = build_logger(cfg)
     try:
@@ -143,7 +144,8 @@ def results_block(summary: dict) -> str:
         return format(x, fmt) if isinstance(x, (int, float)) else "n/a"
 
     run_dir = summary.get("run_dir", ".")
-    lines = [f"grain: {summary.get('task')} {summary.get('model')} sparsity {summary.get('sparsity')}: {summary.get('status')}"]
+    target = f"speedup {summary['speedup']}" if summary.get("speedup") is not None else f"sparsity {summary.get('sparsity')}"
+    lines = [f"grain: {summary.get('task')} {summary.get('model')} {target}: {summary.get('status')}"]
     teacher = summary.get("teacher") or {}
     if teacher:
         cached = " (cached)" if teacher.get("cached") else ""
@@ -153,6 +155,10 @@ def results_block(summary: dict) -> str:
         lines.append(
             f"  student  {metric} {value(student.get('metric'))}   sparsity {value(student.get('sparsity'))} "
             f"(target {summary.get('sparsity')}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
+            if summary.get("speedup") is None else
+            f"  student  {metric} {value(student.get('metric'))}   sparsity {value(student.get('sparsity'))}, "
+            f"predicted speedup {value(student.get('predicted_speedup'), '.2f')}x (target {summary['speedup']}x, "
+            f"cost {student.get('cost')}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
         )
     compact = summary.get("compact") or {}
     if compact:
