@@ -18,6 +18,8 @@ from typing import Callable
 
 from torch import nn
 
+from grain.errors import GrainError
+
 
 @dataclass(frozen=True)
 class LayerModules:
@@ -81,8 +83,10 @@ class Architecture:
         return model.base_model.get_submodule(self.layer_path)
 
     def module(self, model: nn.Module, index: int, role: str) -> nn.Module:
-        """The module of layer `index` playing `role` (a `LayerModules` field: "query", "ffn_out", ...)."""
-        return self.layers(model)[index].get_submodule(getattr(self.modules, role))
+        """The module of layer `index` playing `role` (a `LayerModules` field: "query", "ffn_out", ...),
+        in an HF model of this family or in its compact model (named as `COMPACT_LAYER`)."""
+        names = COMPACT_LAYER if model.config.model_type == self.compact_model_type else self.modules
+        return self.layers(model)[index].get_submodule(getattr(names, role))
 
     def config_value(self, config, name: str):
         """A `ConfigFields` entry ("hidden_size", ...) read from an HF config object or dict."""
@@ -95,8 +99,6 @@ class Architecture:
         """Refuse a variant of the family that masks or compaction would not handle exactly."""
         reason = self.unsupported(config) if self.unsupported is not None else None
         if reason:
-            from grain.errors import GrainError
-
             raise GrainError(f"grain cannot prune this {self.family} model: {reason}")
 
     def compact_class(self, model: nn.Module) -> type | None:
