@@ -126,8 +126,41 @@ def test_floor_keeps_one_unit_of_each_kind_per_layer(tmp_path, capsys):
     args = [str(run_dir), "--batch", str(BATCH), "--seq-len", str(SEQ), "--min-run-time", "0.05", "--floor"]
     assert bench_main(args) == 0
     assert "no sparsity gets past" in capsys.readouterr().out
-    compact = read_summary(run_dir)["compact"]
+    compact = read_summary(run_dir)[f"bench/cpu-float32-{BATCH}x{SEQ}"]
     assert compact["speedup_ceiling"] == compact["dense_latency_ms"] / compact["floor_latency_ms"]
+
+
+def test_bench_command_keeps_the_runs_speedup_and_reports_its_spread(tmp_path, capsys):
+    dense = tiny_dense()
+    run_dir = tmp_path / "run"
+    half_ffn_compact(dense).save_pretrained(run_dir / "compact")
+    dense.save_pretrained(tmp_path / "dense")
+    recorded = {"speedup": 7.0, "latency_ms": 1.0, "metric": 0.9}  # what the run's compact stage measured
+    write_summary(run_dir, {"teacher": {"path": str(tmp_path / "dense")}, "compact": recorded})
+    args = [str(run_dir), "--batch", str(BATCH), "--seq-len", str(SEQ), "--min-run-time", "0.05"]
+    assert bench_main(args) == 0
+    assert bench_main([*args, "--batch", "1"]) == 0  # another shape: another key beside the first
+    out = capsys.readouterr().out
+    assert "min-max over 3 rounds" in out and "speedup per round" in out
+    summary = read_summary(run_dir)
+    assert summary["compact"] == recorded  # never overwritten
+    assert {key for key in summary if key.startswith("bench/")} == {f"bench/cpu-float32-{BATCH}x{SEQ}", f"bench/cpu-float32-1x{SEQ}"}
+    result = summary[f"bench/cpu-float32-{BATCH}x{SEQ}"]
+    rounds = result["latency_rounds_ms"]
+    assert len(rounds["compact"]) == 3 and "min-max" in result["latency_spread"]
+    assert result["latency_ms_min"] == min(rounds["compact"]) <= result["latency_ms"] <= result["latency_ms_max"] == max(rounds["compact"])
+    assert result["dense_latency_ms_min"] <= result["dense_latency_ms"] <= result["dense_latency_ms_max"]
+    assert result["speedup_min"] <= result["speedup_max"] and len(result["speedup_rounds"]) == 3
+
+
+def test_measurement_keys_name_device_dtype_shape_and_mode():
+    from grain.bench.__main__ import measurement_key
+
+    torch_cpu = {"dtype": "float32", "batch": 32, "seq_len": 128}
+    assert measurement_key(torch_cpu, "cpu") == "bench/cpu-float32-32x128"
+    assert measurement_key(torch_cpu, "cpu", "reduce-overhead", True) == "bench/cpu-float32-32x128-compiled-reduce-overhead-system-allocator"
+    onnx = {**torch_cpu, "runtime": "onnxruntime", "provider": "CPUExecutionProvider"}
+    assert measurement_key(onnx, "cuda") == "bench/cpu-float32-32x128-onnxruntime"  # ran on the CPU provider
 
 
 def test_compact_stage_times_the_training_device_at_its_default_shapes():

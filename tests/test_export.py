@@ -129,11 +129,11 @@ def test_bench_times_both_models_with_onnxruntime(tmp_path, capsys):
     assert bench_main(args) == 0
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "CPUExecutionProvider" in out and "latency ms (median)" in out
-    result = read_summary(run_dir)["compact_onnxruntime"]
+    result = read_summary(run_dir)[f"bench/cpu-float32-{BATCH}x{SEQ}-onnxruntime"]  # its own key (grain.bench)
     assert result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
     assert result["flops_ratio"] > 1 and (result["batch"], result["seq_len"]) == (BATCH, SEQ)
     assert len(result["latency_rounds_ms"]["compact"]) == 3
-    assert "compact" not in read_summary(run_dir)  # the PyTorch numbers stay apart
+    assert "compact" not in read_summary(run_dir) and f"bench/cpu-float32-{BATCH}x{SEQ}" not in read_summary(run_dir)  # the PyTorch numbers stay apart
 
 
 def test_bench_onnxruntime_rejects_pytorch_only_flags(tmp_path, capsys):

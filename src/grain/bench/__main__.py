@@ -1,7 +1,11 @@
 """`python -m grain.bench <run dir or compact model dir>`: params, FLOPs and latency, dense vs compact.
 
 Given a run dir (with summary.json), it compares `<run>/compact` with the run's teacher (same
-architecture as the unpruned student) and writes the numbers into summary.json's `compact` section.
+architecture as the unpruned student) and writes the numbers into summary.json under a key of their
+own, `bench/<device>-<dtype>-<batch>x<len>[-compiled-<mode>][-system-allocator][-onnxruntime]`
+(`measurement_key`), never into the run's own `compact` section; a later measurement of the same
+setting replaces that key only. Latency is each model's median over alternating rounds (each round
+a median); the spread reported is the min and max of those rounds (`latency_spread`).
 Given a model dir, `--dense <dir or hub name>` names the reference model.
 `--runtime onnxruntime` exports both to ONNX (`grain.export`) and times them with onnxruntime instead
 (`grain.bench.onnx_runtime`; needs `pip install -e .[export]`).
@@ -10,7 +14,9 @@ Given a model dir, `--dense <dir or hub name>` names the reference model.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -34,6 +40,55 @@ def load_model(path: str):
     if cls is None:
         raise GrainError(f"{path}: unknown architecture {name}; expected a BERT-family or grain compact model")
     return cls.from_pretrained(path).eval()
+
+
+def device_slug(name: str) -> str:
+    """`cpu`, or a GPU's name in lower case with dashes (`nvidia-h200`)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
+
+
+def measurement_key(result: dict, device: str, compile: bool | str = False, system_allocator: bool = False) -> str:
+    """Where summary.json keeps one `grain.bench` measurement: what was timed, on what, at which shape."""
+    runtime = result.get("runtime", "torch")
+    if runtime == "onnxruntime" and result.get("provider") == "CPUExecutionProvider":
+        where = "cpu"  # onnxruntime without its CUDA provider runs on the CPU, whatever --device said
+    elif device.startswith("cuda") and torch.cuda.is_available():
+        where = device_slug(torch.cuda.get_device_name(torch.device(device)))
+    else:
+        where = device_slug(device.split(":")[0])
+    key = f"bench/{where}-{result.get('dtype', 'float32')}-{result['batch']}x{result['seq_len']}"
+    if compile:
+        key += f"-compiled-{'default' if compile is True else compile}"
+    if system_allocator and where == "cpu" and runtime != "onnxruntime":
+        key += "-system-allocator"
+    if runtime == "onnxruntime":
+        key += "-onnxruntime"
+    return key
+
+
+def latency_spread(result: dict) -> dict:
+    """The min and max of each model's per-round medians, and of the per-round speedups (rounds alternate
+    dense and compact, so round i of one is timed beside round i of the other)."""
+    rounds = result["latency_rounds_ms"]
+    speedups = [d / c for d, c in zip(rounds["dense"], rounds["compact"])]
+    return {
+        "latency_spread": f"min-max over {len(rounds['compact'])} rounds (each round a median); latency_ms is their median",
+        "latency_ms_min": min(rounds["compact"]),
+        "latency_ms_max": max(rounds["compact"]),
+        "dense_latency_ms_min": min(rounds["dense"]),
+        "dense_latency_ms_max": max(rounds["dense"]),
+        "speedup_rounds": speedups,
+        "speedup_min": min(speedups),
+        "speedup_max": max(speedups),
+    }
+
+
+def format_spread(result: dict) -> str:
+    return (
+        f"spread, {result['latency_spread']}: dense {result['dense_latency_ms_min']:.2f}-{result['dense_latency_ms_max']:.2f} ms, "
+        f"compact {result['latency_ms_min']:.2f}-{result['latency_ms_max']:.2f} ms, "
+        f"speedup per round {result['speedup_min']:.2f}-{result['speedup_max']:.2f}x"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,17 +167,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor:
         floor_ms = floor_latency(dense, batch, seq_len, min_run_time=args.min_run_time / 3, compile=args.compile)
         result.update(floor_latency_ms=floor_ms, speedup_ceiling=result["dense_latency_ms"] / floor_ms)
+    result.update(latency_spread(result))
     print(format_table(result))
+    print(format_spread(result))
     if args.profile:
         print("\nself time per forward pass, by operator:")
         print(format_op_table(op_times(dense, batch, seq_len), op_times(compact, batch, seq_len)))
     if summary is not None:
-        key = ("compact_gpu" if on_gpu else "compact") + (f"_compiled_{args.compile}" if args.compile else "")
-        key += "_system_allocator" if args.system_allocator and not on_gpu and not on_onnx else ""
-        key += "_onnxruntime" if on_onnx else ""
-        summary[key] = {**summary.get(key, {}), **result}
+        key = measurement_key(result, args.device, args.compile, args.system_allocator)
+        summary[key] = {**result, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_summary(path, summary)
-        print(f"updated {path / SUMMARY_FILE} [{key}]")
+        recorded = (summary.get("compact") or {}).get("speedup")
+        print(f"updated {path / SUMMARY_FILE} [{key}]" + (
+            f" (the run's own measurement stays under [compact]: speedup {recorded:.2f}x)" if recorded else ""))
     return 0
 
 
