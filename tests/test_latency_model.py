@@ -74,3 +74,20 @@ def test_measured_model_is_cached_and_reused(tmp_path):
     assert all(a <= b for a, b in zip(model.ffn_ms, model.ffn_ms[1:]))
     again = latency_model(config, torch.device("cpu"), 2, 8, tmp_path, progress=lines.append)
     assert again == model and lines[-1].startswith("latency model from")
+
+
+def test_readme_latency_model_command_runs_as_written(tmp_path, capsys):
+    """The README's `grain.bench.latency_model` command, with cheap settings appended (the last wins)."""
+    import shlex
+
+    from grain.bench.latency_model import main
+    from tests.conftest import REPO
+
+    commands = [shlex.split(line, comments=True) for line in (REPO / "README.md").read_text().splitlines()
+                if line.startswith(".venv/bin/python -m grain.bench.latency_model")]
+    assert len(commands) == 1
+    cheap = ["--batch", "2", "--seq-len", "8", "--min-run-time", "0.002", "--check", "0.9",
+             "--cache-dir", str(tmp_path)]
+    assert main(commands[0][3:] + cheap) == 0
+    out = capsys.readouterr().out
+    assert "predicted ms" in out and "dense (predicted)" in out
