@@ -20,6 +20,7 @@ from grain.stages.prune import run_prune_stage
 from grain.stages.teacher import run_teacher_stage
 from grain.stopping import RunStopped, check_stop
 from grain.summary import versions, write_summary
+from grain.wandb_summary import publish_to_wandb
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,9 @@ log = logging.getLogger(__name__)
 def build_logger(cfg: DictConfig):
     if cfg.logger.get("_target_") is None:
         return None
-    return hydra.utils.instantiate(cfg.logger)
+    options = OmegaConf.to_container(cfg.logger, resolve=True)
+    options.pop("log_model_artifact", None)  # grain's (grain.wandb_summary), not the logger's
+    return hydra.utils.instantiate(options)
 
 
 def finish_wandb() -> None:
@@ -126,6 +129,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
     finally:
         summary["timing"]["total_seconds"] = time.perf_counter() - started
         save_summary(run_dir, summary)
+        if rank_zero_only.rank == 0:
+            publish_to_wandb(logger, summary, run_dir, bool(cfg.logger.get("log_model_artifact", False)))
         finish_wandb()
     return summary
 
