@@ -5,7 +5,9 @@ exporter, fp32, dynamic batch and length) into a temporary folder and timed with
 bench shape, on CPU with as many intra-op threads as torch uses, or with the CUDA provider where the
 device is a GPU and onnxruntime has it (the onnxruntime-gpu package). FLOPs and parameter counts are
 those of the PyTorch models (as in `compare_models`); the result has the same keys, so
-`format_table` prints it, with the runtime in the device column.
+`format_table` prints it, with the runtime in the device column, and `grain.bench` stores it in
+summary.json the way it stores PyTorch timings (`measurement_key`), under
+`bench/<cpu or the GPU>-float32-<batch>x<len>-onnxruntime`: `cpu` whenever the CPU provider ran it.
 """
 
 from __future__ import annotations
