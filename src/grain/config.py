@@ -165,6 +165,10 @@ def validate_sizes(cfg: DictConfig) -> None:
         check_range(cfg, f"{stage}.warmup_ratio", 0.0, 1.0, f"{stage}.warmup_ratio=0.1", high_open=True)
     if cfg.student.get("max_grad_norm") is not None:
         check_range(cfg, "student.max_grad_norm", 0.0, float("inf"), "student.max_grad_norm=1.0", low_open=True)
+    check_count(cfg, "student.checkpoint_every_n_steps", "student.checkpoint_every_n_steps=200", null="off")
+    if cfg.student.get("checkpoint_every_minutes") is not None:
+        check_range(cfg, "student.checkpoint_every_minutes", 0.0, float("inf"), "student.checkpoint_every_minutes=30",
+                    low_open=True)
     check_count(cfg, "trainer.max_steps", "trainer.max_steps=5", null="no cap", unlimited="no cap")
     check_count(cfg, "trainer.log_every_n_steps", "trainer.log_every_n_steps=10")
     check_count(cfg, "trainer.num_workers", "trainer.num_workers=0", minimum=0)
@@ -215,6 +219,10 @@ def validate_sizes(cfg: DictConfig) -> None:
         )
 
 
+# Settings a resumed run may change: they do not change what the run computes.
+RESUME_FREE_KEYS = ("student.checkpoint_every_n_steps", "student.checkpoint_every_minutes")
+
+
 def resume_settings(cfg: DictConfig) -> dict:
     """The settings a prune-stage checkpoint is only valid for, flattened to dotted keys: the target,
     task data, backbone, pruner, distillation, student training and its step count, seed."""
@@ -229,6 +237,8 @@ def resume_settings(cfg: DictConfig) -> dict:
     for key in ("task.datamodule", "model", "pruner", "distillation", "student"):
         node = OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
         settings.update(_flatten(node, key))
+    for key in RESUME_FREE_KEYS:  # how often a run saves does not change what it computes
+        settings.pop(key, None)
     return settings
 
 

@@ -13,9 +13,10 @@ from typing import Any, Callable
 import datasets
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
+from grain.data.sampler import EpochSeededRandomSampler, ResumableDataLoader  # noqa: F401 (re-exported)
 from grain.errors import GrainError
 
 # Keys a HF model's forward accepts; everything else in a batch is bookkeeping for evaluation.
@@ -26,25 +27,6 @@ LABEL_KEYS = ("labels", "start_positions", "end_positions")
 def model_inputs(batch: dict[str, Any], with_labels: bool = False) -> dict[str, torch.Tensor]:
     keys = MODEL_INPUT_KEYS + (LABEL_KEYS if with_labels else ())
     return {k: batch[k] for k in keys if k in batch}
-
-
-class EpochSeededRandomSampler(Sampler[int]):
-    """Shuffles with seed + epoch, so the order of every epoch is reproducible after a resume."""
-
-    def __init__(self, num_samples: int, seed: int):
-        self.num_samples = num_samples
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning at each epoch start
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 def fingerprint(*parts: Any) -> str:
@@ -185,8 +167,8 @@ class TaskDataModule(pl.LightningDataModule):
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.collator(features)
 
-    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, batch_size: int, sampler=None, loader_class=DataLoader) -> DataLoader:
+        return loader_class(
             dataset.with_format("python"),
             batch_size=batch_size,
             sampler=sampler,
@@ -197,7 +179,27 @@ class TaskDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
-        return self._loader(dataset, self.batch_size, EpochSeededRandomSampler(len(dataset), self.seed))
+        # resumable: its position in the epoch is saved in checkpoints and restored on resume (issue 16)
+        sampler = EpochSeededRandomSampler(len(dataset), self.seed)
+        loader = self._loader(dataset, self.batch_size, sampler, loader_class=ResumableDataLoader)
+        pending, self._train_loader_state = getattr(self, "_train_loader_state", None), None
+        if pending is not None:
+            loader.load_state_dict(pending)
+        self._train_loader = loader
+        return loader
+
+    # The training loader's position, also through the DataModule's own checkpoint entry: Lightning loads
+    # the fit loop's copy (`combined_loader`) only into a loader it creates after restoring the loops, but
+    # a module whose configure_optimizers reads trainer.estimated_stepping_batches (the student does)
+    # makes Lightning create the loader before that, so the fit loop's copy is never loaded. The
+    # DataModule is restored before configure_optimizers: its copy reaches the loader that is used.
+    def state_dict(self) -> dict[str, Any]:
+        loader = getattr(self, "_train_loader", None)
+        return {"train_loader": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("train_loader") is not None:
+            self._train_loader_state = state_dict["train_loader"]
 
     def eval_dataloader(self, split: str) -> DataLoader:
         return self._loader(self.dataset(split), self.eval_batch_size)

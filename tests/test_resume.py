@@ -1,0 +1,161 @@
+"""Periodic prune-stage checkpoints and exact resume from any of them (issue 16): a run interrupted
+mid-epoch (in-process, or `kill -9` of `python -m grain.run`) and resumed from its latest
+checkpoints/last.ckpt ends with the masks, scores and weights of the uninterrupted run."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from grain.data.sampler import EpochSeededRandomSampler, ResumableDataLoader
+from grain.stages.prune import PeriodicCheckpoint, build_student_module
+from tests.conftest import FIXTURES
+from tests.test_student import setup_parts
+
+
+def trainer_with(tmp_path, callbacks, max_epochs=3):
+    return pl.Trainer(
+        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path),
+        callbacks=list(callbacks),
+    )
+
+
+class CopyCheckpointAt(pl.Callback):
+    """Keeps the last.ckpt written at `step` (the uninterrupted run goes on and overwrites it). At the
+    next batch's start: Lightning runs checkpoint callbacks after all others."""
+
+    def __init__(self, step, source, target):
+        self.step, self.source, self.target = step, source, target
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step and not os.path.exists(self.target):
+            shutil.copy(self.source, self.target)
+
+
+def final_state(module):
+    controller = module.controller
+    return (
+        {k: v.clone() for k, v in controller.masks().items()},
+        {k: v.clone() for k, v in controller.scores().items()},
+        {k: v.detach().clone() for k, v in module.student.state_dict().items()},
+    )
+
+
+def assert_same_run(a, b):
+    for got, want in zip(a, b):
+        assert got.keys() == want.keys()
+        for key in want:
+            assert torch.equal(got[key], want[key]), key
+
+
+def test_resume_mid_epoch_from_a_periodic_checkpoint_is_bit_identical(tmp_path):
+    # 64 examples / 8 per batch = 8 steps an epoch, 24 in all, pruning over steps 5..14: step 11 is
+    # batch 4 of the second epoch, inside the pruning window
+    cfg, datamodule, teacher = setup_parts(tmp_path)
+    directory = tmp_path / "checkpoints"
+    kept = tmp_path / "step11.ckpt"
+    uninterrupted = build_student_module(cfg, teacher, 2)
+    trainer = trainer_with(tmp_path, [PeriodicCheckpoint(directory, every_n_steps=11),
+                                      CopyCheckpointAt(11, directory / "last.ckpt", kept)])
+    trainer.fit(uninterrupted, datamodule=datamodule)
+    assert int(uninterrupted.controller.step) == 24
+    assert torch.load(directory / "last.ckpt", weights_only=True)["global_step"] == 24  # the stage's end
+    saved = torch.load(kept, weights_only=True)
+    assert saved["global_step"] == 11
+    assert saved["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3, "batch_size": 8}]
+    assert not list(directory.glob(".*.tmp")), "no temporary file left behind"
+
+    resumed = build_student_module(cfg, teacher, 2)
+    trainer_with(tmp_path, [PeriodicCheckpoint(tmp_path / "resumed", every_n_steps=11)]).fit(
+        resumed, datamodule=datamodule, ckpt_path=str(kept))
+    assert int(resumed.controller.step) == 24
+    assert_same_run(final_state(resumed), final_state(uninterrupted))
+
+
+def test_the_loader_hands_out_a_plain_loaders_batches_and_resumes_at_its_position():
+    dataset = list(range(37))
+    plain = DataLoader(dataset, batch_size=4, sampler=EpochSeededRandomSampler(37, 5))
+    loader = ResumableDataLoader(dataset, batch_size=4, sampler=EpochSeededRandomSampler(37, 5))
+    for epoch in (0, 1):
+        plain.sampler.set_epoch(epoch), loader.sampler.set_epoch(epoch)
+        assert [b.tolist() for b in loader] == [b.tolist() for b in plain]
+    loader.sampler.set_epoch(1)
+    iterator = iter(loader)
+    first = [next(iterator).tolist() for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 3, "batch_size": 4}
+    rest = [b.tolist() for b in iterator]
+
+    fresh = ResumableDataLoader(dataset, batch_size=4, sampler=EpochSeededRandomSampler(37, 5))
+    fresh.load_state_dict(state)
+    fresh.sampler.set_epoch(1)  # Lightning sets the epoch after loading the state, before the first batch
+    assert [b.tolist() for b in fresh] == rest and first + rest == [b.tolist() for b in loader]
+    assert [b.tolist() for b in fresh] == [b.tolist() for b in loader], "the next epoch is whole"
+    # another sampler (as Lightning's distributed wrapper): the first batches are drawn and dropped
+    other = ResumableDataLoader(dataset, batch_size=4, shuffle=False)
+    other.load_state_dict({"epoch": 0, "batches": 2, "batch_size": 4})
+    assert [b.tolist() for b in other][0] == [8, 9, 10, 11]
+
+
+def grain_run(args, tmp_path, **popen):
+    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(FIXTURES), WANDB_MODE="offline")
+    env.pop("GRAIN_CACHE_DIR", None)
+    return subprocess.Popen([sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env, text=True, **popen)
+
+
+RUN = ["task=sst2", "model=tiny", "logger=none", "stages=[teacher,prune]", "teacher.max_steps=2", "student.epochs=3",
+       "student.batch_size=8", "student.init=teacher", "pruner.start=0.2", "pruner.end=0.6", "student.checkpoint_every_n_steps=2"]
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp_path):
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    done = grain_run(RUN, whole, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr[-3000:]
+    [want] = whole.glob("outputs/**/masks.safetensors")
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    proc = grain_run(RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            found = list(killed.glob("outputs/**/checkpoints/last.ckpt"))
+            if found:
+                step = torch.load(found[0], weights_only=True, map_location="cpu")["global_step"]
+                if step >= 9:  # mid-epoch (8 steps an epoch), inside the pruning window (steps 5..14)
+                    break
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline, "no checkpoint past step 9"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    [checkpoint] = found
+    run_dir = checkpoint.parent.parent
+    assert not (run_dir / "masks.safetensors").exists(), "killed inside the prune stage"
+    step = torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"]
+    assert step < 24
+
+    resumed = grain_run([*RUN, f"ckpt_path={checkpoint}"], killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    got = [p for p in killed.glob("outputs/**/masks.safetensors")]
+    assert len(got) == 1
+    want_masks, got_masks = load_file(str(want)), load_file(str(got[0]))
+    assert want_masks.keys() == got_masks.keys()
+    for key in want_masks:
+        assert torch.equal(want_masks[key], got_masks[key]), key
+    assert any((m == 0).any() for m in got_masks.values())
