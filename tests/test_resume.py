@@ -159,3 +159,43 @@ def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp
     for key in want_masks:
         assert torch.equal(want_masks[key], got_masks[key]), key
     assert any((m == 0).any() for m in got_masks.values())
+
+
+class SaveFinalState(pl.Callback):
+    def __init__(self, path):
+        self.path = str(path)
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            masks, scores, weights = final_state(pl_module)
+            torch.save({"masks": masks, "scores": scores, "weights": weights}, self.path)
+
+
+class CopyOnRankZero(CopyCheckpointAt):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.is_global_zero:
+            super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
+
+
+@pytest.mark.slow  # ~60 s: two spawned processes, twice
+def test_two_process_ddp_resume_mid_epoch_is_bit_identical(tmp_path):
+    """Under DDP Lightning re-creates the loader around a distributed sampler: its position still comes
+    back (64 examples / 8 per batch / 2 ranks = 4 steps an epoch; step 5 is mid-epoch, mid-pruning)."""
+    cfg, datamodule, teacher = setup_parts(tmp_path)
+    directory, kept = tmp_path / "checkpoints", tmp_path / "step5.ckpt"
+    ddp = dict(strategy="ddp_spawn", devices=2)
+
+    def trainer(callbacks):
+        return pl.Trainer(
+            accelerator="cpu", max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+            num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path), callbacks=callbacks, **ddp,
+        )
+
+    trainer([PeriodicCheckpoint(directory, every_n_steps=5), CopyOnRankZero(5, directory / "last.ckpt", kept),
+             SaveFinalState(tmp_path / "whole.pt")]).fit(build_student_module(cfg, teacher, 2), datamodule=datamodule)
+    assert torch.load(kept, weights_only=True)["global_step"] == 5
+    trainer([PeriodicCheckpoint(tmp_path / "resumed", every_n_steps=5), SaveFinalState(tmp_path / "resumed.pt")]).fit(
+        build_student_module(cfg, teacher, 2), datamodule=datamodule, ckpt_path=str(kept))
+    whole, resumed = (torch.load(tmp_path / f"{name}.pt", weights_only=True) for name in ("whole", "resumed"))
+    assert any((m == 0).any() for m in whole["masks"].values())
+    assert_same_run([resumed[k] for k in ("masks", "scores", "weights")], [whole[k] for k in ("masks", "scores", "weights")])

@@ -167,7 +167,7 @@ class TaskDataModule(pl.LightningDataModule):
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return self.collator(features)
 
-    def _loader(self, dataset, batch_size: int, sampler=None, loader_class=DataLoader) -> DataLoader:
+    def _loader(self, dataset, batch_size: int, sampler=None, loader_class=DataLoader, **extra) -> DataLoader:
         return loader_class(
             dataset.with_format("python"),
             batch_size=batch_size,
@@ -175,16 +175,15 @@ class TaskDataModule(pl.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.dataset("train")
         # resumable: its position in the epoch is saved in checkpoints and restored on resume (issue 16)
         sampler = EpochSeededRandomSampler(len(dataset), self.seed)
-        loader = self._loader(dataset, self.batch_size, sampler, loader_class=ResumableDataLoader)
         pending, self._train_loader_state = getattr(self, "_train_loader_state", None), None
-        if pending is not None:
-            loader.load_state_dict(pending)
+        loader = self._loader(dataset, self.batch_size, sampler, loader_class=ResumableDataLoader, resume=pending)
         self._train_loader = loader
         return loader
 
@@ -195,6 +194,10 @@ class TaskDataModule(pl.LightningDataModule):
     # DataModule is restored before configure_optimizers: its copy reaches the loader that is used.
     def state_dict(self) -> dict[str, Any]:
         loader = getattr(self, "_train_loader", None)
+        trainer = getattr(self, "trainer", None)
+        in_use = trainer.train_dataloader if trainer is not None else None  # Lightning's copy under DDP
+        if isinstance(in_use, ResumableDataLoader):
+            loader = in_use
         return {"train_loader": loader.state_dict()} if loader is not None else {}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

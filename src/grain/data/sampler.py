@@ -50,8 +50,12 @@ class ResumableDataLoader(DataLoader):
     wrapper around it) has its first batches drawn and dropped. Batches of an uninterrupted run are
     those of a plain DataLoader with the same arguments."""
 
-    _batches = 0  # batches handed out in the current epoch
-    _resume: tuple[int, int] | None = None  # (epoch, batches) to skip at the next iteration
+    def __init__(self, *args, resume: dict[str, Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches = 0  # batches handed out in the current epoch
+        self._resume: tuple[int, int] | None = None  # (epoch, batches) to skip at the next iteration
+        if resume is not None:  # an argument, so that it survives Lightning re-creating the loader (DDP)
+            self.load_state_dict(resume)
 
     def _epoch(self) -> int:
         return int(getattr(self.sampler, "epoch", 0))
