@@ -21,9 +21,9 @@ from tests.conftest import FIXTURES
 from tests.test_student import setup_parts
 
 
-def trainer_with(tmp_path, callbacks, max_epochs=3):
+def trainer_with(tmp_path, callbacks, max_epochs=3, max_steps=-1):
     return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_progress_bar=False,
+        accelerator="cpu", devices=1, max_epochs=max_epochs, max_steps=max_steps, logger=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path),
         callbacks=list(callbacks),
     )
@@ -199,3 +199,63 @@ def test_two_process_ddp_resume_mid_epoch_is_bit_identical(tmp_path):
     whole, resumed = (torch.load(tmp_path / f"{name}.pt", weights_only=True) for name in ("whole", "resumed"))
     assert any((m == 0).any() for m in whole["masks"].values())
     assert_same_run([resumed[k] for k in ("masks", "scores", "weights")], [whole[k] for k in ("masks", "scores", "weights")])
+
+
+class CountSaves(pl.Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.steps.append(trainer.global_step)
+
+
+def test_checkpoints_by_minutes_and_at_the_end(tmp_path):
+    cfg, datamodule, teacher = setup_parts(tmp_path)
+    counted = CountSaves()
+    trainer = trainer_with(tmp_path, [PeriodicCheckpoint(tmp_path / "c", every_minutes=1e-9), counted], max_steps=3)
+    trainer.fit(build_student_module(cfg, teacher, 2), datamodule=datamodule)
+    assert counted.steps == [1, 2, 3]  # each step is "late"; the stage's end (step 3) is not saved twice
+    counted = CountSaves()
+    trainer = trainer_with(tmp_path, [PeriodicCheckpoint(tmp_path / "d", every_n_steps=2), counted], max_steps=5)
+    trainer.fit(build_student_module(cfg, teacher, 2), datamodule=datamodule)
+    assert counted.steps == [2, 4, 5]
+    assert torch.load(tmp_path / "d" / "last.ckpt", weights_only=True)["global_step"] == 5
+
+
+def test_an_interrupted_save_leaves_the_previous_last_ckpt(tmp_path, monkeypatch):
+    """A save killed mid-write (here: failing after half the bytes) never touches last.ckpt: it is
+    written to a temporary file beside it and renamed over it only when complete."""
+    cfg, datamodule, teacher = setup_parts(tmp_path)
+    callback = PeriodicCheckpoint(tmp_path / "c", every_n_steps=1)
+    trainer = trainer_with(tmp_path, [callback], max_steps=1)
+    trainer.fit(build_student_module(cfg, teacher, 2), datamodule=datamodule)
+    last = tmp_path / "c" / "last.ckpt"
+    before = last.read_bytes()
+
+    def torn_save(path, weights_only=False):
+        with open(path, "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise KeyboardInterrupt  # stands for the kill
+
+    monkeypatch.setattr(trainer, "save_checkpoint", torn_save)
+    with pytest.raises(KeyboardInterrupt):
+        callback._save_checkpoint(trainer, str(last))
+    assert last.read_bytes() == before
+    assert torch.load(last, weights_only=True)["global_step"] == 1
+
+
+def test_checkpoint_settings_are_validated_and_free_on_resume(tmp_path):
+    from grain.config import resume_settings, validate_sizes
+    from grain.errors import GrainError
+    from tests.conftest import compose_config
+
+    for bad in ("student.checkpoint_every_n_steps=0", "student.checkpoint_every_n_steps=1.5",
+                "student.checkpoint_every_minutes=0", "student.checkpoint_every_minutes=-1"):
+        with pytest.raises(GrainError, match=bad.split("=")[0]):
+            validate_sizes(compose_config(["model=tiny", bad], tmp_path))
+    validate_sizes(compose_config(["model=tiny", "student.checkpoint_every_n_steps=null",
+                                   "student.checkpoint_every_minutes=30"], tmp_path))
+    # how often a run saves does not bind the run that resumes it
+    assert resume_settings(compose_config(["model=tiny", "student.checkpoint_every_n_steps=2"], tmp_path)) == \
+        resume_settings(compose_config(["model=tiny", "student.checkpoint_every_n_steps=null",
+                                        "student.checkpoint_every_minutes=5"], tmp_path))
