@@ -147,7 +147,8 @@ def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp
     run_dir = checkpoint.parent.parent
     assert not (run_dir / "masks.safetensors").exists(), "killed inside the prune stage"
     step = torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"]
-    assert step < 24
+    assert 9 <= step < 24
+    print(f"killed after the checkpoint of step {step}")
 
     resumed = grain_run([*RUN, f"ckpt_path={checkpoint}"], killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, stderr = resumed.communicate(timeout=300)
@@ -159,6 +160,13 @@ def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp
     for key in want_masks:
         assert torch.equal(want_masks[key], got_masks[key]), key
     assert any((m == 0).any() for m in got_masks.values())
+    # and the metrics of the uninterrupted run
+    import json
+
+    [want_summary] = whole.glob("outputs/**/summary.json")
+    got_summary = [p for p in killed.glob("outputs/**/summary.json") if p.parent == got[0].parent]
+    want_student, got_student = (json.loads(p.read_text())["student"] for p in (want_summary, got_summary[0]))
+    assert got_student["metrics"] == want_student["metrics"] and got_student["sparsity"] == want_student["sparsity"]
 
 
 class SaveFinalState(pl.Callback):
