@@ -300,10 +300,13 @@ def validate_checkpoint(cfg: DictConfig) -> None:
         )
 
 
-# Other families, recognised by name when a hub model's config is not on this machine.
-OTHER_FAMILIES = ("xlm-roberta", "roberta", "deberta", "distilbert", "electra", "albert", "camembert", "mpnet", "modernbert")
-# Position embeddings that a family keeps for itself (RoBERTa's start at padding_idx + 1).
-POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+# Other families, recognised by name when a hub model's config is not on this machine: (name part,
+# HF model_type), the more specific first (DeBERTa-v3 checkpoints are model_type deberta-v2).
+OTHER_FAMILIES = (
+    ("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("deberta-v3", "deberta-v2"), ("deberta-v2", "deberta-v2"),
+    ("deberta", "deberta"), ("distilbert", "distilbert"), ("electra", "electra"), ("albert", "albert"),
+    ("camembert", "camembert"), ("mpnet", "mpnet"), ("modernbert", "modernbert"),
+)
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
@@ -383,9 +386,9 @@ def model_family(cfg: DictConfig, config: dict | None) -> str | None:
     if config is not None and config.get("model_type"):
         return str(config["model_type"])
     names = f"{cfg.model.name} {cfg.model.pretrained}".lower()
-    for family in OTHER_FAMILIES:
-        if family in names:
-            return family
+    for name, model_type in OTHER_FAMILIES:
+        if name in names:
+            return model_type
     return None
 
 
@@ -416,7 +419,8 @@ def validate_models(cfg: DictConfig) -> None:
         )
 
     if config is not None and config.get("max_position_embeddings"):
-        limit = int(config["max_position_embeddings"]) - POSITION_OFFSET.get(family or "", 0)
+        architecture = find_architecture(family) if family is not None else None
+        limit = int(config["max_position_embeddings"]) - (architecture.position_offset if architecture else 0)
         for key in ("task.datamodule.max_length", "compact.bench_seq_len"):
             value = OmegaConf.select(cfg, key)
             if _is_int(value) and value > limit:

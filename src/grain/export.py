@@ -78,7 +78,8 @@ class TensorOutputs(nn.Module):
 
 def padded_batch(model, batch: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random token ids of [batch, seq_len], every row after the first padded to a shorter length
-    (row i keeps seq_len - i * step tokens, at least 1), segment 1 on the second half of each row."""
+    (row i keeps seq_len - i * step tokens, at least 1), segment 1 on the second half of each row
+    where the model has a second segment (type_vocab_size > 1; RoBERTa has one)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, model.config.vocab_size, (batch, seq_len), generator=generator)
     lengths = [max(1, seq_len - i * max(1, seq_len // (batch + 1))) for i in range(batch)]
@@ -86,7 +87,8 @@ def padded_batch(model, batch: int, seq_len: int, seed: int = 0) -> dict[str, to
     token_types = torch.zeros_like(ids)
     for row, length in enumerate(lengths):
         attention[row, :length] = 1
-        token_types[row, length // 2 : length] = 1
+        if getattr(model.config, "type_vocab_size", 2) > 1:
+            token_types[row, length // 2 : length] = 1
     ids = ids.masked_fill(attention == 0, model.config.pad_token_id or 0)
     return {"input_ids": ids, "attention_mask": attention, "token_type_ids": token_types}
 

@@ -144,12 +144,12 @@ def width_grid(limit: int) -> list[int]:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def _layer(hf_config, qk: list[int], vo: list[int], ffn: int, device, dtype) -> GrainLayer:
+def _layer(shape: EncoderShape, qk: list[int], vo: list[int], ffn: int, device, dtype) -> GrainLayer:
+    """One compact layer of these widths (BERT's compact layer: every family's compact model runs the
+    same attention and FFN kernels; DeBERTa's relative-position terms are not modelled)."""
     config = GrainBertConfig(
-        **{k: v for k, v in hf_config.to_dict().items() if k in ("hidden_size", "num_attention_heads", "intermediate_size",
-                                                                  "hidden_act", "layer_norm_eps", "vocab_size")},
-        num_hidden_layers=1, qk_dims=[qk], vo_dims=[vo], ffn_dims=[ffn],
-        original_head_dim=hf_config.hidden_size // hf_config.num_attention_heads,
+        hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=1, qk_dims=[qk], vo_dims=[vo], ffn_dims=[ffn], original_head_dim=shape.head_dim,
     )
     return GrainLayer(config, 0).to(device=device, dtype=dtype).eval()
 
@@ -166,18 +166,17 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
                   progress=print) -> LatencyModel:
     """Time every part of the latency model on `device` in its serving dtype (see module docstring)."""
     dtype = serving_defaults(device)[0]
-    shape = EncoderShape(hf_config.num_hidden_layers, hf_config.hidden_size, hf_config.num_attention_heads,
-                         hf_config.intermediate_size)
+    shape = EncoderShape.of(hf_config)
     generator = torch.Generator(device="cpu").manual_seed(0)
     hidden = torch.randn(batch, seq_len, shape.hidden_size, generator=generator, device="cpu").to(device, dtype)
     keys = KeyMask.of(torch.ones(batch, seq_len, dtype=torch.long, device=device), dtype)
 
     def attention_ms(qk, vo):
-        layer = _layer(hf_config, qk, vo, 0, device, dtype)
+        layer = _layer(shape, qk, vo, 0, device, dtype)
         return _time(lambda: layer.attention(hidden, keys), min_run_time)
 
     def ffn_ms(width):
-        layer = _layer(hf_config, [], [], width, device, dtype)
+        layer = _layer(shape, [], [], width, device, dtype)
         if width == 0:
             return _time(lambda: layer.output(None, hidden), min_run_time)
         return _time(lambda: layer.output(layer.intermediate(hidden), hidden), min_run_time)
@@ -200,8 +199,10 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     ffn_table = [ffn_ms(w) for w in ffn_widths]
     progress("  FFN: " + ", ".join(f"{w}: {t:.2f}" for w, t in zip(ffn_widths, ffn_table)) + " ms")
     attention_empty = attention_ms([], [])
-    empty_config = GrainBertConfig(
-        **{k: v for k, v in hf_config.to_dict().items() if k not in ("model_type", "architectures", "transformers_version", "_name_or_path")},
+    empty_config = GrainBertConfig(  # the fixed part, as a BERT-family compact model with every layer empty
+        vocab_size=hf_config.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+        max_position_embeddings=max(getattr(hf_config, "max_position_embeddings", 512), seq_len),
         qk_dims=[[]] * shape.num_layers, vo_dims=[[]] * shape.num_layers, ffn_dims=[0] * shape.num_layers,
     )
     empty = GrainBertForSequenceClassification(empty_config).to(device=device, dtype=dtype).eval()
@@ -233,8 +234,7 @@ def monotone_2d(table: list[list[float]]) -> list[list[float]]:
 def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path,
                   min_run_time: float = 0.1, progress=print) -> LatencyModel:
     """The cached model for this device, dtype, torch version, shape, batch and length; measured once."""
-    shape = EncoderShape(hf_config.num_hidden_layers, hf_config.hidden_size, hf_config.num_attention_heads,
-                         hf_config.intermediate_size)
+    shape = EncoderShape.of(hf_config)
     path = cache_path(cache_dir, model_key(shape, device, serving_defaults(device)[0], batch, seq_len))
     if path.exists():
         progress(f"latency model from {path}")
@@ -262,12 +262,12 @@ def random_masks(shape: EncoderShape, sparsity: float, seed: int) -> dict[str, t
 
 def check_predictions(model: LatencyModel, hf_config, device, sparsities: list[float], min_run_time: float) -> list[dict]:
     """Predicted vs measured ms of compact models cut from random GRAIN-like masks."""
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from grain.models.slicing import compact_from_masked
 
     dtype = serving_defaults(device)[0]
-    dense = BertForSequenceClassification(hf_config).eval()
+    dense = AutoModelForSequenceClassification.from_config(hf_config).eval()
     shape = EncoderShape.of(dense)
     rows = []
     for seed, sparsity in enumerate(sparsities):

@@ -13,7 +13,7 @@ from grain.bench.measure import compare_models, format_table, serving_defaults
 from grain.data.base import model_inputs
 from grain.distill.losses import prediction_logits
 from grain.metrics.evaluate import evaluate
-from grain.models.compact import GrainBertPreTrainedModel
+from grain.models.compact import is_compact
 from grain.models.masks import attach_mask_hooks
 from grain.models.slicing import compact_from_masked, expand_to_masked
 
@@ -37,7 +37,7 @@ def masked_reference(pruned, teacher, device: torch.device):
     """The masked student with its hooks, on `device`; rebuilt from the compact one if training compacted it."""
     masks = pruned.controller.masks()
     student = pruned.student
-    if isinstance(student, GrainBertPreTrainedModel):
+    if is_compact(student):
         student = expand_to_masked(student, copy.deepcopy(teacher), masks)
     on_device = {kind: mask.to(device) for kind, mask in masks.items()}
     handles = attach_mask_hooks(student, lambda layer, kind: on_device[kind][layer])
@@ -80,7 +80,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     task_type = cfg.task.type
     device = serving_device(cfg.trainer)
     masked, handles = masked_reference(pruned, teacher, device)
-    if isinstance(pruned.student, GrainBertPreTrainedModel):
+    if is_compact(pruned.student):
         compact = pruned.student
     else:
         pruned.controller.detach()
@@ -89,7 +89,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     result = {
         "max_abs_logit_diff_vs_masked": max_output_diff(masked, compact, datamodule, task_type),
         "metrics": evaluate(compact, datamodule, "compact"),
-        "compacted_during_training": isinstance(pruned.student, GrainBertPreTrainedModel),
+        "compacted_during_training": is_compact(pruned.student),
     }
     result["metric"] = result["metrics"].get(f"validation/{cfg.task.metric}")
     out_dir = run_dir / "compact"
