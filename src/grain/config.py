@@ -206,6 +206,13 @@ def validate_sizes(cfg: DictConfig) -> None:
     check_range(cfg, "pruner.beta", 0.0, 1.0, "pruner.beta=0.998", high_open=True)
     check_range(cfg, "distillation.temperature", 0.0, float("inf"), "distillation.temperature=2.0", low_open=True)
     check_count(cfg, "compact.embedding_rank", "compact.embedding_rank=192", null="no factorized copy")
+    check_count(cfg, "student.embedding_rank", "student.embedding_rank=192", null="full word embeddings")
+    if cfg.student.get("embedding_rank") and cfg.compact.embedding_rank:
+        raise GrainError(
+            f"student.embedding_rank={cfg.student.embedding_rank} and compact.embedding_rank={cfg.compact.embedding_rank} "
+            f"both factorize the word embeddings; keep one, e.g. compact.embedding_rank=null (factorized in training) or "
+            f"student.embedding_rank=null (a factorized copy after training)"
+        )
     check_count(cfg, "compact.bench_batch", "compact.bench_batch=32", null="per device")
     check_count(cfg, "compact.bench_seq_len", "compact.bench_seq_len=128", null="per device")
     shapes = cfg.compact.get("bench_extra_shapes")
@@ -416,6 +423,14 @@ def validate_models(cfg: DictConfig) -> None:
             f"model={cfg.model.name} (model.pretrained={cfg.model.pretrained}) is a {family} model, and grain prunes "
             f"encoders of the families {', '.join(supported_families())} (grain.architectures); pick one of those "
             f"(model=minilm, model=roberta-base, ...)"
+        )
+
+    rank = cfg.student.get("embedding_rank")
+    size = config and (config.get("embedding_size") or config.get("hidden_size") or config.get("dim"))
+    if _is_int(rank) and _is_int(size) and rank >= size:
+        raise GrainError(
+            f"student.embedding_rank={rank} is not below the word embedding size {size} of model={cfg.model.name}; "
+            f"give a smaller rank (e.g. student.embedding_rank={max(1, size // 4)}) or null (no factorization)"
         )
 
     if config is not None and config.get("max_position_embeddings"):

@@ -268,6 +268,7 @@ class GrainBertPreTrainedModel(BertPreTrainedModel):
 
     config_class = GrainBertConfig
     base_model_prefix = "bert"
+    _input_embed_layer = "word_embeddings"  # HF's get/set_input_embeddings: <base>.embeddings.word_embeddings
     _can_record_outputs = {}  # hidden states are returned by GrainBertModel itself
 
     def _init_weights(self, module):

@@ -135,7 +135,17 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedd
     arch = find_architecture(model)
     shape = EncoderShape.of(model)
     structure = kept_structure(masks, shape)
-    config = compact_config(model, structure, embedding_rank)
+    trained_rank = factorized_rank(model)
+    if trained_rank is not None:
+        # factorized before distillation (student.embedding_rank): the two factors are copied by name
+        if embedding_rank:
+            raise GrainError(
+                f"the word embeddings are already factorized (rank {trained_rank}); a second factorization "
+                f"(embedding_rank={embedding_rank}) is not supported"
+            )
+        config = compact_config(model, structure, trained_rank)
+    else:
+        config = compact_config(model, structure, embedding_rank)
     with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
         compact = arch.compact_class(model)(config)
     plan = compaction_plan(structure, arch, model.base_model_prefix)
@@ -154,11 +164,48 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedd
     return compact, plan
 
 
+@torch.no_grad()
 def factorize_embeddings(weight: torch.Tensor, factorized, rank: int) -> None:
     """Truncated SVD: weight [vocab, hidden] ~ (U_r S_r) [vocab, rank] @ Vh_r [rank, hidden]."""
     u, s, vh = torch.linalg.svd(weight.float(), full_matrices=False)
     factorized.embedding.weight.copy_(u[:, :rank] * s[:rank])
     factorized.projection.weight.copy_(vh[:rank].t())
+
+
+def factorized_rank(model: nn.Module) -> int | None:
+    """The rank of `model`'s word embeddings when they are a FactorizedEmbedding, else None."""
+    from grain.models.compact import FactorizedEmbedding
+
+    try:
+        words = model.get_input_embeddings()
+    except NotImplementedError:
+        return None
+    return words.embedding.embedding_dim if isinstance(words, FactorizedEmbedding) else None
+
+
+@torch.no_grad()
+def factorize_input_embeddings(model: nn.Module, rank: int) -> nn.Module:
+    """Replace `model`'s word embeddings (any family, found through HF's get/set_input_embeddings) by
+    a FactorizedEmbedding of rank `rank` from their truncated SVD; in place, returns `model`.
+
+    The official GRAIN recipe (airaria/GRAIN) does this to the student before distillation and trains
+    the two factors. The module keeps its name (e.g. `bert.embeddings.word_embeddings`), so the
+    factors are `<name>.embedding.weight` [vocab, rank] and `<name>.projection.weight` [hidden, rank].
+    """
+    from grain.models.compact import FactorizedEmbedding
+
+    words = model.get_input_embeddings()
+    if not isinstance(words, nn.Embedding):
+        raise GrainError(f"cannot factorize the word embeddings: {type(words).__name__} is not an nn.Embedding")
+    vocab, dim = words.weight.shape
+    if not 1 <= rank <= min(vocab, dim):
+        raise GrainError(f"embedding rank {rank} is not between 1 and the embedding size {min(vocab, dim)}")
+    weight = words.weight
+    factorized = FactorizedEmbedding(vocab, rank, dim, words.padding_idx).to(device=weight.device)
+    factorize_embeddings(weight, factorized, rank)
+    factorized.to(dtype=weight.dtype).requires_grad_(weight.requires_grad)
+    model.set_input_embeddings(factorized)
+    return model
 
 
 @torch.no_grad()
@@ -185,6 +232,9 @@ def expand_to_masked(compact: nn.Module, skeleton: nn.Module, masks: dict[str, t
     """The inverse of compaction: write the compact weights into `skeleton` (a model of the original
     architecture, modified in place) with zeros for the pruned units, so that, masked, it computes
     what the compact model computes. Used to check a student that was compacted during training."""
+    rank = getattr(compact.config, "embedding_rank", None)
+    if rank and factorized_rank(skeleton) is None:  # factorized in training: the skeleton takes the factors' shape
+        factorize_input_embeddings(skeleton, int(rank))
     structure = kept_structure(masks, EncoderShape.of(skeleton))
     plan = compaction_plan(structure, find_architecture(skeleton), skeleton.base_model_prefix)
     targets = dict(skeleton.named_parameters())

@@ -16,9 +16,11 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings
+from grain.errors import GrainError
 from grain.metrics.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.models.masks import EncoderShape
+from grain.models.slicing import factorize_input_embeddings
 from grain.modules.student import StudentModule
 from grain.pruning.controller import PruningController
 from grain.stages.teacher import name_labels
@@ -73,8 +75,19 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
 
 def init_student(cfg: DictConfig, teacher, num_labels):
     if cfg.student.init == "teacher":
-        return copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
-    return load_task_model(cfg.model, cfg.task.type, num_labels)
+        student = copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
+    else:
+        student = load_task_model(cfg.model, cfg.task.type, num_labels)
+    rank = cfg.student.get("embedding_rank")
+    if rank:  # the official recipe: word embeddings factorized (truncated SVD) before distillation, trained so
+        size = student.get_input_embeddings().embedding_dim
+        if rank >= size:
+            raise GrainError(
+                f"student.embedding_rank={rank} is not below the word embedding size {size} of model={cfg.model.name}; "
+                f"give a smaller rank (e.g. student.embedding_rank={max(1, size // 4)}) or null (no factorization)"
+            )
+        factorize_input_embeddings(student, int(rank))
+    return student
 
 
 def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
