@@ -237,6 +237,7 @@ def resume_settings(cfg: DictConfig) -> dict:
 
     settings = {
         "sparsity": float(cfg.sparsity),
+        "speedup": cfg.get("speedup"),
         "seed": cfg.seed,
         "task.name": cfg.task.name,
         "student.steps": stage_steps(cfg.student, cfg.trainer),
@@ -297,7 +298,13 @@ def validate_checkpoint(cfg: DictConfig) -> None:
         )
         return
     current = resume_settings(cfg)
-    differ = [key for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
+    # Settings a checkpoint does not know were added to grain after it was written: compared only where
+    # this run departs from their default (null, or the pruner's GRAIN-as-published choices).
+    defaults = {"speedup": None, "pruner.cost": "params", "student.embedding_rank": None}
+    differ = [
+        key for key in sorted(set(saved) | set(current))
+        if saved.get(key, defaults.get(key)) != current.get(key)
+    ]
     if differ:
         shown = ", ".join(f"{key}={saved.get(key)!r} (this run: {current.get(key)!r})" for key in differ[:4])
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
