@@ -11,7 +11,6 @@ from transformers import (
 )
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
-from grain.models import compact as compact_module
 from grain.models.kernels import GroupedLayout
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.models.slicing import compact_from_masked
@@ -151,15 +150,3 @@ def test_layout_groups_heads_by_width():
     assert layout.context_columns == [0, 1, 7, 8, 2, 3, 4]
     assert layout.uniform_vo == [5, 6]
     assert (layout.padding_columns, layout.padded_qk) == (3, 1)  # head 1's Q and K column, one to reach 24
-
-
-def test_gpu_plan_equals_masked(monkeypatch):
-    """The GPU plan (heads padded to one width, scaled_dot_product_attention) computes the masked model."""
-    monkeypatch.setattr(compact_module, "use_padded_plan", lambda device: True)
-    model = tiny(BertForSequenceClassification)
-    masks = hard_masks(EncoderShape.of(model))
-    inputs = batch()
-    expected = masked_outputs(model, masks, inputs).logits
-    compact, _ = compact_from_masked(model, masks)
-    with torch.no_grad():
-        torch.testing.assert_close(compact.eval()(**inputs).logits, expected, atol=1e-5, rtol=0)

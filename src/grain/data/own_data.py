@@ -128,3 +128,32 @@ def require_columns(where: str, dataset: datasets.Dataset, columns: dict[str, st
 def require_rows(where: str, dataset: datasets.Dataset) -> None:
     if len(dataset) == 0:
         raise GrainError(f"{where}: no rows (an empty split); give a file with at least one example")
+
+
+class OwnDataSource:
+    """Mixin for the DataModules of the user's own data (listed first among the bases): where each
+    split comes from, local files or a hub dataset's named splits."""
+
+    def set_source(self, train_file, validation_file, test_file, dataset_name, dataset_config,
+                   train_split, validation_split, test_split) -> None:
+        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
+        self.dataset_name = dataset_name
+        self.dataset_config = dataset_config
+        self.hub_splits = {"train": train_split, "validation": validation_split, "test": test_split}
+
+    @property
+    def from_hub(self) -> bool:
+        return bool(self.dataset_name)
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.hub_splits[split] if self.from_hub else self.files[split])
+
+    @property
+    def eval_splits(self) -> list[str]:
+        return ["validation"] + (["test"] if self.has_split("test") else [])
+
+    def where(self, split: str) -> str:
+        """How the errors name a split: its file, or the hub dataset and split."""
+        if self.from_hub:
+            return f"task.dataset_name={self.dataset_name} split '{self.hub_splits[split]}'"
+        return str(self.files[split])

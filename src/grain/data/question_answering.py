@@ -15,14 +15,14 @@ import datasets
 from omegaconf import DictConfig, OmegaConf
 
 from grain.data.base import file_signature
-from grain.data.own_data import SPLIT_KEYS, load_hub_split, require_columns, require_rows
+from grain.data.own_data import OwnDataSource, SPLIT_KEYS, load_hub_split, require_columns, require_rows
 from grain.data.squad import SquadDataModule, read_squad_json
 from grain.errors import GrainError
 
 SQUAD_COLUMNS = ("id", "context", "question", "answers")
 
 
-class QuestionAnsweringDataModule(SquadDataModule):
+class QuestionAnsweringDataModule(OwnDataSource, SquadDataModule):
     def __init__(
         self,
         task_name: str = "question_answering",
@@ -38,25 +38,9 @@ class QuestionAnsweringDataModule(SquadDataModule):
     ):
         super().__init__(offline_split=False, **kwargs)
         self.task_name = task_name
-        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
-        self.dataset_name = dataset_name
-        self.dataset_config = dataset_config
-        self.hub_splits = {"train": train_split, "validation": validation_split, "test": test_split}
+        self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
+                        train_split, validation_split, test_split)
         self._tables: dict[str, datasets.Dataset] = {}
-
-    @property
-    def from_hub(self) -> bool:
-        return bool(self.dataset_name)
-
-    @property
-    def eval_splits(self) -> list[str]:
-        test = self.hub_splits["test"] if self.from_hub else self.files["test"]
-        return ["validation"] + (["test"] if test else [])
-
-    def where(self, split: str) -> str:
-        if self.from_hub:
-            return f"task.dataset_name={self.dataset_name} split '{self.hub_splits[split]}'"
-        return str(self.files[split])
 
     def _local_file(self, split: str) -> Path:
         key, value = f"task.{SPLIT_KEYS[split]}", self.files[split]

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from grain.data.base import TaskDataModule, file_signature
-from grain.data.own_data import load_file, load_hub_split, require_columns, require_rows, resolve_file
+from grain.data.own_data import OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
 from grain.errors import GrainError
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews")
@@ -94,7 +94,7 @@ def sorted_labels(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-class TextClassificationDataModule(TaskDataModule):
+class TextClassificationDataModule(OwnDataSource, TaskDataModule):
     task_type = "classification"
 
     def __init__(
@@ -118,10 +118,8 @@ class TextClassificationDataModule(TaskDataModule):
     ):
         super().__init__(**kwargs)
         self.task_name = task_name
-        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
-        self.dataset_name = dataset_name
-        self.dataset_config = dataset_config
-        self.hub_splits = {"train": train_split, "validation": validation_split, "test": test_split}
+        self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
+                        train_split, validation_split, test_split)
         self.text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns or [])
         self.label_column = label_column
         self.given_labels = None if labels is None else [_label_name(label) for label in labels]
@@ -135,23 +133,6 @@ class TextClassificationDataModule(TaskDataModule):
     @property
     def regression(self) -> bool:
         return self.given_num_labels == 1
-
-    @property
-    def from_hub(self) -> bool:
-        return bool(self.dataset_name)
-
-    def has_split(self, split: str) -> bool:
-        return bool(self.hub_splits[split] if self.from_hub else self.files[split])
-
-    @property
-    def eval_splits(self) -> list[str]:
-        return ["validation"] + (["test"] if self.has_split("test") else [])
-
-    def where(self, split: str) -> str:
-        """How the errors name a split: its file, or the hub dataset and split."""
-        if self.from_hub:
-            return f"task.dataset_name={self.dataset_name} split '{self.hub_splits[split]}'"
-        return str(self.files[split])
 
     def _path(self, split: str) -> Path:
         return resolve_file(self.task_name, split, self.files[split])

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grain.data.base import file_signature
 from grain.data.conll import ConllDataModule
-from grain.data.own_data import FORMATS, load_file, load_hub_split, require_columns, require_rows
+from grain.data.own_data import FORMATS, OwnDataSource, load_file, load_hub_split, require_columns, require_rows
 from grain.errors import GrainError
 
 COLUMN_FORMATS = (".txt", ".conll", ".iob", ".iob2", ".bio")
@@ -58,7 +58,7 @@ def iob2_order(tags: set[str]) -> list[str]:
     return ["O"] + [f"{prefix}-{kind}" for kind in types for prefix in ("B", "I")]
 
 
-class TokenClassificationDataModule(ConllDataModule):
+class TokenClassificationDataModule(OwnDataSource, ConllDataModule):
     task_type = "ner"
 
     def __init__(
@@ -80,10 +80,8 @@ class TokenClassificationDataModule(ConllDataModule):
     ):
         super().__init__(**kwargs)
         self.task_name = task_name
-        self.files = {"train": train_file, "validation": validation_file, "test": test_file}
-        self.dataset_name = dataset_name
-        self.dataset_config = dataset_config
-        self.hub_splits = {"train": train_split, "validation": validation_split, "test": test_split}
+        self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
+                        train_split, validation_split, test_split)
         self.tokens_column = tokens_column
         self.tags_column = tags_column
         self.given_labels = None if labels is None else [str(label).strip() for label in labels]
@@ -92,20 +90,6 @@ class TokenClassificationDataModule(ConllDataModule):
         self._labels: list[str] | None = None
 
     # --- where the data is ------------------------------------------------------------------------
-    @property
-    def from_hub(self) -> bool:
-        return bool(self.dataset_name)
-
-    @property
-    def eval_splits(self) -> list[str]:
-        test = self.hub_splits["test"] if self.from_hub else self.files["test"]
-        return ["validation"] + (["test"] if test else [])
-
-    def where(self, split: str) -> str:
-        if self.from_hub:
-            return f"task.dataset_name={self.dataset_name} split '{self.hub_splits[split]}'"
-        return str(self.files[split])
-
     def _path(self, split: str) -> Path:
         from grain.data.own_data import SPLIT_KEYS, resolve_file
 
