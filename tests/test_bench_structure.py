@@ -67,19 +67,16 @@ def test_command_refuses_masks_that_do_not_fit(tmp_path, capsys):
 
 def test_readme_structure_commands_run_as_written(tmp_path, capsys):
     """The README's `grain.bench.structure` commands, with a tiny shape appended (the last --shapes wins)."""
-    import shlex
-
-    from tests.conftest import REPO
+    from tests.test_readme_commands import readme_commands
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     masks = {kind: (torch.rand(6, n, generator=torch.Generator().manual_seed(0)) < 0.2).float()
              for kind, n in MINILM.units_per_layer.items()}
     save_file(masks, str(run_dir / "masks.safetensors"))
-    commands = [shlex.split(line, comments=True) for line in (REPO / "README.md").read_text().splitlines()
-                if "-m grain.bench.structure" in line and not line.startswith("`")]
+    commands = readme_commands("On GPUs", "grain.bench.structure")
     assert len(commands) == 3
     for words in commands:
-        args = [str(run_dir) if arg.startswith("outputs/") else arg for arg in words[3:]]
+        args = [str(run_dir) if arg.startswith("outputs/") else arg for arg in words]
         assert main(args + ["--device", "cpu", "--shapes", "1x8", "--min-run-time", "0.02"]) == 0, args
     assert capsys.readouterr().out.count("FLOPs-ideal") >= 3

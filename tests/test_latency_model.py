@@ -78,16 +78,13 @@ def test_measured_model_is_cached_and_reused(tmp_path):
 
 def test_readme_latency_model_command_runs_as_written(tmp_path, capsys):
     """The README's `grain.bench.latency_model` command, with cheap settings appended (the last wins)."""
-    import shlex
-
     from grain.bench.latency_model import main
-    from tests.conftest import REPO
+    from tests.test_readme_commands import readme_commands
 
-    commands = [shlex.split(line, comments=True) for line in (REPO / "README.md").read_text().splitlines()
-                if line.startswith(".venv/bin/python -m grain.bench.latency_model")]
+    commands = readme_commands("Comparing runs and measuring speed", "grain.bench.latency_model")
     assert len(commands) == 1
     cheap = ["--batch", "2", "--seq-len", "8", "--min-run-time", "0.002", "--check", "0.9",
              "--cache-dir", str(tmp_path)]
-    assert main(commands[0][3:] + cheap) == 0
+    assert main(commands[0] + cheap) == 0
     out = capsys.readouterr().out
     assert "predicted ms" in out and "dense (predicted)" in out

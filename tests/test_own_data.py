@@ -19,6 +19,7 @@ from grain.data.text_classification import TextClassificationEvaluator, sorted_l
 from grain.errors import GrainError
 from grain.training import build_datamodule
 from tests.conftest import FIXTURES, REPO, compose_config
+from tests.test_readme_commands import readme_commands
 
 OWN = FIXTURES / "own_data"
 TRAIN_CSV, DEV_CSV = OWN / "sst2_train.csv", OWN / "sst2_dev.csv"
@@ -253,21 +254,6 @@ def test_a_dataset_directory_through_dataset_name_keeps_its_class_names(tokenize
 # --- the README's section, run as written -----------------------------------------------------------
 
 
-def readme_own_data_commands() -> list[list[str]]:
-    import re
-    import shlex
-
-    text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Prune your own model on your own data\n(.*?)(?=^## )", text, flags=re.S | re.M).group(1)
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
-        for line in block.splitlines():
-            words = shlex.split(line, comments=True)
-            if words[1:3] == ["-m", "grain.run"]:
-                commands.append(words[3:])
-    return commands
-
-
 def run_in_repo(args, tmp_path):
     """grain.run from the repository root (the README's relative paths), its outputs and caches in tmp_path."""
     env = dict(os.environ, PROJECT_ROOT=str(tmp_path), WANDB_MODE="offline")
@@ -278,7 +264,7 @@ def run_in_repo(args, tmp_path):
 
 
 def test_readme_own_data_commands_run_as_written(tmp_path):
-    commands = readme_own_data_commands()
+    commands = readme_commands("Prune your own model on your own data")
     assert len(commands) == 2 and "task=text_classification" in commands[0]
     assert any(arg.startswith("teacher.path=") for arg in commands[1])
     cheap = ["model=tiny", "trainer.max_steps=3", "logger=csv"]

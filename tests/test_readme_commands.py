@@ -18,21 +18,22 @@ from tests.test_run import run_grain, summaries
 CHEAP = ["model=tiny", "trainer.max_steps=2", "logger=csv"]
 
 
-def readme_run_commands() -> list[list[str]]:
-    """The grain.run commands of the README's "Running" section, as argument lists (comments dropped)."""
+def readme_commands(section: str = "Running", module: str = "grain.run") -> list[list[str]]:
+    """The `python -m <module>` commands of a README section's bash blocks, as argument lists after
+    the module (comments dropped)."""
     text = (REPO / "README.md").read_text()
-    section = re.search(r"^## Running\n(.*?)(?=^## )", text, flags=re.S | re.M).group(1)
+    body = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## )", text, flags=re.S | re.M).group(1)
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
         for line in block.splitlines():
             words = shlex.split(line, comments=True)
-            if words[1:3] == ["-m", "grain.run"]:
+            if words[1:3] == ["-m", module]:
                 commands.append(words[3:])
     return commands
 
 
 def test_readme_lists_the_documented_commands():
-    commands = readme_run_commands()
+    commands = readme_commands()
     assert len(commands) >= 5
     assert any("-m" in args for args in commands), "the README shows a sweep"
     assert any(arg.startswith("teacher.path=") for args in commands for arg in args)
@@ -56,7 +57,7 @@ def fill_placeholders(args: list[str], runs: list[Path]) -> list[str]:
 
 def test_every_readme_run_command_runs(tmp_path):
     runs: list[Path] = []  # single runs in order, for the placeholders
-    for args in readme_run_commands():
+    for args in readme_commands():
         smoke = "model=tiny" in args
         extra = CHEAP + ([] if smoke else ["stages=[teacher,prune]"])
         args = fill_placeholders(args, runs)
