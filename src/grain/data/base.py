@@ -13,6 +13,7 @@ from typing import Any, Callable
 import datasets
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
@@ -204,11 +205,25 @@ class TaskDataModule(pl.LightningDataModule):
         if state_dict.get("train_loader") is not None:
             self._train_loader_state = state_dict["train_loader"]
 
-    def eval_dataloader(self, split: str) -> DataLoader:
-        return self._loader(self.dataset(split), self.eval_batch_size)
+    def eval_dataloader(self, split: str, sampler=None) -> DataLoader:
+        """The whole split in order (one process), or the part `sampler` picks."""
+        return self._loader(self.dataset(split), self.eval_batch_size, sampler)
 
     def val_dataloader(self):
-        return [self.eval_dataloader(split) for split in self.eval_splits]
+        """One loader per eval split. Under DDP each process reads a disjoint part and no row twice
+        (Lightning's default DistributedSampler pads with repeats, which would count rows twice);
+        `SplitEvaluation` gathers the parts before computing the metrics over the whole split."""
+        trainer = getattr(self, "trainer", None)
+        world = trainer.world_size if trainer is not None else 1
+        loaders = []
+        for split in self.eval_splits:
+            sampler = None
+            if world > 1:
+                sampler = UnrepeatedDistributedSampler(
+                    self.dataset(split), num_replicas=world, rank=trainer.global_rank, shuffle=False
+                )
+            loaders.append(self.eval_dataloader(split, sampler))
+        return loaders
 
     def local_path(self, relative: str) -> Path:
         path = self.data_dir / relative

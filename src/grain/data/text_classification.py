@@ -23,22 +23,28 @@ from omegaconf import DictConfig, OmegaConf
 from grain.data.base import TaskDataModule, file_signature
 from grain.data.own_data import OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
 from grain.errors import GrainError
+from grain.metrics.gather import GatheredRows
 
 CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
 
 
-class TextClassificationEvaluator:
+class TextClassificationEvaluator(GatheredRows):
     """Accumulates one eval split. Classification: `accuracy`, `f1` (of the second label when there are
     two, e.g. "1" or "positive"; macro-averaged over the labels otherwise), `f1_macro`, `matthews`.
-    Regression (num_labels 1): `pearson`, `spearman`, `mse`. All from torchmetrics, per process."""
+    Regression (num_labels 1): `pearson`, `spearman`, `mse`. All from torchmetrics, over the rows
+    collected here (every process's after `gather()`)."""
+
+    gathered = ("predictions", "labels")
 
     def __init__(self, num_labels: int):
         from torchmetrics import classification as tmc
         from torchmetrics import regression as tmr
 
         self.regression = num_labels == 1
-        local = {"sync_on_compute": False}  # each process evaluates the whole split (see metrics/classification.py)
+        self.predictions: list[torch.Tensor] = []  # per batch, CPU: label ids, or floats for regression
+        self.labels: list[torch.Tensor] = []
+        local = {"sync_on_compute": False}  # rows are gathered before compute (GatheredRows), not by torchmetrics
         if self.regression:
             with warnings.catch_warnings():  # Spearman keeps the split's predictions: one float per row is fine
                 warnings.simplefilter("ignore", UserWarning)
@@ -64,12 +70,17 @@ class TextClassificationEvaluator:
             labels = labels.float().reshape(-1)
         else:
             predictions = outputs.logits.argmax(dim=-1).cpu()
-        for metric in self.metrics.values():
-            metric.update(predictions, labels)
+        self.predictions.append(predictions)
+        self.labels.append(labels)
 
     def compute(self) -> dict[str, float]:
+        if not self.predictions:
+            raise ValueError("TextClassificationEvaluator.compute: no rows were collected (an empty eval split)")
+        predictions, labels = torch.cat(self.predictions), torch.cat(self.labels)
         results = {}
         for name, metric in self.metrics.items():
+            metric.reset()
+            metric.update(predictions, labels)
             value = float(metric.compute())
             results[name] = 0.0 if math.isnan(value) else value  # a constant prediction has no correlation
         return results

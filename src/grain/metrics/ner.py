@@ -5,16 +5,20 @@ from __future__ import annotations
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
+from grain.metrics.gather import GatheredRows
+
 IGNORE_INDEX = -100
 
 
-class NEREvaluator:
+class NEREvaluator(GatheredRows):
     """Collects tag sequences of an eval split; `compute()` -> {"f1", "precision", "recall", "accuracy"}
     in [0, 1]. f1/precision/recall are micro-averaged over entities (an entity counts only when its
     type and both boundaries match); accuracy is per labelled token.
 
     labels: the tag names, indexed by label id (e.g. CoNLL's ["O", "B-PER", ...]).
     """
+
+    gathered = ("predictions", "references")
 
     def __init__(self, labels: list[str]):
         self.labels = list(labels)

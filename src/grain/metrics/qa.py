@@ -8,6 +8,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from torchmetrics.text import SQuAD
 
+from grain.metrics.gather import GatheredRows
+
 
 def best_span(
     start_logits: np.ndarray,
@@ -110,11 +112,14 @@ def squad_scores(predictions: dict[str, str], examples: Iterable[dict]) -> dict[
     return {"exact_match": float(scores["exact_match"]) / 100, "f1": float(scores["f1"]) / 100}
 
 
-class QAEvaluator:
+class QAEvaluator(GatheredRows):
     """Collects window logits over an eval split; `compute()` -> {"exact_match", "f1"} in [0, 1].
 
     examples: the split's raw rows (id, context, answers) that the batches' `example_index` points into.
+    Windows are keyed by `example_index`, so rows gathered from several processes come in any order.
     """
+
+    gathered = ("example_index", "offsets", "start_logits", "end_logits")
 
     def __init__(self, examples, n_best: int = 20, max_answer_length: int = 30):
         self.examples = examples

@@ -36,7 +36,10 @@ def decay_groups(named_params, weight_decay: float, no_decay_params=()) -> list[
 
 class SplitEvaluation:
     """Mixin for LightningModules: runs the datamodule's evaluators over the validation loaders and
-    logs `<prefix>/<split>/<metric>`. Needs `self.metric_prefix` and `self.eval_model()`."""
+    logs `<prefix>/<split>/<metric>`. Needs `self.metric_prefix` and `self.eval_model()`.
+
+    Under DDP every process validates its own part of each split; the evaluators gather the parts
+    (`GatheredRows.gather`) before computing, so every process logs the metrics of the whole split."""
 
     def on_validation_epoch_start(self) -> None:
         datamodule = self.trainer.datamodule
@@ -49,5 +52,7 @@ class SplitEvaluation:
 
     def on_validation_epoch_end(self) -> None:
         for split, evaluator in zip(self._eval_splits, self._evaluators):
+            if self.trainer.world_size > 1:
+                evaluator.gather()
             for name, value in evaluator.compute().items():
                 self.log(f"{self.metric_prefix}/{split}/{name}", value, prog_bar=split == "validation")
