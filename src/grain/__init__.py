@@ -6,6 +6,7 @@ Importing the package registers the compact (pruned) model classes with the HF A
 
 __version__ = "0.1.0"
 
+import grain.slurm  # noqa: F401  (registers the run-directory resolver of conf/hydra/default.yaml)
 from grain.models.compact import register_auto_classes as _register_auto_classes
 
 _register_auto_classes()
