@@ -298,10 +298,10 @@ def test_random_models_of_each_family(name, model_type, positions, tmp_path):
 
     cfg = compose_config([f"model={name}"], tmp_path)
     validate_config(cfg)
-    model = load_task_model(cfg.model, "classification", 2)
+    model = load_task_model(cfg.model, AutoModelForSequenceClassification, 2)
     assert model.config.model_type == model_type and model.config.max_position_embeddings == positions
     assert model.config.vocab_size == 30522 and model.config.pad_token_id == 0  # the MiniLM tokenizer's
-    again = load_task_model(cfg.model, "classification", 2)
+    again = load_task_model(cfg.model, AutoModelForSequenceClassification, 2)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))  # seeded
 
 

@@ -34,7 +34,7 @@ def test_every_task_and_model_composes(task, model, tmp_path):
     validate_config(cfg)
     assert cfg.task.name == task
     assert cfg.model.name == model
-    assert cfg.task.datamodule._target_.startswith("grain.data.")
+    assert cfg.task.datamodule._target_.startswith("grain.tasks.")
     OmegaConf.to_container(cfg.task, resolve=True)
 
 

@@ -5,9 +5,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grain.data.conll import CONLL_LABELS, ConllDataModule, first_subtoken_labels, read_conll
+from grain.tasks.token_classification.conll import CONLL_LABELS, ConllDataModule, read_conll
 from grain.errors import GrainError
-from grain.metrics.ner import NEREvaluator
+from grain.tasks.token_classification.metrics import NEREvaluator
+from grain.tasks.token_classification.task import TokenClassificationTask, first_subtoken_labels
 from grain.training import build_datamodule
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config
 
@@ -42,7 +43,7 @@ def test_reads_sentences_and_skips_docstart():
 def test_first_subtoken_alignment(tokenizer, tmp_path):
     assert first_subtoken_labels([None, 0, 0, 1, None], [3, 0]) == [-100, 3, -100, 0, -100]
     dm = conll_datamodule(tokenizer, tmp_path)
-    assert dm.num_labels == 9 and dm.task_type == "ner"
+    assert dm.num_labels == 9 and isinstance(dm, TokenClassificationTask)
     feature = dm.dataset("train")[2]  # BRUSSELS 1996-08-22: the date is 5 word pieces
     tokens = tokenizer.convert_ids_to_tokens(feature["input_ids"])
     assert tokens == ["[CLS]", "brussels", "1996", "-", "08", "-", "22", "[SEP]"]

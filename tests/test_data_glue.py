@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from grain.data.glue import read_tsv
+from grain.tasks.classification.glue import read_tsv
 from grain.errors import GrainError
 from grain.training import build_datamodule
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from grain.data.squad import read_squad_json, split_by_article
+from grain.tasks.question_answering.squad import read_squad_json, split_by_article
 from grain.errors import GrainError
-from grain.metrics.qa import QAEvaluator, postprocess_qa_predictions, squad_scores
+from grain.tasks.question_answering.metrics import QAEvaluator, postprocess_qa_predictions, squad_scores
 from grain.training import build_datamodule
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config
 

@@ -176,7 +176,7 @@ def test_every_family_factorizes_and_compacts_with_the_factors(model_name, tmp_p
     from grain.stages.prune import init_student
 
     cfg = compose_config([f"model={model_name}", "student.embedding_rank=16", "student.init=pretrained"], tmp_path)
-    reference = load_task_model(cfg.model, "classification", 2).eval()
+    reference = load_task_model(cfg.model, AutoModelForSequenceClassification, 2).eval()
     student = init_student(cfg, reference, 2).eval()
     assert factorized_rank(student) == 16
     masks = half_masks(EncoderShape.of(student))

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from grain.metrics.classification import ClassificationEvaluator
+from grain.tasks.classification.metrics import ClassificationEvaluator
 
 
 def _evaluate_on_rank0_only(rank: int, init_file: str, out_file: str) -> None:
@@ -50,7 +50,7 @@ def test_two_process_validation_logs_the_whole_split(tmp_path):
     sampler repeated a row to even the halves); now both log the single-process metric of all 23."""
     from tests.test_student import setup_parts
 
-    from grain.metrics.evaluate import evaluate
+    from grain.tasks.evaluate import evaluate
     from grain.stages.prune import build_student_module
 
     cfg, datamodule, teacher = setup_parts(tmp_path, ["task.max_eval_samples=23"])
@@ -88,7 +88,7 @@ _NER_PREDICTED = [[1, 2, 0, 0], [0, 0, 0, 0], [1, 0, 3, 0]]
 
 
 def _ner_evaluator():
-    from grain.metrics.ner import NEREvaluator
+    from grain.tasks.token_classification.metrics import NEREvaluator
 
     return NEREvaluator(_NER_TAGS)
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from grain.config import validate_config
-from grain.data.text_classification import TextClassificationEvaluator, sorted_labels
+from grain.tasks.classification.metrics import TextClassificationEvaluator
+from grain.tasks.classification.own_data import sorted_labels
 from grain.errors import GrainError
 from grain.training import build_datamodule
 from tests.conftest import FIXTURES, REPO, compose_config
@@ -305,7 +306,7 @@ SQUAD_DEV = FIXTURES / "squad" / "v1.1" / "dev.json"
 
 
 def conll_sentences(path):
-    from grain.data.token_classification import read_column_file
+    from grain.tasks.token_classification.own_data import read_column_file
 
     table = read_column_file(path)
     return table["tokens"], table["tags"]
@@ -373,7 +374,7 @@ def test_question_answering_reads_squad_json_and_refuses_v2_and_bad_offsets(toke
                           "task.datamodule.doc_stride=16"], tmp_path)
     validate_config(cfg)
     dm = own_datamodule(cfg, tokenizer)
-    from grain.data.squad import read_squad_json
+    from grain.tasks.question_answering.squad import read_squad_json
 
     assert dm.raw_split("validation")["id"] == read_squad_json(SQUAD_DEV)["id"]
     dm.setup("fit")

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from grain.data.sampler import EpochSeededRandomSampler, ResumableDataLoader
+from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
 from grain.stages.prune import PeriodicCheckpoint, build_student_module
 from tests.conftest import FIXTURES
 from tests.test_student import setup_parts

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import open_dict
+from transformers import AutoModelForSequenceClassification
 
 from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings, validate_config
 from grain.errors import GrainError
@@ -142,7 +143,7 @@ def test_a_damaged_model_file_fails_to_load_in_one_line(tmp_path, tiny_bert, tok
     teacher = saved_model_dir(tiny_bert, tokenizer, tmp_path / "teacher")
     (teacher / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(GrainError) as err:
-        load_task_model(cfg.model, "classification", 3, path=str(teacher))
+        load_task_model(cfg.model, AutoModelForSequenceClassification, 3, path=str(teacher))
     assert str(teacher) in one_line(err)
     with pytest.raises(GrainError) as err:
         load_tokenizer("not a valid repo id!!")  # transformers: 'Repo id must use alphanumeric chars', 70 lines
@@ -201,7 +202,7 @@ def mnli_teacher_dirs(cfg, tokenizer, tmp_path):
     rows) in another order, as a teacher fine-tuned elsewhere may be."""
     from grain.models.backbone import load_task_model
 
-    model = load_task_model(cfg.model, "classification", 3)
+    model = load_task_model(cfg.model, AutoModelForSequenceClassification, 3)
     model.config.id2label, model.config.label2id = dict(enumerate(MNLI)), {n: i for i, n in enumerate(MNLI)}
     in_order = saved_model_dir(model, tokenizer, tmp_path / "in_order")
     other = ["contradiction", "neutral", "entailment"]

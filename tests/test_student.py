@@ -5,6 +5,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from grain.models.backbone import load_task_model
 from grain.stages.prune import build_student_module
@@ -23,7 +24,7 @@ def setup_parts(tmp_path, overrides=()):
 
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, None)
-    teacher = load_task_model(cfg.model, "classification", 2)
+    teacher = load_task_model(cfg.model, AutoModelForSequenceClassification, 2)
     return cfg, datamodule, teacher
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from grain.errors import GrainError
-from grain.metrics.evaluate import evaluate
+from grain.tasks.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.stages.teacher import META_FILE, run_teacher_stage, save_teacher, teacher_cache_dir
 from grain.training import build_datamodule
@@ -21,7 +21,7 @@ def teacher_cfg(tmp_path, *overrides):
 def cache_a_teacher(cfg, tokenizer, meta):
     """Put a (random tiny) teacher in the cache where run_teacher_stage looks for it, with `meta`."""
     datamodule = build_datamodule(cfg, tokenizer, cfg.teacher.batch_size, cfg.teacher.max_train_samples)
-    model = load_task_model(cfg.model, cfg.task.type, datamodule.num_labels)
+    model = load_task_model(cfg.model, datamodule.auto_model_class, datamodule.num_labels)
     cache_dir = teacher_cache_dir(cfg, datamodule)
     save_teacher(model, tokenizer, cache_dir, meta)
     return cache_dir, model

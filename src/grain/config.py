@@ -9,7 +9,6 @@ from omegaconf import DictConfig, OmegaConf
 from grain.errors import GrainError
 
 STAGES = ("teacher", "prune", "compact")
-TASK_TYPES = ("classification", "qa", "ner")
 STUDENT_INITS = ("pretrained", "teacher")
 # Where the prune stage's checkpoints keep the settings of the run that wrote them (see resume_settings).
 CHECKPOINT_SETTINGS_KEY = "grain_settings"
@@ -65,8 +64,9 @@ def validate_config(cfg: DictConfig) -> None:
     unknown = [stage for stage in cfg.stages if stage not in STAGES]
     if unknown:
         raise GrainError(f"stages={list(cfg.stages)} has unknown stage(s) {unknown}; choose from {list(STAGES)}")
-    if cfg.task.type not in TASK_TYPES:
-        raise GrainError(f"task.type={cfg.task.type!r}; expected one of {list(TASK_TYPES)}")
+    from grain.tasks.base import task_class
+
+    task_class(cfg)  # task.datamodule._target_ names a Task
     if cfg.student.init not in STUDENT_INITS:
         raise GrainError(f"student.init={cfg.student.init!r}; expected one of {list(STUDENT_INITS)}")
     from grain.pruning.controller import SCORE_KINDS, UNIT_MODES
@@ -96,16 +96,11 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def validate_task_data(cfg: DictConfig) -> None:
-    """A task whose DataModule can check its data (files, columns, labels: the generic tasks on the
-    user's own files) does so here, through its `check_config(cfg)`, before anything trains."""
-    target = OmegaConf.select(cfg, "task.datamodule._target_")
-    if not isinstance(target, str) or not target.startswith("grain.data."):
-        return
-    from hydra.utils import get_class
+    """The task checks the data this run reads (files, columns, labels: the tasks on the user's own
+    files), through its `check_data(cfg)`, before anything trains."""
+    from grain.tasks.base import task_class
 
-    check = getattr(get_class(target), "check_config", None)
-    if check is not None:
-        check(cfg)
+    task_class(cfg).check_data(cfg)
 
 
 def _is_int(value) -> bool:
@@ -192,16 +187,9 @@ def validate_sizes(cfg: DictConfig) -> None:
                 f"e.g. {stage}.epochs=3 or {stage}.max_steps=1000"
             )
     check_count(cfg, "task.datamodule.max_length", "task.datamodule.max_length=128", minimum=8)
-    if cfg.task.type == "qa":
-        check_count(cfg, "task.datamodule.doc_stride", "task.datamodule.doc_stride=128")
-        if cfg.task.datamodule.doc_stride >= cfg.task.datamodule.max_length:
-            raise GrainError(
-                f"task.datamodule.doc_stride={cfg.task.datamodule.doc_stride} is not below "
-                f"task.datamodule.max_length={cfg.task.datamodule.max_length}; windows overlap by doc_stride "
-                f"tokens, e.g. max_length=384 doc_stride=128"
-            )
-        check_count(cfg, "task.datamodule.max_answer_length", "task.datamodule.max_answer_length=30")
-        check_count(cfg, "task.datamodule.n_best", "task.datamodule.n_best=20")
+    from grain.tasks.base import task_class
+
+    task_class(cfg).validate_settings(cfg)  # the settings only the task knows (sizes, counts)
     check_count(cfg, "pruner.frequency", "pruner.frequency=1")
     check_range(cfg, "pruner.beta", 0.0, 1.0, "pruner.beta=0.998", high_open=True)
     check_range(cfg, "distillation.temperature", 0.0, float("inf"), "distillation.temperature=2.0", low_open=True)

@@ -22,6 +22,7 @@ import grain  # noqa: F401
 from grain.models.backbone import load_task_model
 from grain.run import CONFIG_DIR
 from grain.stages.prune import build_student_module
+from grain.tasks.base import task_class
 
 
 class StepTimer(pl.Callback):
@@ -53,7 +54,7 @@ def fixed_batches(vocab_size: int, batch: int, seq_len: int, steps: int):
 def time_run(overrides: list[str], steps: int, batch: int, seq_len: int) -> tuple[StepTimer, object]:
     with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
         cfg = compose("config", overrides=overrides + ["student.init=teacher"])
-    teacher = load_task_model(cfg.model, "classification", 2)
+    teacher = load_task_model(cfg.model, task_class(cfg).auto_model_class, 2)  # the batches' labels: 0 or 1
     module = build_student_module(cfg, teacher, 2)
     timer = StepTimer()
     loader = torch.utils.data.DataLoader(fixed_batches(teacher.config.vocab_size, batch, seq_len, steps), batch_size=None)

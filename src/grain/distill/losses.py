@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -27,22 +29,20 @@ def soft_cross_entropy(
     return total / valid.sum().clamp_min(1)
 
 
-def prediction_logits(outputs, task_type: str) -> list[torch.Tensor]:
-    """The logits the KD loss compares: one tensor for classification/NER, start and end for QA."""
-    if task_type == "qa":
-        return [outputs.start_logits, outputs.end_logits]
-    return [outputs.logits]
+def kd_loss(
+    student_logits: Sequence[torch.Tensor],
+    teacher_logits: Sequence[torch.Tensor],
+    temperature: float,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KD on a task's logits: the sum over its logit tensors of `soft_cross_entropy`.
 
-
-def kd_loss(student_out, teacher_out, task_type: str, temperature: float, batch: dict) -> torch.Tensor:
-    """KD on the task's logits: for NER only real first-sub-token positions (labels != -100) count.
-
-    For QA the start and end losses are summed, as airaria/GRAIN (PruneDistiller.compute_loss adds
-    `kd_ce_loss` over the logits list (start_logits, end_logits)); one tensor for the other tasks.
+    student_logits, teacher_logits: the task's `prediction_logits` of each model, pairwise of one
+    shape ([..., classes]); valid: bool [...] of the positions that count (the task's
+    `distillation_positions`; None: all). Several tensors (QA's start and end logits) are summed, as
+    airaria/GRAIN (PruneDistiller.compute_loss adds `kd_ce_loss` over the logits list).
     """
-    valid = batch["labels"] != -100 if task_type == "ner" else None
-    pairs = zip(prediction_logits(student_out, task_type), prediction_logits(teacher_out, task_type))
-    losses = [soft_cross_entropy(s, t, temperature, valid) for s, t in pairs]
+    losses = [soft_cross_entropy(s, t, temperature, valid) for s, t in zip(student_logits, teacher_logits, strict=True)]
     return torch.stack(losses).sum()
 
 

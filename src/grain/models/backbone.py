@@ -9,23 +9,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 from safetensors import SafetensorError
-from transformers import (
-    AutoConfig,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from grain.architectures import architecture_of
 from grain.errors import GrainError
 
-AUTO_CLASS_BY_TASK_TYPE = {
-    "classification": AutoModelForSequenceClassification,
-    "qa": AutoModelForQuestionAnswering,
-    "ner": AutoModelForTokenClassification,
-}
 # Seed of the random "pre-trained" weights of model=tiny: the same for teacher and student.
 RANDOM_MODEL_SEED = 1234
 
@@ -75,16 +63,18 @@ def _first_line(err: BaseException) -> str:
 
 def load_task_model(
     model_cfg,
-    task_type: str,
+    auto_cls: type,
     num_labels: int | None,
     path: str | None = None,
 ) -> PreTrainedModel:
     """Build the model for a task: from `path` (a fine-tuned model) or the config's backbone.
 
-    `pretrained: random` (model=tiny, tiny-roberta, ...) builds a seeded random model with the
-    tokenizer's vocabulary, of the family `random_config.model_type` names (default "bert").
+    auto_cls: the transformers Auto class of the task's head (the task's `auto_model_class`);
+    num_labels: the head's outputs (None: the head's default). `pretrained: random` (model=tiny,
+    tiny-roberta, ...) builds a seeded random model with the tokenizer's vocabulary, of the family
+    `random_config.model_type` names (default "bert"). Raises GrainError where the model cannot be
+    loaded or its family is not one grain prunes.
     """
-    auto_cls = AUTO_CLASS_BY_TASK_TYPE[task_type]
     label_kwargs = {} if num_labels is None else {"num_labels": num_labels}
     if path is not None:
         return _from_pretrained(auto_cls, path, label_kwargs)

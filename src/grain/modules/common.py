@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import get_linear_schedule_with_warmup
 
-from grain.data.base import model_inputs
+from grain.tasks.base import model_inputs
 
 
 def adamw_with_linear_schedule(

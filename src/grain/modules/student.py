@@ -16,18 +16,21 @@ import logging
 import lightning.pytorch as pl
 import torch
 
-from grain.data.base import model_inputs
 from grain.distill.losses import hidden_mse, kd_loss
 from grain.distill.projections import HiddenProjections, matched_layers
 from grain.models.backbone import restore_output_capture
 from grain.models.slicing import compact_from_masked, slice_optimizer_state
 from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule, decay_groups
 from grain.pruning.controller import PruningController
+from grain.tasks.base import Task, model_inputs
 
 log = logging.getLogger(__name__)
 
 
 class StudentModule(SplitEvaluation, pl.LightningModule):
+    """Distils `student` from the frozen `teacher` while `controller` prunes it. `task` (the Task class
+    of the run) says which logits the KD loss compares and at which positions."""
+
     metric_prefix = "student"
 
     def __init__(
@@ -35,7 +38,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         student,
         teacher,
         controller: PruningController,
-        task_type: str,
+        task: type[Task],
         distill_cfg: dict,
         optim_cfg: dict,
         gradient_separation: bool = True,
@@ -47,7 +50,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         self.student = student
         self.teacher = teacher.eval().requires_grad_(False)
         self.controller = controller
-        self.task_type = task_type
+        self.task = task
         self.kd_weight = float(distill_cfg["kd_weight"])
         self.temperature = float(distill_cfg["temperature"])
         self.hard_label_weight = float(distill_cfg["hard_label_weight"])
@@ -90,7 +93,9 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         student_out = self.student(**student_inputs, output_hidden_states=use_hidden)
         prediction = torch.zeros((), device=self.device)
         if self.kd_weight > 0:
-            prediction = prediction + self.kd_weight * kd_loss(student_out, teacher_out, self.task_type, self.temperature, batch)
+            kd = kd_loss(self.task.prediction_logits(student_out), self.task.prediction_logits(teacher_out),
+                         self.temperature, self.task.distillation_positions(batch))
+            prediction = prediction + self.kd_weight * kd
         if self.hard_label_weight > 0:
             prediction = prediction + self.hard_label_weight * student_out.loss
         hidden = prediction.new_zeros(())

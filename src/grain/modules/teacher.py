@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 
-from grain.data.base import model_inputs
 from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule
+from grain.tasks.base import model_inputs
 
 
 class TeacherModule(SplitEvaluation, pl.LightningModule):

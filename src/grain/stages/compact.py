@@ -10,17 +10,17 @@ from huggingface_hub import ModelCard
 from omegaconf import DictConfig
 
 from grain.bench.measure import compare_models, format_table, serving_defaults
-from grain.data.base import model_inputs
-from grain.distill.losses import prediction_logits
-from grain.metrics.evaluate import evaluate
 from grain.models.compact import is_compact
 from grain.models.masks import attach_mask_hooks
 from grain.models.slicing import compact_from_masked, expand_to_masked
+from grain.tasks.base import model_inputs
+from grain.tasks.evaluate import evaluate
 
 
 @torch.inference_mode()
-def max_output_diff(model_a, model_b, datamodule, task_type: str) -> float:
-    """Largest |difference| between two models' task logits over the eval splits."""
+def max_output_diff(model_a, model_b, datamodule) -> float:
+    """Largest |difference| between two models' task logits (the task's `prediction_logits`) over the
+    eval splits of `datamodule` (a Task)."""
     largest = 0.0
     for model in (model_a, model_b):
         model.eval()
@@ -28,7 +28,8 @@ def max_output_diff(model_a, model_b, datamodule, task_type: str) -> float:
     for split in datamodule.eval_splits:
         for batch in datamodule.eval_dataloader(split):
             inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-            for a, b in zip(prediction_logits(model_a(**inputs), task_type), prediction_logits(model_b(**inputs), task_type)):
+            pairs = zip(datamodule.prediction_logits(model_a(**inputs)), datamodule.prediction_logits(model_b(**inputs)))
+            for a, b in pairs:
                 largest = max(largest, float((a - b).abs().max()))
     return largest
 
@@ -77,7 +78,6 @@ def benchmark(dense, compact, shapes: list[tuple[int, int]], device: torch.devic
 
 def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict, run_dir: Path) -> dict:
     datamodule = pruned.datamodule
-    task_type = cfg.task.type
     device = serving_device(cfg.trainer)
     masked, handles = masked_reference(pruned, teacher, device)
     if is_compact(pruned.student):
@@ -87,7 +87,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
         compact, _ = compact_from_masked(masked, pruned.controller.masks())
     compact.to(device).eval()
     result = {
-        "max_abs_logit_diff_vs_masked": max_output_diff(masked, compact, datamodule, task_type),
+        "max_abs_logit_diff_vs_masked": max_output_diff(masked, compact, datamodule),
         "metrics": evaluate(compact, datamodule, "compact"),
         "compacted_during_training": is_compact(pruned.student),
     }
@@ -106,7 +106,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
             "rank": int(rank),
             "metric": factorized_metrics.get(f"validation/{cfg.task.metric}"),
             "metrics": factorized_metrics,
-            "max_abs_logit_diff_vs_compact": max_output_diff(compact, factorized, datamodule, task_type),
+            "max_abs_logit_diff_vs_compact": max_output_diff(compact, factorized, datamodule),
             "params": sum(p.numel() for p in factorized.parameters()),
             "path": str(run_dir / "compact_factorized"),
         }

@@ -17,13 +17,14 @@ from safetensors.torch import save_file
 
 from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings
 from grain.errors import GrainError
-from grain.metrics.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.models.masks import EncoderShape
 from grain.models.slicing import factorize_input_embeddings
 from grain.modules.student import StudentModule
 from grain.pruning.controller import PruningController
 from grain.stages.teacher import name_labels
+from grain.tasks.base import task_class
+from grain.tasks.evaluate import evaluate
 from grain.training import build_datamodule, build_trainer
 from grain.viz import plot_structure
 
@@ -74,10 +75,12 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
 
 
 def init_student(cfg: DictConfig, teacher, num_labels):
+    """The student before distillation: a copy of the teacher or the pre-trained backbone with the
+    task's head (`num_labels` outputs), its word embeddings factorized with student.embedding_rank."""
     if cfg.student.init == "teacher":
         student = copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
     else:
-        student = load_task_model(cfg.model, cfg.task.type, num_labels)
+        student = load_task_model(cfg.model, task_class(cfg).auto_model_class, num_labels)
     rank = cfg.student.get("embedding_rank")
     if rank:  # the official recipe: word embeddings factorized (truncated SVD) before distillation, trained so
         size = student.get_input_embeddings().embedding_dim
@@ -91,12 +94,13 @@ def init_student(cfg: DictConfig, teacher, num_labels):
 
 
 def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
+    """The prune stage's LightningModule for the run `cfg`: student, controller, the task's KD."""
     student = init_student(cfg, teacher, num_labels).train()
     return StudentModule(
         student,
         teacher,
         build_controller(cfg, student),
-        task_type=cfg.task.type,
+        task=task_class(cfg),
         distill_cfg=dict(cfg.distillation),
         optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "adam_eps")},
         gradient_separation=cfg.pruner.gradient_separation,
@@ -108,7 +112,7 @@ def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
 class PeriodicCheckpoint(ModelCheckpoint):
     """`checkpoints/last.ckpt`, rewritten every `every_n_steps` optimizer steps and/or every `every_minutes`
     minutes of training, and at the end of the stage; a resume from it continues the run exactly (the
-    training loader's position is in it: grain.data.sampler).
+    training loader's position is in it: grain.tasks.sampler).
 
     The student optimizes manually, where Lightning's ModelCheckpoint ignores `train_time_interval` and
     warns at every step-triggered save; this class decides itself. Each save is atomic: written to a
@@ -177,8 +181,8 @@ class RecordSettings(pl.Callback):
 
 def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
-    module = build_student_module(cfg, teacher, getattr(datamodule, "num_labels", None))
-    name_labels(module.student, getattr(datamodule, "labels", None))  # the compact model inherits them
+    module = build_student_module(cfg, teacher, datamodule.num_labels)
+    name_labels(module.student, datamodule.labels)  # the compact model inherits them
     checkpoints = PeriodicCheckpoint(
         run_dir / "checkpoints",
         every_n_steps=cfg.student.get("checkpoint_every_n_steps"),

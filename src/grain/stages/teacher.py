@@ -15,11 +15,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from grain.data.base import fingerprint
 from grain.errors import GrainError
-from grain.metrics.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.modules.teacher import TeacherModule
+from grain.tasks.cache import fingerprint
+from grain.tasks.evaluate import evaluate
 from grain.training import build_datamodule, build_trainer, stage_steps
 
 META_FILE = "grain_teacher.json"
@@ -51,12 +51,12 @@ def teacher_cache_dir(cfg: DictConfig, datamodule) -> Path:
 
 def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> TeacherResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.teacher.batch_size, cfg.teacher.max_train_samples)
-    num_labels = getattr(datamodule, "num_labels", None)
-    labels = getattr(datamodule, "labels", None)  # classification and NER: the task's label names
+    head, num_labels = datamodule.auto_model_class, datamodule.num_labels
+    labels = datamodule.labels  # the task's label names, where its head has named outputs
     if cfg.teacher.path:
         order = teacher_label_order(str(cfg.teacher.path), labels, cfg.task.name) if labels else None
         try:
-            model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cfg.teacher.path))
+            model = load_task_model(cfg.model, head, num_labels, path=str(cfg.teacher.path))
         except GrainError as err:
             raise GrainError(f"teacher.path={cfg.teacher.path}: {err}") from err
         if order is not None:
@@ -67,13 +67,13 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
 
     cache_dir = teacher_cache_dir(cfg, datamodule)
     if (cache_dir / META_FILE).exists():
-        meta, model = load_cached_teacher(cfg, cache_dir, num_labels)
+        meta, model = load_cached_teacher(cfg, cache_dir, head, num_labels)
         name_labels(model, labels)
         datamodule.setup("validate")  # this run's evaluation set, not the one of the run that cached it
         metrics = evaluate(model, datamodule, "teacher (cached)")
         return TeacherResult(model, str(cache_dir), metrics, meta.get("train_seconds", 0.0), cached=True)
 
-    model = load_task_model(cfg.model, cfg.task.type, num_labels)
+    model = load_task_model(cfg.model, head, num_labels)
     name_labels(model, labels)  # the cached teacher and the models made from it carry the task's names
     module = TeacherModule(model, cfg.teacher.lr, cfg.teacher.weight_decay, cfg.teacher.warmup_ratio)
     trainer = build_trainer(cfg, cfg.teacher, run_dir / "teacher", logger)
@@ -145,11 +145,12 @@ def name_labels(model, labels: list[str] | None) -> None:
     model.config.label2id = {str(name): i for i, name in enumerate(labels)}
 
 
-def load_cached_teacher(cfg: DictConfig, cache_dir: Path, num_labels):
-    """The cached teacher and its metadata; a damaged cache is named, with the fix, not a traceback."""
+def load_cached_teacher(cfg: DictConfig, cache_dir: Path, auto_cls: type, num_labels: int | None):
+    """The cached teacher (built with the task's `auto_cls` head) and its metadata; a damaged cache is
+    named, with the fix, not a traceback (GrainError)."""
     try:
         meta = json.loads((cache_dir / META_FILE).read_text())
-        model = load_task_model(cfg.model, cfg.task.type, num_labels, path=str(cache_dir))
+        model = load_task_model(cfg.model, auto_cls, num_labels, path=str(cache_dir))
     except Exception as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GrainError(

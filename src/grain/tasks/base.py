@@ -1,24 +1,30 @@
-"""Shared parts of the task DataModules: source resolution, tokenized-dataset cache, loaders."""
+"""The base of every task: a LightningDataModule that also says how models of the task are built, scored
+and distilled.
+
+A task type (`grain.tasks.classification`, `.question_answering`, `.token_classification`) subclasses
+`Task` with what every data set of that type shares: the row layout its data modules load, how rows
+become model features, the evaluator, the transformers Auto class of the model head, which logits the
+distillation compares and at which positions. A data module (GLUE, SQuAD, CoNLL, the user's own files)
+subclasses its task type with where the rows come from. Callers ask the task (`datamodule.
+auto_model_class`, `datamodule.prediction_logits(outputs)`, ...) and never branch on what task it is.
+"""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 import datasets
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 
-from grain.data.sampler import EpochSeededRandomSampler, ResumableDataLoader  # noqa: F401 (re-exported)
 from grain.errors import GrainError
+from grain.tasks.cache import cached_dataset, fingerprint
+from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
 
 # Keys a HF model's forward accepts; everything else in a batch is bookkeeping for evaluation.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -26,67 +32,36 @@ LABEL_KEYS = ("labels", "start_positions", "end_positions")
 
 
 def model_inputs(batch: dict[str, Any], with_labels: bool = False) -> dict[str, torch.Tensor]:
+    """The entries of `batch` a model's forward takes: its inputs, and with `with_labels` its labels."""
     keys = MODEL_INPUT_KEYS + (LABEL_KEYS if with_labels else ())
     return {k: batch[k] for k in keys if k in batch}
 
 
-def fingerprint(*parts: Any) -> str:
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def file_signature(path: Path) -> list:
-    """Name and content hash of a data file: a copy of the same data (new path, new mtime) keeps its
-    cached teachers and tokenized splits; any edit to the content invalidates them."""
-    path = Path(path)
-    stat = path.stat()
-    return [path.name, _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)]
-
-
-@functools.lru_cache(maxsize=None)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """Hash of a file, computed once per process for a given size and mtime (the cache key)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def cached_dataset(cache_dir: Path | None, key: str, build: Callable[[], datasets.Dataset]) -> datasets.Dataset:
-    """Load a tokenized dataset from `cache_dir/tokenized/key`, building and saving it when absent.
-
-    The dataset is written to a temporary dir and renamed, so an interrupted run leaves no half cache.
-    """
-    if cache_dir is None:
-        return build()
-    target = Path(cache_dir) / "tokenized" / key
-    if target.exists():
-        return datasets.load_from_disk(str(target))
-    dataset = build()
-    tmp = target.with_name(f"{key}.tmp{os.getpid()}")
-    dataset.save_to_disk(str(tmp))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return datasets.load_from_disk(str(target))
-
-
 def seeded_subset(dataset: datasets.Dataset, max_samples: int | None, seed: int) -> datasets.Dataset:
+    """`max_samples` rows of `dataset` drawn with `seed` (all of it when None or not fewer)."""
     if max_samples is None or max_samples >= len(dataset):
         return dataset
     return dataset.shuffle(seed=seed).select(range(int(max_samples)))
 
 
-class TaskDataModule(pl.LightningDataModule):
-    """Base of the task DataModules.
+class Task(pl.LightningDataModule):
+    """Base of the tasks: a task's data (splits, tokenized features, loaders) and how its models are
+    built, scored and distilled.
 
-    Subclasses implement `load_split(split) -> datasets.Dataset` (raw rows) and
-    `tokenize_split(split, raw) -> datasets.Dataset` (model features plus bookkeeping columns), and
-    `make_evaluator(split)`. Eval splits are `validation` plus any extra ones the task has.
+    A task type sets `auto_model_class` and implements `tokenize_split(split, raw) -> datasets.Dataset`
+    (model features plus bookkeeping columns) and `make_evaluator(split)`; where it differs from the
+    defaults, `prediction_logits`, `distillation_positions` and `validate_settings`. A data module
+    implements `load_split(split) -> datasets.Dataset` (raw rows in its task type's layout) and
+    `source_signature(split)`, and sets `labels`/`num_labels` where the head has a label count. Eval
+    splits are `validation` plus any extra ones the data has.
     """
 
-    task_type = "classification"
+    # The transformers Auto class that builds the task's model head (e.g. AutoModelForSequenceClassification).
+    auto_model_class: ClassVar[type]
+    # The label names in the order of the head's outputs, and their count; None: the head has no labels
+    # to name (its outputs are fixed by the task type) or, for num_labels, the head's default count.
+    labels: list[str] | None = None
+    num_labels: int | None = None
 
     def __init__(
         self,
@@ -116,19 +91,48 @@ class TaskDataModule(pl.LightningDataModule):
         self._datasets: dict[str, datasets.Dataset] = {}
         self.raw: dict[str, datasets.Dataset] = {}
 
-    # --- implemented by subclasses -------------------------------------------------------------
+    # --- implemented by the data modules -----------------------------------------------------------
     def load_split(self, split: str) -> datasets.Dataset:
-        raise NotImplementedError
-
-    def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
-        raise NotImplementedError
-
-    def make_evaluator(self, split: str):
+        """The raw rows of a split, in the layout of the task type (see its class)."""
         raise NotImplementedError
 
     def source_signature(self, split: str) -> list:
-        """What identifies the raw data of a split (file path/size/mtime or hub name), for the cache."""
+        """What identifies the raw data of a split (file name and content hash, or hub name), for the cache."""
         raise NotImplementedError
+
+    # --- implemented by the task types ------------------------------------------------------------
+    def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
+        """The model features of a split's raw rows (plus what its evaluator needs)."""
+        raise NotImplementedError
+
+    def make_evaluator(self, split: str):
+        """A fresh evaluator of one eval split: `update(batch, outputs)` per batch, `gather()` under
+        DDP, `compute() -> {metric name: value}`."""
+        raise NotImplementedError
+
+    @classmethod
+    def prediction_logits(cls, outputs) -> list[torch.Tensor]:
+        """The logits a model's `outputs` predict the task with, which distillation compares between
+        teacher and student: here the one tensor `outputs.logits` ([batch, num_labels] or
+        [batch, seq, num_labels])."""
+        return [outputs.logits]
+
+    @classmethod
+    def distillation_positions(cls, batch: dict[str, Any]) -> torch.Tensor | None:
+        """Bool [batch, seq] marking the positions whose logits distillation compares, or None where
+        every row of `prediction_logits` counts (here)."""
+        return None
+
+    @classmethod
+    def validate_settings(cls, cfg: DictConfig) -> None:
+        """Check the task's own settings in a composed config (sizes, counts) before any data is read;
+        raises GrainError naming the setting. Nothing to check here."""
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        """Read and check the data the run `cfg` would use (files, columns, labels) before anything
+        trains; raises GrainError naming the file and the fix. Nothing to check here (the data
+        modules of the user's own files check theirs)."""
 
     @property
     def eval_splits(self) -> list[str]:
@@ -234,3 +238,24 @@ class TaskDataModule(pl.LightningDataModule):
                 f"to load the task from the hub"
             )
         return path
+
+
+def task_class(cfg: DictConfig) -> type[Task]:
+    """The Task class `task.datamodule._target_` names, imported but not built.
+
+    Raises GrainError when the target cannot be imported or is not a `Task`.
+    """
+    target = OmegaConf.select(cfg, "task.datamodule._target_")
+    example = "e.g. grain.tasks.classification.glue.GlueDataModule (conf/task/*.yaml)"
+    if not isinstance(target, str) or not target:
+        raise GrainError(f"task={cfg.task.get('name')} has no task.datamodule._target_; name its Task class, {example}")
+    from hydra.utils import get_class
+
+    try:
+        found = get_class(target)
+    except Exception as err:  # a missing module or class: Hydra wraps the ImportError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GrainError(f"task.datamodule._target_={target} cannot be imported ({reason}); {example}") from None
+    if not (isinstance(found, type) and issubclass(found, Task)):
+        raise GrainError(f"task.datamodule._target_={target} is not a grain.tasks.base.Task; {example}")
+    return found

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from grain.data.base import model_inputs
 from grain.models.backbone import eval_mode
+from grain.tasks.base import model_inputs
 
 
 @torch.inference_mode()

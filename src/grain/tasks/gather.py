@@ -8,7 +8,7 @@ import torch.distributed as dist
 class GatheredRows:
     """Mixin for evaluators that collect per-row results in list attributes named in `gathered`.
 
-    Under DDP each process validates a disjoint part of a split (`BaseDataModule.val_dataloader`).
+    Under DDP each process validates a disjoint part of a split (`Task.val_dataloader`).
     `gather()` replaces each of those lists, in every process, by the concatenation of all processes'
     lists (rank order), so that `compute()` gives the metrics of the whole split. It uses
     `all_gather_object`, which works with the gloo (CPU) and NCCL (GPU) backends alike; the rows are

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
+from omegaconf import DictConfig, OmegaConf
 
 from grain.errors import GrainError
 
@@ -131,8 +132,9 @@ def require_rows(where: str, dataset: datasets.Dataset) -> None:
 
 
 class OwnDataSource:
-    """Mixin for the DataModules of the user's own data (listed first among the bases): where each
-    split comes from, local files or a hub dataset's named splits."""
+    """Mixin for the data modules of the user's own data (listed first among the bases): where each
+    split comes from, local files or a hub dataset's named splits, and the checks of that data at
+    config validation (`check_data`, through the data module's `check(needs_train)`)."""
 
     def set_source(self, train_file, validation_file, test_file, dataset_name, dataset_config,
                    train_split, validation_split, test_split) -> None:
@@ -151,6 +153,24 @@ class OwnDataSource:
     @property
     def eval_splits(self) -> list[str]:
         return ["validation"] + (["test"] if self.has_split("test") else [])
+
+    @classmethod
+    def unloaded(cls, cfg: DictConfig):
+        """The data module of `cfg`'s task without a tokenizer, which reads nothing until asked (for checks)."""
+        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
+        params.pop("_target_", None)
+        return cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+
+    @staticmethod
+    def trains(cfg: DictConfig) -> bool:
+        """Whether the run `cfg` reads a training split (it prunes, or fine-tunes its teacher)."""
+        return "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path)
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        """Load and check every split the run `cfg` reads (`check`); raises GrainError naming the
+        file or setting and the fix."""
+        cls.unloaded(cfg).check(needs_train=cls.trains(cfg))
 
     def where(self, split: str) -> str:
         """How the errors name a split: its file, or the hub dataset and split."""

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import datasets
 
-from grain.data.base import TaskDataModule, file_signature
 from grain.errors import GrainError
-from grain.metrics.classification import ClassificationEvaluator
+from grain.tasks.cache import file_signature
+from grain.tasks.classification.task import ClassificationTask
 
 
 def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datasets.Dataset:
@@ -43,8 +43,8 @@ def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datase
     return datasets.Dataset.from_dict(rows)
 
 
-class GlueDataModule(TaskDataModule):
-    task_type = "classification"
+class GlueDataModule(ClassificationTask):
+    """A GLUE task's splits: the TSV files under `data_dir/local_subdir`, or the hub's glue/`hub_name`."""
 
     def __init__(
         self,
@@ -73,6 +73,10 @@ class GlueDataModule(TaskDataModule):
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def sentence_pairs(self) -> bool:
+        return bool(self.local_columns[1])
 
     @property
     def eval_splits(self) -> list[str]:
@@ -109,15 +113,3 @@ class GlueDataModule(TaskDataModule):
             "text_b": raw[text_b] if text_b else [None] * len(raw),
             "label": raw[label],
         })
-
-    def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
-        def tokenize(batch):
-            pair = batch["text_b"] if self.local_columns[1] else None
-            encoded = self.tokenizer(batch["text_a"], pair, truncation=True, max_length=self.max_length)
-            encoded["labels"] = batch["label"]
-            return encoded
-
-        return raw.map(tokenize, batched=True, remove_columns=raw.column_names, desc=f"tokenize {split}")
-
-    def make_evaluator(self, split: str) -> ClassificationEvaluator:
-        return ClassificationEvaluator(self.num_labels)

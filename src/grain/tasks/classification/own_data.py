@@ -12,79 +12,18 @@ names the file and the fix.
 from __future__ import annotations
 
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from grain.data.base import TaskDataModule, file_signature
-from grain.data.own_data import OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
 from grain.errors import GrainError
-from grain.metrics.gather import GatheredRows
-
-CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews")
-REGRESSION_METRICS = ("pearson", "spearman")
-
-
-class TextClassificationEvaluator(GatheredRows):
-    """Accumulates one eval split. Classification: `accuracy`, `f1` (of the second label when there are
-    two, e.g. "1" or "positive"; macro-averaged over the labels otherwise), `f1_macro`, `matthews`.
-    Regression (num_labels 1): `pearson`, `spearman`, `mse`. All from torchmetrics, over the rows
-    collected here (every process's after `gather()`)."""
-
-    gathered = ("predictions", "labels")
-
-    def __init__(self, num_labels: int):
-        from torchmetrics import classification as tmc
-        from torchmetrics import regression as tmr
-
-        self.regression = num_labels == 1
-        self.predictions: list[torch.Tensor] = []  # per batch, CPU: label ids, or floats for regression
-        self.labels: list[torch.Tensor] = []
-        local = {"sync_on_compute": False}  # rows are gathered before compute (GatheredRows), not by torchmetrics
-        if self.regression:
-            with warnings.catch_warnings():  # Spearman keeps the split's predictions: one float per row is fine
-                warnings.simplefilter("ignore", UserWarning)
-                spearman = tmr.SpearmanCorrCoef(**local)
-            self.metrics = {
-                "pearson": tmr.PearsonCorrCoef(**local),
-                "spearman": spearman,
-                "mse": tmr.MeanSquaredError(**local),
-            }
-        else:
-            self.metrics = {
-                "accuracy": tmc.MulticlassAccuracy(num_classes=num_labels, average="micro", **local),
-                "f1": tmc.BinaryF1Score(**local) if num_labels == 2
-                else tmc.MulticlassF1Score(num_classes=num_labels, average="macro", **local),
-                "f1_macro": tmc.MulticlassF1Score(num_classes=num_labels, average="macro", **local),
-                "matthews": tmc.MulticlassMatthewsCorrCoef(num_classes=num_labels, **local),
-            }
-
-    def update(self, batch: dict, outputs) -> None:
-        labels = batch["labels"].cpu()
-        if self.regression:
-            predictions = outputs.logits.detach().float().cpu().reshape(-1)
-            labels = labels.float().reshape(-1)
-        else:
-            predictions = outputs.logits.argmax(dim=-1).cpu()
-        self.predictions.append(predictions)
-        self.labels.append(labels)
-
-    def compute(self) -> dict[str, float]:
-        if not self.predictions:
-            raise ValueError("TextClassificationEvaluator.compute: no rows were collected (an empty eval split)")
-        predictions, labels = torch.cat(self.predictions), torch.cat(self.labels)
-        results = {}
-        for name, metric in self.metrics.items():
-            metric.reset()
-            metric.update(predictions, labels)
-            value = float(metric.compute())
-            results[name] = 0.0 if math.isnan(value) else value  # a constant prediction has no correlation
-        return results
-
+from grain.tasks.cache import file_signature
+from grain.tasks.classification.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TextClassificationEvaluator
+from grain.tasks.classification.task import ClassificationTask
+from grain.tasks.own_data import OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
 
 def _label_name(value) -> str | None:
     """A label value as its name: 1, 1.0 and "1" are all "1"; None (an empty cell) stays None."""
@@ -105,8 +44,8 @@ def sorted_labels(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-class TextClassificationDataModule(OwnDataSource, TaskDataModule):
-    task_type = "classification"
+class TextClassificationDataModule(OwnDataSource, ClassificationTask):
+    """`task=text_classification`: the user's own files or hub dataset, with the label column mapped to ids."""
 
     def __init__(
         self,
@@ -296,13 +235,10 @@ class TextClassificationDataModule(OwnDataSource, TaskDataModule):
                 )
 
     @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        """Called by config validation: the data this run would read, checked before anything trains."""
-        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
-        params.pop("_target_", None)
-        module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-        trains = "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path)
-        module.check(needs_train=trains)
+    def check_data(cls, cfg: DictConfig) -> None:
+        """The data checks of every own-data task, then: regression needs the hard-label loss."""
+        module = cls.unloaded(cfg)
+        module.check(needs_train=cls.trains(cfg))
         distill = cfg.get("distillation") or {}
         if module.regression and "prune" in cfg.stages and not distill.get("hard_label_weight", 0):
             raise GrainError(
@@ -312,6 +248,10 @@ class TextClassificationDataModule(OwnDataSource, TaskDataModule):
             )
 
     # --- rows and features ------------------------------------------------------------------------
+    @property
+    def sentence_pairs(self) -> bool:
+        return len(self.text_columns) == 2
+
     def load_split(self, split: str) -> datasets.Dataset:
         table = self.table(split)
         labels = self.label_ids(split)
@@ -324,17 +264,6 @@ class TextClassificationDataModule(OwnDataSource, TaskDataModule):
             "text_b": text(self.text_columns[1]) if len(self.text_columns) == 2 else [None] * len(table),
             "label": labels,
         })
-
-    def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
-        pair = len(self.text_columns) == 2
-
-        def tokenize(batch):
-            encoded = self.tokenizer(batch["text_a"], batch["text_b"] if pair else None, truncation=True,
-                                     max_length=self.max_length)
-            encoded["labels"] = batch["label"]
-            return encoded
-
-        return raw.map(tokenize, batched=True, remove_columns=raw.column_names, desc=f"tokenize {split}")
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         batch = self.collator(features)

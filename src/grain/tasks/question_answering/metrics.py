@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from torchmetrics.text import SQuAD
 
-from grain.metrics.gather import GatheredRows
+from grain.tasks.gather import GatheredRows
 
 
 def best_span(

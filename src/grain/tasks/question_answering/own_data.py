@@ -1,7 +1,7 @@
 """`task=question_answering`: extractive QA on the user's own SQuAD-format JSON files (v1.1:
 `{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers"}]}]}]}`), or a
 hub dataset with SQuAD's columns (id, context, question, answers). Windows, the evaluator and the
-exact-match/F1 metrics are SQuAD's (`grain.data.squad`, `grain.metrics.qa`).
+exact-match/F1 metrics are the extractive-QA task type's (`grain.tasks.question_answering.task`).
 
 Every question needs an answer found in its context: v2.0's unanswerable questions are refused (the
 metrics and windows here are v1.1's), naming the file and how many there are.
@@ -12,17 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
 
-from grain.data.base import file_signature
-from grain.data.own_data import OwnDataSource, SPLIT_KEYS, load_hub_split, require_columns, require_rows
-from grain.data.squad import SquadDataModule, read_squad_json
 from grain.errors import GrainError
+from grain.tasks.cache import file_signature
+from grain.tasks.own_data import OwnDataSource, SPLIT_KEYS, load_hub_split, require_columns, require_rows
+from grain.tasks.question_answering.squad import read_squad_json
+from grain.tasks.question_answering.task import QuestionAnsweringTask
 
 SQUAD_COLUMNS = ("id", "context", "question", "answers")
 
 
-class QuestionAnsweringDataModule(OwnDataSource, SquadDataModule):
+class QuestionAnsweringDataModule(OwnDataSource, QuestionAnsweringTask):
+    """`task=question_answering`: the user's SQuAD-format files or hub dataset, every answer checked."""
+
     def __init__(
         self,
         task_name: str = "question_answering",
@@ -36,7 +38,7 @@ class QuestionAnsweringDataModule(OwnDataSource, SquadDataModule):
         test_split: str | None = None,
         **kwargs,
     ):
-        super().__init__(offline_split=False, **kwargs)
+        super().__init__(**kwargs)
         self.task_name = task_name
         self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
                         train_split, validation_split, test_split)
@@ -104,10 +106,3 @@ class QuestionAnsweringDataModule(OwnDataSource, SquadDataModule):
             raise GrainError(f"task.dataset_name={self.dataset_name} and task.*_file are both set; read one of them")
         for split in (["train"] if needs_train else []) + self.eval_splits:
             self.table(split)
-
-    @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
-        params.pop("_target_", None)
-        module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-        module.check(needs_train="prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path))

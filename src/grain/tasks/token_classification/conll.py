@@ -1,25 +1,18 @@
-"""CoNLL-2003 NER: the CoNLL column format (`word POS chunk NER`, IOB2) or the hub's `conll2003`.
-
-Words are tokenized with `is_split_into_words`; each word's tag goes to its first sub-token and the
-other sub-tokens (and special tokens) get -100, so the loss, distillation and metrics see exactly one
-position per word. Words past `max_length` tokens are truncated away (and so are not scored).
-"""
+"""CoNLL-2003 NER: the CoNLL column format (`word POS chunk NER`, IOB2) or the hub's `conll2003`
+(features, metrics: the token-classification task type, `grain.tasks.token_classification.task`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import datasets
-from transformers import DataCollatorForTokenClassification
 
-from grain.data.base import TaskDataModule, file_signature
 from grain.errors import GrainError
-from grain.metrics.ner import NEREvaluator
+from grain.tasks.cache import file_signature
+from grain.tasks.token_classification.task import TokenClassificationTask
 
 # The order of the hub's conll2003 `ner_tags` ints, so local files and the hub give the same ids.
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-IGNORE_INDEX = -100  # positions the loss and metrics skip (PyTorch cross-entropy's default)
 
 
 def read_conll(path: Path, labels: list[str] = CONLL_LABELS) -> datasets.Dataset:
@@ -59,21 +52,9 @@ def read_conll(path: Path, labels: list[str] = CONLL_LABELS) -> datasets.Dataset
     return datasets.Dataset.from_dict(rows)
 
 
-def first_subtoken_labels(word_ids: list[int | None], tags: list[int]) -> list[int]:
-    """Per token: the word's tag on its first sub-token, -100 on later sub-tokens and special tokens.
+class ConllDataModule(TokenClassificationTask):
+    """CoNLL-2003's splits: the column files under `data_dir`, or the hub's `conll2003`; its nine tags."""
 
-    word_ids: per token the index of its word in the sentence, None for special tokens (as given by
-    a fast tokenizer's `word_ids()`); tags: per word its label id.
-    """
-    labels, previous = [], None
-    for word in word_ids:
-        labels.append(IGNORE_INDEX if word is None or word == previous else tags[word])
-        previous = word
-    return labels
-
-
-class ConllDataModule(TaskDataModule):
-    task_type = "ner"
     labels = CONLL_LABELS
 
     def __init__(
@@ -84,12 +65,6 @@ class ConllDataModule(TaskDataModule):
     ):
         super().__init__(**kwargs)
         self.local_files = {"train": local_file_train, "validation": local_file_validation}
-        # pads `labels` with -100 next to the model inputs, which DataCollatorWithPadding cannot
-        self.token_collator = DataCollatorForTokenClassification(self.tokenizer, label_pad_token_id=IGNORE_INDEX)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
 
     def source_signature(self, split: str) -> list:
         if self.data_dir is None:
@@ -101,22 +76,3 @@ class ConllDataModule(TaskDataModule):
             # the hub's ner_tags are ints in CONLL_LABELS order
             return datasets.load_dataset("conll2003", split=split).select_columns(["tokens", "ner_tags"])
         return read_conll(self.local_path(self.local_files[split]), self.labels)
-
-    def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
-        def tokenize(batch: dict) -> Any:
-            encoded = self.tokenizer(
-                batch["tokens"], is_split_into_words=True, truncation=True, max_length=self.max_length
-            )
-            encoded["labels"] = [
-                first_subtoken_labels(encoded.word_ids(i), tags) for i, tags in enumerate(batch["ner_tags"])
-            ]
-            return encoded
-
-        return raw.map(tokenize, batched=True, remove_columns=raw.column_names, desc=f"tokenize {split}")
-
-    def collate(self, features: list[dict]) -> dict[str, Any]:
-        """Pad input features and `labels` to [batch, seq] tensors (labels padded with -100)."""
-        return dict(self.token_collator(features))
-
-    def make_evaluator(self, split: str) -> NEREvaluator:
-        return NEREvaluator(self.labels)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 
-from grain.metrics.gather import GatheredRows
+from grain.tasks.gather import GatheredRows
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of the positions the loss, distillation and metrics skip (PyTorch cross-entropy's default)
 
 
 class NEREvaluator(GatheredRows):

@@ -4,7 +4,7 @@ Files: CoNLL column files (`.txt`, `.conll`, `.iob`, `.bio`: the word first, the
 between sentences, `-DOCSTART-` lines skipped), or json/jsonl/parquet rows with a list of tokens and a
 list of tags (`task.tokens_column`, `task.tags_column`), or a hub dataset (`task.dataset_name`).
 Tokenization, the first-sub-token labels, the collator and the seqeval entity F1 (strict IOB2) are
-CoNLL-2003's (`grain.data.conll`). Tags: those of the training split, `O` first, then per entity type
+the token-classification task type's (`grain.tasks.token_classification.task`), as CoNLL-2003's. Tags: those of the training split, `O` first, then per entity type
 `B-X`, `I-X` (both, whichever the file has), unless `task.labels` lists them.
 """
 
@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
 
-from grain.data.base import file_signature
-from grain.data.conll import ConllDataModule
-from grain.data.own_data import FORMATS, OwnDataSource, load_file, load_hub_split, require_columns, require_rows
 from grain.errors import GrainError
+from grain.tasks.cache import file_signature
+from grain.tasks.own_data import (
+    FORMATS, SPLIT_KEYS, OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file,
+)
+from grain.tasks.token_classification.task import TokenClassificationTask
 
 COLUMN_FORMATS = (".txt", ".conll", ".iob", ".iob2", ".bio")
 
@@ -58,8 +59,8 @@ def iob2_order(tags: set[str]) -> list[str]:
     return ["O"] + [f"{prefix}-{kind}" for kind in types for prefix in ("B", "I")]
 
 
-class TokenClassificationDataModule(OwnDataSource, ConllDataModule):
-    task_type = "ner"
+class TokenClassificationDataModule(OwnDataSource, TokenClassificationTask):
+    """`task=token_classification`: the user's tagged files or hub dataset, tags mapped to ids."""
 
     def __init__(
         self,
@@ -91,8 +92,6 @@ class TokenClassificationDataModule(OwnDataSource, ConllDataModule):
 
     # --- where the data is ------------------------------------------------------------------------
     def _path(self, split: str) -> Path:
-        from grain.data.own_data import SPLIT_KEYS, resolve_file
-
         value = self.files[split]
         if value and Path(str(value)).suffix.lower() in COLUMN_FORMATS:
             path = Path(str(value)).expanduser()
@@ -194,13 +193,6 @@ class TokenClassificationDataModule(OwnDataSource, ConllDataModule):
             self.tag_ids("train")
         for split in self.eval_splits:
             self.tag_ids(split)
-
-    @classmethod
-    def check_config(cls, cfg: DictConfig) -> None:
-        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
-        params.pop("_target_", None)
-        module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-        module.check(needs_train="prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path))
 
     def load_split(self, split: str) -> datasets.Dataset:
         return datasets.Dataset.from_dict({"tokens": self.table(split)["tokens"], "ner_tags": self.tag_ids(split)})

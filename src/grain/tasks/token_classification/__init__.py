@@ -1,0 +1,1 @@
+"""Token classification: one tag per word (NER-style IOB2 tags, scored as entities)."""
