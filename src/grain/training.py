@@ -1,4 +1,4 @@
-"""Building Lightning Trainers and DataModules from the config, the same way for every stage."""
+"""Building Lightning Trainers and task data modules from the config, the same way for every stage."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def kd_loss(
 
     student_logits, teacher_logits: the task's `prediction_logits` of each model, pairwise of one
     shape ([..., classes]); valid: bool [...] of the positions that count (the task's
-    `distillation_positions`; None: all). Several tensors (QA's start and end logits) are summed, as
+    `distillation_positions`; None: all). Several tensors (a span's start and end logits) are summed, as
     airaria/GRAIN (PruneDistiller.compute_loss adds `kd_ce_loss` over the logits list).
     """
     losses = [soft_cross_entropy(s, t, temperature, valid) for s, t in zip(student_logits, teacher_logits, strict=True)]

@@ -5,7 +5,7 @@ Labels are the training split's label values, sorted (numerically when they are 
 `task.labels` lists them (then that order); a hub dataset's ClassLabel names keep the dataset's order.
 `task.num_labels=1` makes it a regression task (float labels, Pearson/Spearman). Everything the data
 could get wrong (a missing file, split or column, an empty split, a dev label the training split
-lacks) is checked at config validation (`check_config`), before anything trains, in one line that
+lacks) is checked at config validation (`check_data`), before anything trains, in one line that
 names the file and the fix.
 """
 
