@@ -39,6 +39,7 @@ class ClassificationEvaluator(GatheredRows):
         return result
 
 
+# The task.metric choices of the user's own data (TextClassificationEvaluator's metrics).
 CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
 

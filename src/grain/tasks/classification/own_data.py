@@ -25,6 +25,7 @@ from grain.tasks.classification.metrics import CLASSIFICATION_METRICS, REGRESSIO
 from grain.tasks.classification.task import ClassificationTask
 from grain.tasks.own_data import OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
 
+
 def _label_name(value) -> str | None:
     """A label value as its name: 1, 1.0 and "1" are all "1"; None (an empty cell) stays None."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

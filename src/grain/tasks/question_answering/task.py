@@ -17,6 +17,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForQuestionAnswering
 
+from grain.config import check_count
 from grain.errors import GrainError
 from grain.tasks.base import MODEL_INPUT_KEYS, Task
 from grain.tasks.question_answering.metrics import QAEvaluator
@@ -74,8 +75,6 @@ class QuestionAnsweringTask(Task):
     @classmethod
     def validate_settings(cls, cfg: DictConfig) -> None:
         """task.datamodule.doc_stride (below max_length), max_answer_length and n_best: positive integers."""
-        from grain.config import check_count
-
         check_count(cfg, "task.datamodule.doc_stride", "task.datamodule.doc_stride=128")
         if cfg.task.datamodule.doc_stride >= cfg.task.datamodule.max_length:
             raise GrainError(
