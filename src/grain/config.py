@@ -302,13 +302,6 @@ def validate_checkpoint(cfg: DictConfig) -> None:
         )
 
 
-# Other families, recognised by name when a hub model's config is not on this machine: (name part,
-# HF model_type), the more specific first (DeBERTa-v3 checkpoints are model_type deberta-v2).
-OTHER_FAMILIES = (
-    ("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("deberta-v3", "deberta-v2"), ("deberta-v2", "deberta-v2"),
-    ("deberta", "deberta"), ("distilbert", "distilbert"), ("electra", "electra"), ("albert", "albert"),
-    ("camembert", "camembert"), ("mpnet", "mpnet"), ("modernbert", "modernbert"),
-)
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 
 
@@ -376,7 +369,9 @@ def model_config(cfg: DictConfig) -> dict | None:
     """config.json of the backbone (`model.pretrained`), or None where it is only on the hub."""
     pretrained = str(cfg.model.pretrained)
     if pretrained == "random":
-        return {"model_type": "bert", **OmegaConf.to_container(cfg.model.random_config, resolve=True)}
+        from grain.architectures import DEFAULT_MODEL_TYPE
+
+        return {"model_type": DEFAULT_MODEL_TYPE, **OmegaConf.to_container(cfg.model.random_config, resolve=True)}
     fix = "give a local model directory (with config.json), a hub name such as bert-base-uncased, or model=minilm (offline)"
     directory = local_model_dir("model.pretrained", pretrained, fix)
     if directory is None:
@@ -387,11 +382,9 @@ def model_config(cfg: DictConfig) -> dict | None:
 def model_family(cfg: DictConfig, config: dict | None) -> str | None:
     if config is not None and config.get("model_type"):
         return str(config["model_type"])
-    names = f"{cfg.model.name} {cfg.model.pretrained}".lower()
-    for name, model_type in OTHER_FAMILIES:
-        if name in names:
-            return model_type
-    return None
+    from grain.architectures import family_from_name
+
+    return family_from_name(f"{cfg.model.name} {cfg.model.pretrained}")
 
 
 def validate_models(cfg: DictConfig) -> None:

@@ -59,8 +59,13 @@ def require(*modules: str) -> None:
 
 
 def output_names(model) -> list[str]:
-    """The task head's outputs: start and end logits for question answering, else logits."""
-    return ["start_logits", "end_logits"] if "QuestionAnswering" in type(model).__name__ else ["logits"]
+    """The task head's output tensors, by the names its forward returns them under (e.g. `logits`, or
+    `start_logits` and `end_logits`), read from one forward of a 1 x 4 batch on the model's device."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in padded_batch(model, 1, 4).items()}
+    with torch.no_grad():
+        outputs = model(**inputs)
+    return [name for name, value in outputs.items() if torch.is_tensor(value) and name != "loss"]
 
 
 class TensorOutputs(nn.Module):

@@ -13,10 +13,29 @@ from grain.errors import GrainError
 
 ARCHITECTURES: tuple[Architecture, ...] = (BERT, ROBERTA, ELECTRA, DISTILBERT, DEBERTA_V2)
 
+# The family of a random model (`model.random_config`) that names no `model_type`.
+DEFAULT_MODEL_TYPE = "bert"
+
+# Families recognised by name when a hub model's config is not on this machine: (part of the name, HF
+# model_type), the more specific first (DeBERTa-v3 checkpoints are model_type deberta-v2). Families grain
+# does not support are listed too, so that they are refused before anything trains.
+NAMED_FAMILIES = (
+    ("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("deberta-v3", "deberta-v2"), ("deberta-v2", "deberta-v2"),
+    ("deberta", "deberta"), ("distilbert", "distilbert"), ("electra", "electra"), ("albert", "albert"),
+    ("camembert", "camembert"), ("mpnet", "mpnet"), ("modernbert", "modernbert"),
+)
+
 __all__ = [
-    "ARCHITECTURES", "Architecture", "COMPACT_EMPTY_BIAS", "COMPACT_LAYER", "ConfigFields", "LayerModules",
-    "architecture_of", "find_architecture", "supported_families",
+    "ARCHITECTURES", "Architecture", "COMPACT_EMPTY_BIAS", "COMPACT_LAYER", "ConfigFields", "DEFAULT_MODEL_TYPE",
+    "LayerModules", "NAMED_FAMILIES", "architecture_of", "family_from_name", "find_architecture", "supported_families",
 ]
+
+
+def family_from_name(name: str) -> str | None:
+    """The HF model_type a model name suggests (`"FacebookAI/roberta-base"` -> "roberta"), case-insensitive;
+    None when it names none of NAMED_FAMILIES (a BERT-like name, or an unknown one)."""
+    name = name.lower()
+    return next((model_type for part, model_type in NAMED_FAMILIES if part in name), None)
 
 
 def supported_families() -> list[str]:

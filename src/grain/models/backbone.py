@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from grain.architectures import architecture_of
+from grain.architectures import DEFAULT_MODEL_TYPE, architecture_of
 from grain.errors import GrainError
 
 # Seed of the random "pre-trained" weights of model=tiny: the same for teacher and student.
@@ -72,7 +72,7 @@ def load_task_model(
     auto_cls: the transformers Auto class of the task's head (the task's `auto_model_class`);
     num_labels: the head's outputs (None: the head's default). `pretrained: random` (model=tiny,
     tiny-roberta, ...) builds a seeded random model with the tokenizer's vocabulary, of the family
-    `random_config.model_type` names (default "bert"). Raises GrainError where the model cannot be
+    `random_config.model_type` names (default DEFAULT_MODEL_TYPE, BERT). Raises GrainError where the model cannot be
     loaded or its family is not one grain prunes.
     """
     label_kwargs = {} if num_labels is None else {"num_labels": num_labels}
@@ -97,7 +97,7 @@ def random_config(settings: dict, tokenizer, label_kwargs: dict):
     """The HF config of a random model: `settings` (a model yaml's random_config; its `model_type`
     picks the family, BERT by default) with the tokenizer's vocabulary size and padding id."""
     settings = dict(settings)
-    model_type = settings.pop("model_type", "bert")
+    model_type = settings.pop("model_type", DEFAULT_MODEL_TYPE)
     return AutoConfig.for_model(
         model_type, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **settings, **label_kwargs
     )
