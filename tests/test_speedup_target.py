@@ -45,6 +45,24 @@ def test_controller_reaches_the_predicted_speedup(cost):
     assert controller.predicted_speedup() == pytest.approx(dense / predicted)
 
 
+@pytest.mark.parametrize("cost", ["params", "latency"])
+def test_predicted_speedup_divides_the_measured_dense_model(cost):
+    """The target and the predicted speedup are over the dense model as the compact stage measures
+    it (the latency model's dense_latency_ms), not over the predicted compact form of the unpruned
+    model: predicted and measured speedups share a denominator."""
+    model = known_model()
+    model.dense_latency_ms = 0.8 * model.compact_dense_ms()
+    controller = PruningController(SHAPE, 0.0, score="random", cost=cost, target_speedup=1.5, latency_model=model,
+                                   start=0.0, end=0.0)
+    controller.set_total_steps(1)
+    for kind, score in seeded_scores().items():
+        getattr(controller, f"score_{kind}").copy_(score)
+    assert controller.end_step()
+    predicted = model.predict_masks(controller.masks(), SHAPE)
+    assert model.dense_latency_ms / 1.5 - 0.5 <= predicted <= model.dense_latency_ms / 1.5
+    assert controller.predicted_speedup() == pytest.approx(model.dense_latency_ms / predicted)
+
+
 def test_latency_cost_keeps_more_importance_at_equal_predicted_latency():
     """On the known table heads are dear and FFN neurons cheap in latency: charging latency keeps more
     importance at the same predicted speed than charging parameters."""

@@ -1,22 +1,57 @@
 """`python -m grain.bench.latency_model`: a measured latency model of the compact model on one device.
 
-The compact model's forward time is modelled as a sum of measured parts, for one device, dtype,
-torch version, batch and length (the key it is cached under):
+What it predicts: the forward time, in milliseconds, of a compact model (`grain.models.compact`)
+of any structure, on one device, in the device's serving dtype, at one [batch, length] shape (the
+compact stage's benchmark shape), as `grain.bench.latency.measure_latency` times it; and the dense
+model's time measured the way the compact stage measures it, so that predicted speedups compare
+with the compact stage's measured `compact.speedup` (same numerator, same denominator).
 
-    latency = fixed + sum over layers [ attention(heads of the layer) + ffn(width of the layer) ]
-    attention(no head)  = attention_empty            (the output bias, residual add and LayerNorm)
-    attention(heads)    = attention_base + sum over heads head(qk, vo)
-    ffn(width)          = interpolated in a table measured over widths (ffn(0): bias, residual, LayerNorm)
+The formula follows the kernel plan the compact model runs on that device (`grain.models.kernels`):
 
-`head(qk, vo)` is the marginal time of one more head with those QK and VO widths (its share of the
-projections, its softmax and context), measured as (t(all heads) - t(one head)) / (heads - 1) for
-layers of identical heads over a grid of widths, and interpolated bilinearly in between; `fixed`
-covers the embeddings, the pooler and task head and the per-forward overhead (a model with every
-layer empty, less its empty sub-layers). Each part is timed with torch.utils.benchmark (median) on
-the compact model's own modules, so the kernel plan of the device (CPU: per width group; GPU: heads
-padded to one width) is what is measured. The model is additive: heads of different widths that a
-plan runs in separate calls, or pads to a common width, cost what the per-head table says; the
-command reports how far that is from measured compact models.
+    latency     = fixed + sum over layers [ attention(layer) + ffn(FFN width of the layer) ]
+    attention() = attention_empty                              (no head keeps a VO unit)
+                = attention_base
+                  + [the plan runs any group]  grouped + sum over groups (group + n * head(qk, vo))
+                  + [any uniform head]         uniform + sum over uniform heads head(0, vo)
+    ffn(width)  = the FFN table, linear between measured widths, at round_up(width) (0: no FFN)
+
+- Groups: the heads that share one batched attention call, exactly as the device's plan lays them
+  out (`head_groups`). CPU (`GroupedLayout`): heads of equal (QK slot, VO) widths share one call,
+  a QK width of 1 takes a slot of 2, heads without QK units are "uniform" (no softmax, V of the mean
+  hidden state) and run apart. GPU (`PaddedLayout`): every head of a bucket (usually the whole
+  layer) padded to one width w, one SDPA call per bucket: a group of n heads of widths (w, w).
+- `head(qk, vo)`: ms per head inside a group, bilinear between the measured widths (columns: VO;
+  row 0: uniform heads; rows from 1: QK slots); `group`: ms per call (launch, reshapes,
+  concatenation); `grouped`: what a layer pays once it runs any group (the output projection over
+  the contexts), `uniform`: once it has uniform heads (the mean of the hidden states),
+  `attention_base`: any layer with heads (the fused projection call, output bias, residual add and
+  LayerNorm); `attention_empty`: a layer without heads (bias, residual add, LayerNorm).
+- `fixed`: embeddings, pooler, task head and per-forward overhead (a compact model with every layer
+  empty, less its empty sub-layers).
+- `dense_latency_ms`: the dense HF model (`AutoModelForSequenceClassification.from_config`: the
+  architecture the compact stage benchmarks; weights do not change the time), timed as
+  `compare_models` times it (same `measure_latency`, dtype, shape, threads and, on CPU, glibc
+  keeping freed buffers, `retain_freed_memory`); `dense_ms()` returns it.
+
+How the parts are measured: every sub-layer is a real compact layer timed with
+`torch.utils.benchmark` (median of blocked runs) in `rounds` interleaved rounds, keeping each
+configuration's least round median (other processes only ever add time). The attention parts are
+fitted by least squares (rows weighted by 1 / time) to sub-layers of n = 1 and n = all heads of
+each grid width (per-head costs and intercepts), of single-head groups of distinct widths (the
+per-group cost) and of grouped plus uniform heads (the uniform and grouped parts), with the same
+`head_groups` the prediction uses; per-head costs and the group cost are then clamped at 0 and made
+non-decreasing in both widths. On CPU glibc keeps freed buffers during the measurement, as in the
+compact stage: without it every large attention buffer is page-faulted afresh and a 12-head group
+costs 3x a 8-head one.
+
+Limits: the fused projection's padding to a multiple of 8 columns and per-head costs between grid
+widths are interpolated, not measured; layers are timed in isolation (warm caches), so what a whole
+model adds (reading each layer's weights) falls into the error; DeBERTa's relative-position terms
+are not modelled (every family is predicted as BERT's compact layers); the GPU path follows the
+padded plan with the same fit but has not been validated on a GPU here (no GPU on the machine this
+was built on); predictions for a shape, dtype or device other than the key's are meaningless.
+`--check` prints predicted vs measured ms for random GRAIN-like structures and for given compact
+models (`--compact DIR ...`), timed interleaved in one process.
 """
 
 from __future__ import annotations
@@ -28,6 +63,7 @@ import json
 import os
 import random
 import statistics
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,44 +72,77 @@ from torch.utils import benchmark
 from transformers import AutoConfig
 
 import grain  # noqa: F401
-from grain.bench.flops import dummy_inputs
-from grain.bench.latency import measure_latency
+from grain.bench.latency import measure_latency, retain_freed_memory
 from grain.bench.measure import device_name, serving_defaults
 from grain.models.compact import GrainBertConfig, GrainBertForSequenceClassification, GrainLayer
-from grain.models.kernels import KeyMask
+from grain.models.kernels import KeyMask, PaddedLayout, plan_head_groups, round_up, use_padded_plan
 from grain.models.masks import EncoderShape
+
+MODEL_VERSION = 2  # in the cache key: version 1 (additive per-head costs, no dense measurement) is re-measured
+PLANS = ("grouped", "padded")
 
 
 @dataclass
 class LatencyModel:
     """Measured parts of a compact model's forward time, in milliseconds (see the module docstring)."""
 
-    key: dict                     # device, dtype, torch version, batch, seq_len and the dense shape
+    key: dict                     # version, device, dtype, torch version, batch, seq_len, model type, dense shape
     fixed_ms: float
     attention_empty_ms: float
     attention_base_ms: float
-    head_widths: list[int]        # grid of QK widths (0: a uniform head) and of VO widths (from 1)
-    head_ms: list[list[float]]    # [QK width index][VO width index - 1]: marginal ms of one head
-    ffn_widths: list[int]
-    ffn_ms: list[float]           # the FFN sub-layer at each width (0: empty)
+    head_widths: list[int]        # table rows: 0 (uniform heads), then the QK slots measured
+    head_ms: list[list[float]]    # [row][VO column]: ms per head inside a group
+    ffn_widths: list[int]         # multiples of 8 (the compact FFN's padded width), from 0
+    ffn_ms: list[float]           # the FFN sub-layer at each width (0: no FFN, bias + residual + LayerNorm)
+    group_ms: float = 0.0         # per batched attention call (group of heads)
+    grouped_ms: float = 0.0       # once per layer that runs any group
+    uniform_ms: float = 0.0       # once per layer with uniform heads (CPU plan)
+    plan: str = "grouped"         # the device's kernel plan: "grouped" (CPU) or "padded" (GPU)
+    dense_latency_ms: float | None = None  # the dense HF model as the compact stage measures it
+    vo_widths: list[int] | None = None     # table columns: the VO widths measured (None: head_widths[1:])
+
+    def __post_init__(self):
+        if self.vo_widths is None:
+            self.vo_widths = list(self.head_widths[1:])
 
     # --- prediction ------------------------------------------------------------------------------
+    def head_groups(self, qk_dims: list[int], vo_dims: list[int]) -> tuple[list[tuple[int, int, int]], list[int]]:
+        """How the device's kernel plan runs these heads: ([(heads n, QK slot, VO slot) per batched
+        attention call], [VO width of each uniform head]); heads without VO units are gone."""
+        if self.plan == "padded":
+            buckets = PaddedLayout.plan(qk_dims, vo_dims).buckets
+            return [(len(b.heads), b.width, b.width) for b in buckets], []
+        groups = [(len(g.heads), g.qk_slot, g.vo_slot) for g in plan_head_groups(qk_dims, vo_dims)]
+        return groups, [v for q, v in zip(qk_dims, vo_dims) if q == 0 and v > 0]
+
     def head_cost(self, qk: int, vo: int) -> float:
-        """Marginal ms of one head of QK width `qk` (>= 0) and VO width `vo` (>= 1), bilinear in the grid."""
-        (i0, i1, a), (j0, j1, b) = _bracket(self.head_widths, qk), _bracket(self.head_widths[1:], vo)
-        t = self.head_ms
+        """ms of one head of QK slot `qk` (0: a uniform head) and VO width `vo` (>= 1) inside a group,
+        bilinear between the measured widths (clamped at the grid's ends)."""
+        j0, j1, b = _bracket(self.vo_widths, vo)
+        if qk <= 0:
+            row = self.head_ms[0]
+            return (1 - b) * row[j0] + b * row[j1]
+        i0, i1, a = _bracket(self.head_widths[1:], qk)
+        t = self.head_ms[1:]
         return (1 - a) * ((1 - b) * t[i0][j0] + b * t[i0][j1]) + a * ((1 - b) * t[i1][j0] + b * t[i1][j1])
 
     def attention_cost(self, qk_dims: list[int], vo_dims: list[int]) -> float:
-        """ms of one attention sub-layer whose kept heads have these widths (heads without VO units are gone)."""
-        heads = [(q, v) for q, v in zip(qk_dims, vo_dims) if v > 0]
-        if not heads:
+        """ms of one attention sub-layer whose heads have these QK / VO widths (a head without VO
+        units is gone), by the module docstring's formula over the plan's groups."""
+        groups, uniform = self.head_groups(qk_dims, vo_dims)
+        if not groups and not uniform:
             return self.attention_empty_ms
-        return self.attention_base_ms + sum(self.head_cost(q, v) for q, v in heads)
+        cost = self.attention_base_ms
+        if groups:
+            cost += self.grouped_ms + sum(self.group_ms + n * self.head_cost(q, v) for n, q, v in groups)
+        if uniform:
+            cost += self.uniform_ms + sum(self.head_cost(0, v) for v in uniform)
+        return cost
 
     def ffn_cost(self, width: int) -> float:
-        """ms of one FFN sub-layer keeping `width` neurons, linear in the measured table."""
-        i0, i1, a = _bracket(self.ffn_widths, width)
+        """ms of one FFN sub-layer keeping `width` neurons (run at round_up(width) columns), linear
+        between the measured widths."""
+        i0, i1, a = _bracket(self.ffn_widths, round_up(width) if width > 0 else 0)
         return (1 - a) * self.ffn_ms[i0] + a * self.ffn_ms[i1]
 
     def predict(self, qk_dims: list[list[int]], vo_dims: list[list[int]], ffn_dims: list[int]) -> float:
@@ -84,16 +153,21 @@ class LatencyModel:
 
     def predict_masks(self, masks: dict[str, torch.Tensor], shape: EncoderShape) -> float:
         """Predicted ms of the compact model cut by unit masks ({"qk"|"vo": [layers, hidden], "ffn": [layers, ffn]})."""
-        qk = masks["qk"].view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
-        vo = masks["vo"].view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
-        return self.predict(qk, vo, masks["ffn"].sum(-1).long().tolist())
+        qk, vo, ffn = structure_of_masks(masks, shape)
+        return self.predict(qk, vo, ffn)
 
-    def dense_ms(self) -> float:
-        """Predicted ms of the compact form of the unpruned model."""
+    def compact_dense_ms(self) -> float:
+        """Predicted ms of the compact form of the unpruned model (every head, every neuron)."""
         k = self.key
         heads, d = k["num_heads"], k["hidden_size"] // k["num_heads"]
         layers = k["num_layers"]
         return self.predict([[d] * heads] * layers, [[d] * heads] * layers, [k["intermediate_size"]] * layers)
+
+    def dense_ms(self) -> float:
+        """ms of the dense model as the compact stage measures it (its `compact.dense_latency_ms`), the
+        denominator of predicted speedups; a model without that measurement (hand-made) falls back to
+        the predicted compact form of the unpruned model."""
+        return self.compact_dense_ms() if self.dense_latency_ms is None else self.dense_latency_ms
 
     # --- storage ---------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -105,6 +179,13 @@ class LatencyModel:
     @classmethod
     def load(cls, path: Path) -> "LatencyModel":
         return cls(**json.loads(path.read_text()))
+
+
+def structure_of_masks(masks: dict[str, torch.Tensor], shape: EncoderShape) -> tuple[list, list, list[int]]:
+    """Per-layer QK and VO widths per head and FFN widths of the compact model these masks cut."""
+    qk = masks["qk"].detach().view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
+    vo = masks["vo"].detach().view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
+    return qk, vo, masks["ffn"].detach().sum(-1).long().tolist()
 
 
 def _bracket(grid: list[int], value: float) -> tuple[int, int, float]:
@@ -119,11 +200,14 @@ def _bracket(grid: list[int], value: float) -> tuple[int, int, float]:
     return lo, hi, (value - grid[lo]) / (grid[hi] - grid[lo])
 
 
-def model_key(shape: EncoderShape, device: torch.device, dtype: torch.dtype, batch: int, seq_len: int) -> dict:
+def model_key(shape: EncoderShape, device: torch.device, dtype: torch.dtype, batch: int, seq_len: int,
+              model_type: str = "bert") -> dict:
+    """What the timings depend on: the cache key (the dense model's family: its dense time)."""
     return {
-        "device": device_name(device), "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
-        "batch": batch, "seq_len": seq_len, "num_layers": shape.num_layers, "hidden_size": shape.hidden_size,
-        "num_heads": shape.num_heads, "intermediate_size": shape.intermediate_size,
+        "version": MODEL_VERSION, "device": device_name(device), "dtype": str(dtype).removeprefix("torch."),
+        "torch": torch.__version__, "batch": batch, "seq_len": seq_len, "model_type": model_type,
+        "num_layers": shape.num_layers, "hidden_size": shape.hidden_size, "num_heads": shape.num_heads,
+        "intermediate_size": shape.intermediate_size,
     }
 
 
@@ -141,6 +225,101 @@ def width_grid(limit: int) -> list[int]:
     return sorted(set(grid + [max(1, 3 * limit // 4), limit]))
 
 
+def head_grid(head_dim: int, plan: str) -> tuple[list[int], list[int]]:
+    """(rows, VO columns) of the per-head table: rows 0 (uniform) then the QK slots the plan runs
+    (grouped: from 2, a QK width of 1 takes a slot of 2; padded: multiples of 8)."""
+    if plan == "padded":
+        widths = sorted({round_up(w) for w in width_grid(head_dim)})
+        return [0] + widths, widths
+    return [0] + [w for w in width_grid(head_dim) if w >= 2], width_grid(head_dim)
+
+
+# --- fitting the attention parts -----------------------------------------------------------------
+
+_SCALARS = ("attention_base_ms", "grouped_ms", "uniform_ms", "group_ms")
+
+
+def attention_configs(shape: EncoderShape, plan: str) -> list[tuple[list[int], list[int]]]:
+    """The attention sub-layers (QK widths, VO widths) timed to fit the parts, at grid widths only:
+    n = 1 and n = all heads of each cell, single-head groups of distinct cells, grouped + uniform heads."""
+    heads = shape.num_heads
+    rows, columns = head_grid(shape.head_dim, plan)
+    cells = [(q, v) for q in rows for v in columns if q > 0 or plan == "grouped"]
+    if plan == "padded":
+        cells = [(w, w) for w in columns]
+    configs = []
+    for q, v in cells:
+        configs.append(([q], [v]))
+        if heads > 1:
+            configs.append(([q] * heads, [v] * heads))
+    grouped = [c for c in cells if c[0] > 0]
+    if plan == "grouped":
+        for k in sorted({2, max(2, heads // 2), heads}):  # k single-head groups of distinct widths
+            if k <= heads and k <= len(grouped):
+                step = len(grouped) / k
+                picked = [grouped[int(i * step)] for i in range(k)]
+                configs.append(([q for q, _ in picked], [v for _, v in picked]))
+        for q, v in (grouped[0], grouped[len(grouped) // 2], grouped[-1]):  # grouped + uniform heads
+            u = columns[len(columns) // 2]
+            configs.append(([q, 0], [v, u]))
+            if heads >= 4:
+                half = heads // 2
+                configs.append(([q] * half + [0] * (heads - half), [v] * half + [u] * (heads - half)))
+    elif heads > 1 and len(columns) > 1:  # two buckets: one wide head among narrow ones (PaddedLayout's waste rule)
+        configs.append(([columns[-1]] + [columns[0]] * (heads - 1), [columns[-1]] + [columns[0]] * (heads - 1)))
+        configs.append(([columns[-1]] * 2 + [columns[0]] * (heads - 2), [columns[-1]] * 2 + [columns[0]] * (heads - 2)))
+    return configs
+
+
+def _design_row(model: LatencyModel, qk_dims: list[int], vo_dims: list[int]) -> dict:
+    """The parts (name or table cell -> count) a sub-layer of grid widths pays under `model`'s plan:
+    the prediction's formula, written as a linear function of the parts."""
+    rows, columns = model.head_widths, model.vo_widths
+    groups, uniform = model.head_groups(qk_dims, vo_dims)
+    parts = {"attention_base_ms": 1.0}
+    if groups:
+        parts["grouped_ms"] = 1.0
+        parts["group_ms"] = float(len(groups))
+    if uniform:
+        parts["uniform_ms"] = 1.0
+    for n, q, v in groups:
+        cell = (rows.index(q), columns.index(v))
+        parts[cell] = parts.get(cell, 0.0) + n
+    for v in uniform:
+        cell = (0, columns.index(v))
+        parts[cell] = parts.get(cell, 0.0) + 1
+    return parts
+
+
+def fit_attention(model: LatencyModel, configs: list[tuple[list[int], list[int]]], times_ms: list[float]) -> float:
+    """Set `model`'s attention parts (scalars and per-head table) by least squares to the measured
+    sub-layers (rows weighted by 1 / time, so that every configuration counts by its relative error),
+    then clamp per-head and group costs at 0 and make the table non-decreasing in both widths.
+    Returns the group cost as fitted, before the clamp."""
+    rows = [_design_row(model, qk, vo) for qk, vo in configs]
+    for name in ("grouped_ms", "group_ms"):  # a part every timed sub-layer pays once is the base's (the padded plan)
+        if all(row.get(name, 0.0) == row["attention_base_ms"] for row in rows):
+            for row in rows:
+                row.pop(name, None)
+    names = sorted({name for row in rows for name in row}, key=str)
+    a = torch.tensor([[row.get(name, 0.0) for name in names] for row in rows], dtype=torch.float64)
+    b = torch.tensor(times_ms, dtype=torch.float64)
+    weight = 1.0 / b.clamp_min(1e-6)
+    solution = torch.linalg.lstsq(a * weight[:, None], (b * weight)[:, None], driver="gelsd").solution[:, 0]
+    values = dict(zip(names, solution.tolist()))
+    for name in _SCALARS:
+        setattr(model, name, values.get(name, 0.0))
+    fitted_group_ms = values.get("group_ms", 0.0)
+    model.group_ms = max(model.group_ms, 0.0)  # fitted below 0 (noise, or small groups' better caching): no call is free
+    table = [[max(values.get((i, j), 0.0), 0.0) for j in range(len(model.vo_widths))]
+             for i in range(len(model.head_widths))]
+    if model.plan == "padded":  # only (w, w) is measured and used: a cell costs its padded width's head
+        diagonal = [table[j + 1][j] for j in range(len(model.vo_widths))]
+        table = [[diagonal[max(i - 1, j)] for j in range(len(diagonal))] for i in range(len(model.head_widths))]
+    model.head_ms = [monotone(table[0])] + monotone_2d(table[1:])
+    return fitted_group_ms
+
+
 # --- measurement ---------------------------------------------------------------------------------
 
 
@@ -151,68 +330,123 @@ def _layer(shape: EncoderShape, qk: list[int], vo: list[int], ffn: int, device, 
         hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
         num_hidden_layers=1, qk_dims=[qk], vo_dims=[vo], ffn_dims=[ffn], original_head_dim=shape.head_dim,
     )
-    return GrainLayer(config, 0).to(device=device, dtype=dtype).eval()
+    with warnings.catch_warnings():  # uniform heads: zero-row Q and K projections
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        return GrainLayer(config, 0).to(device=device, dtype=dtype).eval()
 
 
 @torch.inference_mode()
-def _time(fn, min_run_time: float) -> float:
+def _time(fn, min_run_time: float, device: torch.device) -> float:
+    """Median ms of `fn()` over blocked runs of at least `min_run_time` seconds, after 3 warm-up calls."""
     for _ in range(3):
         fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
+def interleaved_ms(parts: dict, rounds: int, min_run_time: float, device: torch.device) -> dict:
+    """{name: least median ms over `rounds` rounds}, each round timing every part once in turn
+    (`min_run_time` seconds per part in all): a slow spell of a shared machine falls on one round
+    of every part rather than on all rounds of some."""
+    best = {}
+    for _ in range(max(1, rounds)):
+        for name, fn in parts.items():
+            ms = _time(fn, min_run_time / max(1, rounds), device)
+            best[name] = min(best.get(name, float("inf")), ms)
+    return best
+
+
+def dense_model(hf_config, device: torch.device, dtype: torch.dtype):
+    """The dense model the compact stage compares against, built from the config (weights do not
+    change its time): a sequence classifier of the config's family, in the serving dtype, eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_config(hf_config).to(device=device, dtype=dtype).eval()
+
+
 def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min_run_time: float = 0.1,
-                  progress=print) -> LatencyModel:
-    """Time every part of the latency model on `device` in its serving dtype (see module docstring)."""
+                  progress=print, rounds: int = 3) -> LatencyModel:
+    """Time every part of the latency model on `device` in its serving dtype (see module docstring).
+
+    min_run_time: seconds of timing per sub-layer (in all its rounds); the dense and the empty model
+    get 30x that (3 s by default, as the compact stage times the dense model). On MiniLM at 32 x 128
+    on 2 CPU threads the defaults take about 1.5 minutes."""
     dtype = serving_defaults(device)[0]
+    allocator = retain_freed_memory() if device.type == "cpu" else "caching allocator"
     shape = EncoderShape.of(hf_config)
+    plan = "padded" if use_padded_plan(device) else "grouped"
+    rows, columns = head_grid(shape.head_dim, plan)
+    model = LatencyModel(
+        key=model_key(shape, device, dtype, batch, seq_len, getattr(hf_config, "model_type", "bert")),
+        fixed_ms=0.0, attention_empty_ms=0.0, attention_base_ms=0.0, head_widths=rows, vo_widths=columns,
+        head_ms=[[0.0] * len(columns) for _ in rows],
+        ffn_widths=sorted({0, *(round_up(w) for w in width_grid(shape.intermediate_size))}), ffn_ms=[], plan=plan,
+    )
     generator = torch.Generator(device="cpu").manual_seed(0)
     hidden = torch.randn(batch, seq_len, shape.hidden_size, generator=generator, device="cpu").to(device, dtype)
     keys = KeyMask.of(torch.ones(batch, seq_len, dtype=torch.long, device=device), dtype)
 
-    def attention_ms(qk, vo):
+    def attention(qk, vo):
         layer = _layer(shape, qk, vo, 0, device, dtype)
-        return _time(lambda: layer.attention(hidden, keys), min_run_time)
+        return lambda: layer.attention(hidden, keys)
 
-    def ffn_ms(width):
+    def ffn(width):
         layer = _layer(shape, [], [], width, device, dtype)
         if width == 0:
-            return _time(lambda: layer.output(None, hidden), min_run_time)
-        return _time(lambda: layer.output(layer.intermediate(hidden), hidden), min_run_time)
+            return lambda: layer.output(None, hidden)
+        return lambda: layer.output(layer.intermediate(hidden), hidden)
 
-    heads, d = shape.num_heads, shape.head_dim
-    widths = [0] + width_grid(d)
-    progress(f"latency model on {device_name(device)} ({dtype}), batch {batch} x {seq_len}: "
-             f"{len(widths) * (len(widths) - 1)} head widths, {heads} heads per layer")
-    table, bases = [], []
-    for qk in widths:
-        row = []
-        for vo in widths[1:]:
-            one, full = attention_ms([qk], [vo]), attention_ms([qk] * heads, [vo] * heads)
-            per_head = max((full - one) / (heads - 1), 0.0) if heads > 1 else one
-            row.append(per_head)
-            bases.append(one - per_head)
-        table.append(row)
-        progress(f"  QK width {qk:3}: " + " ".join(f"{t:.3f}" for t in row) + " ms per head")
-    ffn_widths = sorted({0, *width_grid(shape.intermediate_size)})
-    ffn_table = [ffn_ms(w) for w in ffn_widths]
-    progress("  FFN: " + ", ".join(f"{w}: {t:.2f}" for w, t in zip(ffn_widths, ffn_table)) + " ms")
-    attention_empty = attention_ms([], [])
+    configs = attention_configs(shape, plan)
+    progress(f"latency model on {device_name(device)} ({dtype}, {allocator}), batch {batch} x {seq_len}, "
+             f"{plan} plan: {len(configs)} attention sub-layers, {len(model.ffn_widths)} FFN widths, "
+             f"{rounds} interleaved rounds")
+    parts = {("attention", i): attention(qk, vo) for i, (qk, vo) in enumerate(configs)}
+    parts["attention_empty"] = attention([], [])
+    parts.update({("ffn", w): ffn(w) for w in model.ffn_widths})
+    timed = interleaved_ms(parts, rounds, min_run_time, device)
+    del parts
+    attention_ms = [timed[("attention", i)] for i in range(len(configs))]
+    raw_group_ms = fit_attention(model, configs, attention_ms)
+    residuals = sorted(abs(model.attention_cost(qk, vo) / ms - 1) for (qk, vo), ms in zip(configs, attention_ms))
+    model.attention_empty_ms = timed["attention_empty"]
+    model.ffn_ms = monotone([timed[("ffn", w)] for w in model.ffn_widths])
+    for q, row in zip(rows, model.head_ms):
+        progress(f"  {'uniform' if q == 0 else f'QK {q:3}':>7}: " + " ".join(f"{t:.3f}" for t in row) + " ms per head")
+    progress(f"  per group {model.group_ms:.3f} ms (fitted {raw_group_ms:+.3f}); per layer: with heads "
+             f"{model.attention_base_ms:.3f}, with groups +{model.grouped_ms:.3f}, with uniform heads "
+             f"+{model.uniform_ms:.3f}, no head {model.attention_empty_ms:.3f} ms; the formula vs the timed "
+             f"sub-layers: median |error| {statistics.median(residuals):.1%}, largest {residuals[-1]:.1%}")
+    progress("  FFN: " + ", ".join(f"{w}: {t:.2f}" for w, t in zip(model.ffn_widths, model.ffn_ms)) + " ms")
+
     empty_config = GrainBertConfig(  # the fixed part, as a BERT-family compact model with every layer empty
         vocab_size=hf_config.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
         num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
         max_position_embeddings=max(getattr(hf_config, "max_position_embeddings", 512), seq_len),
         qk_dims=[[]] * shape.num_layers, vo_dims=[[]] * shape.num_layers, ffn_dims=[0] * shape.num_layers,
     )
-    empty = GrainBertForSequenceClassification(empty_config).to(device=device, dtype=dtype).eval()
-    empty_ms = measure_latency(empty, batch, seq_len, min_run_time=min_run_time * 5)["median_ms"]
-    fixed = empty_ms - shape.num_layers * (attention_empty + ffn_table[0])
-    return LatencyModel(
-        key=model_key(shape, device, dtype, batch, seq_len), fixed_ms=fixed, attention_empty_ms=attention_empty,
-        attention_base_ms=statistics.median(bases), head_widths=widths, head_ms=monotone_2d(table),
-        ffn_widths=ffn_widths, ffn_ms=monotone(ffn_table),
-    )
+    whole = {
+        "empty": GrainBertForSequenceClassification(empty_config).to(device=device, dtype=dtype).eval(),
+        "dense": dense_model(hf_config, device, dtype),
+    }
+    timed = interleaved_models_ms(whole, batch, seq_len, rounds, min_run_time * 30)
+    model.fixed_ms = timed["empty"] - shape.num_layers * (model.attention_empty_ms + model.ffn_ms[0])
+    model.dense_latency_ms = timed["dense"]
+    progress(f"  fixed {model.fixed_ms:.2f} ms; dense model (measured) {model.dense_latency_ms:.1f} ms, "
+             f"its compact form (predicted) {model.compact_dense_ms():.1f} ms")
+    return model
+
+
+def interleaved_models_ms(models: dict, batch: int, seq_len: int, rounds: int, min_run_time: float,
+                          statistic=min) -> dict:
+    """{name: `statistic` of the models' per-round medians (measure_latency)}, models alternating
+    round by round (as `compare_models`); `min`: the least round, as the latency model's parts."""
+    rounds_ms = {name: [] for name in models}
+    for _ in range(max(1, rounds)):
+        for name, m in models.items():
+            rounds_ms[name].append(measure_latency(m, batch, seq_len, min_run_time=min_run_time / max(1, rounds))["median_ms"])
+    return {name: statistic(values) for name, values in rounds_ms.items()}
 
 
 def monotone(values: list[float]) -> list[float]:
@@ -232,17 +466,22 @@ def monotone_2d(table: list[list[float]]) -> list[list[float]]:
 
 
 def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path,
-                  min_run_time: float = 0.1, progress=print) -> LatencyModel:
-    """The cached model for this device, dtype, torch version, shape, batch and length; measured once."""
+                  min_run_time: float = 0.1, progress=print, rounds: int = 3) -> LatencyModel:
+    """The cached model for this device, dtype, torch version, model family, shape, batch and
+    length; measured once (about 1.5 minutes for MiniLM at 32 x 128 on 2 CPU threads)."""
     shape = EncoderShape.of(hf_config)
-    path = cache_path(cache_dir, model_key(shape, device, serving_defaults(device)[0], batch, seq_len))
+    key = model_key(shape, device, serving_defaults(device)[0], batch, seq_len, getattr(hf_config, "model_type", "bert"))
+    path = cache_path(cache_dir, key)
     if path.exists():
         progress(f"latency model from {path}")
         return LatencyModel.load(path)
-    model = measure_model(hf_config, device, batch, seq_len, min_run_time, progress)
+    model = measure_model(hf_config, device, batch, seq_len, min_run_time, progress, rounds)
     model.save(path)
     progress(f"latency model saved to {path}")
     return model
+
+
+# --- checking ------------------------------------------------------------------------------------
 
 
 def random_masks(shape: EncoderShape, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
@@ -260,24 +499,63 @@ def random_masks(shape: EncoderShape, sparsity: float, seed: int) -> dict[str, t
     return masks
 
 
-def check_predictions(model: LatencyModel, hf_config, device, sparsities: list[float], min_run_time: float) -> list[dict]:
-    """Predicted vs measured ms of compact models cut from random GRAIN-like masks."""
+def check_predictions(model: LatencyModel, hf_config, device, sparsities: list[float], min_run_time: float,
+                      compact_dirs: list[str] = (), rounds: int = 3) -> list[dict]:
+    """Predicted vs measured ms of the dense model, of compact models cut from random GRAIN-like masks
+    (one per sparsity) and of saved compact models (`compact_dirs`), all timed in this process in
+    alternating rounds (`min_run_time` seconds per model in all); measured: the median round (as the
+    compact stage) and the least. Each row: name, predicted_ms, measured_ms, least_ms, error, and for
+    compact models the predicted and measured speedups over the dense model."""
     from transformers import AutoModelForSequenceClassification
 
     from grain.models.slicing import compact_from_masked
 
     dtype = serving_defaults(device)[0]
-    dense = AutoModelForSequenceClassification.from_config(hf_config).eval()
+    if device.type == "cpu":
+        retain_freed_memory()
+    dense = dense_model(hf_config, "cpu", torch.float32)
     shape = EncoderShape.of(dense)
-    rows = []
+    models, predicted = {"dense": None}, {"dense": model.dense_ms()}
     for seed, sparsity in enumerate(sparsities):
         masks = random_masks(shape, sparsity, seed)
-        compact = compact_from_masked(dense, masks)[0].to(device=device, dtype=dtype).eval()
-        measured = measure_latency(compact, model.key["batch"], model.key["seq_len"], min_run_time=min_run_time)["median_ms"]
-        predicted = model.predict_masks(masks, shape)
-        rows.append({"sparsity": sparsity, "predicted_ms": predicted, "measured_ms": measured,
-                     "error": predicted / measured - 1})
+        name = f"random, sparsity {sparsity:g}"
+        models[name] = compact_from_masked(dense, masks)[0].to(device=device, dtype=dtype).eval()
+        predicted[name] = model.predict_masks(masks, shape)
+    for path in compact_dirs:
+        compact = AutoModelForSequenceClassification.from_pretrained(path).to(device=device, dtype=dtype).eval()
+        config = compact.config
+        models[str(path)] = compact
+        predicted[str(path)] = model.predict(config.qk_dims, config.vo_dims, config.ffn_dims)
+    models["dense"] = dense.to(device=device, dtype=dtype)
+    rounds_ms = {name: [] for name in models}
+    for _ in range(max(1, rounds)):
+        for name, m in models.items():
+            rounds_ms[name].append(measure_latency(m, model.key["batch"], model.key["seq_len"],
+                                                   min_run_time=min_run_time / max(1, rounds))["median_ms"])
+    dense_measured = statistics.median(rounds_ms["dense"])
+    rows = []
+    for name in models:
+        measured = statistics.median(rounds_ms[name])
+        row = {"name": name, "predicted_ms": predicted[name], "measured_ms": measured,
+               "least_ms": min(rounds_ms[name]), "error": predicted[name] / measured - 1}
+        if name != "dense":
+            row.update(predicted_speedup=model.dense_ms() / predicted[name], measured_speedup=dense_measured / measured)
+        rows.append(row)
     return rows
+
+
+def format_check(rows: list[dict]) -> str:
+    width = max(len(row["name"]) for row in rows)
+    lines = [f"{'model':{width}} {'predicted ms':>12} {'measured ms':>11} {'(least)':>9} {'error':>7} "
+             f"{'speedup: predicted':>18} {'measured':>8}"]
+    for row in rows:
+        speedups = (f"{row['predicted_speedup']:18.2f} {row['measured_speedup']:8.2f}" if "predicted_speedup" in row
+                    else f"{'':18} {'':8}")
+        lines.append(f"{row['name']:{width}} {row['predicted_ms']:12.2f} {row['measured_ms']:11.2f} "
+                     f"{row['least_ms']:9.2f} {row['error']:+7.1%} {speedups}")
+    errors = [abs(row["error"]) for row in rows]
+    lines.append(f"largest |error| {max(errors):.1%}, median {statistics.median(errors):.1%} over {len(rows)} models")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,8 +566,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, help="default: CPU 128, GPU 512")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("GRAIN_CACHE_DIR", ".cache/grain")))
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds of timing per measured part")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (model and check)")
+    parser.add_argument("--remeasure", action="store_true", help="measure again, replacing the cached model")
     parser.add_argument("--check", default="0.5,0.8,0.9,0.95,0.97",
                         help="sparsities of random compact models to predict and measure ('' for none)")
+    parser.add_argument("--compact", nargs="*", default=[], metavar="DIR",
+                        help="saved compact models (<run>/compact) to predict and measure too")
     args = parser.parse_args(argv)
     from grain.models.backbone import resolve_pretrained
 
@@ -297,15 +579,20 @@ def main(argv: list[str] | None = None) -> int:
     shapes = serving_defaults(device)[1]
     batch, seq_len = args.batch or shapes[0][0], args.seq_len or shapes[0][1]
     hf_config = AutoConfig.from_pretrained(resolve_pretrained(args.model))
-    model = latency_model(hf_config, device, batch, seq_len, args.cache_dir, args.min_run_time)
-    print(f"fixed {model.fixed_ms:.2f} ms; attention: empty {model.attention_empty_ms:.2f}, base {model.attention_base_ms:.2f} ms "
-          f"+ per head; FFN at full width {model.ffn_ms[-1]:.2f} ms; dense (predicted) {model.dense_ms():.1f} ms")
+    if args.remeasure:
+        key = model_key(EncoderShape.of(hf_config), device, serving_defaults(device)[0], batch, seq_len,
+                        getattr(hf_config, "model_type", "bert"))
+        cache_path(args.cache_dir, key).unlink(missing_ok=True)
+    model = latency_model(hf_config, device, batch, seq_len, args.cache_dir, args.min_run_time, rounds=args.rounds)
+    print(f"{model.plan} plan: fixed {model.fixed_ms:.2f} ms; attention: empty {model.attention_empty_ms:.2f}, "
+          f"with heads {model.attention_base_ms:.2f} (+{model.grouped_ms:.2f} with groups, +{model.uniform_ms:.2f} "
+          f"with uniform heads) + {model.group_ms:.3f} per group + per head; FFN at full width {model.ffn_ms[-1]:.2f} ms; "
+          f"dense (measured) {model.dense_ms():.1f} ms, its compact form (predicted) {model.compact_dense_ms():.1f} ms")
     sparsities = [float(s) for s in args.check.split(",") if s]
-    if sparsities:
-        rows = check_predictions(model, hf_config, device, sparsities, args.min_run_time * 10)
-        print(f"\n{'sparsity':>8} {'predicted ms':>13} {'measured ms':>12} {'error':>7}")
-        for row in rows:
-            print(f"{row['sparsity']:8.2f} {row['predicted_ms']:13.2f} {row['measured_ms']:12.2f} {row['error']:+7.1%}")
+    if sparsities or args.compact:
+        rows = check_predictions(model, hf_config, device, sparsities, args.min_run_time * 30, args.compact, args.rounds)
+        print()
+        print(format_check(rows))
     return 0
 
 

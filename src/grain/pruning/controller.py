@@ -64,10 +64,12 @@ class PruningController(nn.Module):
         latency_model=None,
     ):
         """target_sparsity: fraction of the prunable-unit parameters to remove; or, with
-        `target_speedup` (predicted dense / compact latency under `latency_model`, a
-        grain.bench.latency_model.LatencyModel), the schedule runs over the fraction of the predicted
-        latency removed, 1 - 1 / target_speedup. cost: what a unit is charged in the ranking, its
-        parameters (GRAIN as published) or its marginal latency (needs a speedup target)."""
+        `target_speedup` (dense / predicted compact latency under `latency_model`, a
+        grain.bench.latency_model.LatencyModel; dense: its `dense_ms()`, the dense model measured as
+        the compact stage measures it, so the target reads as the compact stage's `compact.speedup`),
+        the schedule runs over the fraction of the dense latency removed, 1 - 1 / target_speedup.
+        cost: what a unit is charged in the ranking, its parameters (GRAIN as published) or the
+        latency its removal saves (needs a speedup target)."""
         super().__init__()
         if cost not in COST_KINDS:
             raise ValueError(f"pruner.cost={cost!r}; expected one of {COST_KINDS}")
@@ -268,7 +270,8 @@ class PruningController(nn.Module):
     def prune_to_latency(self, target_ms: float) -> None:
         """Prune until the latency model predicts at most `target_ms` for the compact model.
 
-        cost=latency: units go by increasing importance per ms saved (`latency_ranking`). cost=params:
+        cost=latency: runs of units go by increasing importance per ms saved, priced exactly over the
+        kernel plan's head groups (`latency_ranking`). cost=params:
         GRAIN's own selection, at the least sparsity whose masks meet the target (bisection). Both
         read masks back to the host, once per pruning step (rare), never per training step.
         """
@@ -292,7 +295,8 @@ class PruningController(nn.Module):
             mask.copy_(best[kind])
 
     def predicted_speedup(self) -> float | None:
-        """Predicted dense / compact latency of the current masks (None without a latency model)."""
+        """Measured dense latency (`dense_ms()`) / predicted compact latency of the current masks: what
+        the compact stage's `compact.speedup` should read (None without a latency model)."""
         if self.latency_model is None:
             return None
         return self.latency_model.dense_ms() / self.latency_model.predict_masks(self.masks(), self.shape)

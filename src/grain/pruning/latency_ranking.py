@@ -1,21 +1,30 @@
 """Latency-aware selection: remove the units that lose the least importance per millisecond saved.
 
-GRAIN as published ranks units by importance and charges each its parameter count. Here each unit
-is charged its marginal latency under a measured latency model of the compact model (see
-`grain.bench.latency_model`; any object with its `head_cost`, `ffn_cost`, `attention_base_ms`,
-`attention_empty_ms` and `predict_masks` works), given the structure left so far:
+GRAIN as published ranks units by importance and charges each its parameter count. Here a removal
+is charged what it saves under a measured latency model of the compact model (see
+`grain.bench.latency_model`; any object with its `attention_cost`, `ffn_cost` and `predict_masks`
+works), for the structure left at that moment, exactly:
 
-- a QK unit of a head with QK width q and VO width v: head(q, v) - head(q - 1, v);
-- a VO unit: head(q, v) - head(q, v - 1); the head's last VO unit takes the head with it, so it is
-  charged head(q, 1) (the head's fixed cost, charged once, when its last unit goes) and its loss
-  of importance includes the head's remaining QK units, which go with it; if it is the layer's last
-  head, the emptied attention sub-layer frees attention_base - attention_empty too;
-- an FFN unit of a layer keeping w neurons: ffn(w) - ffn(w - 1).
+- QK or VO units of a head: attention_cost(the layer before) - attention_cost(the layer after),
+  the layer's heads grouped as the device's kernel plan groups them. The saving therefore holds
+  everything the removal changes: the head's move from its width group to another (a group left
+  empty frees its call cost, a width no other head has opens one), the head itself when its last
+  VO unit goes (charged once, then; its QK units go with it and their importance counts as lost),
+  the layer's grouped / uniform parts when its last grouped / uniform head goes, and
+  attention_base - attention_empty when its last head goes (the emptied sub-layer).
+- FFN units of a layer keeping w neurons: ffn(w) - ffn(w - k) (the FFN runs at a multiple of 8
+  columns, so single neurons mostly save nothing and every 8th saves a step).
 
-Units are removed one at a time in increasing importance / marginal latency until the predicted
-latency reaches the target; within a head (or an FFN layer) the least important unit goes first,
-and every removal re-prices what it changed (a head's widths, a layer's last head). It runs on the
-host: it reads the masks and scores once, in a pruning step (rare), never per training step.
+Because one unit may save nothing (an FFN neuron inside a multiple of 8, a QK width 2 -> 1 that
+keeps its slot of 2) or even cost time (a head leaving a shared group for a width of its own), the
+candidates are runs: per head and kind (and per FFN layer) the fewest next least important units
+whose removal saves time, priced as their importance over the ms they save. Runs go by increasing
+price until the predicted latency reaches the target; each removal re-prices every candidate of its
+layer (through the groups, one head's width changes what the others save). The predicted latency is
+kept exactly (the savings taken add up to predicted before - predicted after). It is a greedy
+choice on exact current savings, not a global optimum; a run that saves nothing at any length is
+priced (almost) free of speed gain and goes last. It runs on the host: it reads the masks and scores
+once, in a pruning step (rare), never per training step.
 """
 
 from __future__ import annotations
@@ -26,26 +35,33 @@ import torch
 
 from grain.models.masks import EncoderShape
 
-_FREE = 1e-9  # ms: a unit whose removal saves nothing measurable is priced (almost) free of speed gain
+_FREE = 1e-9   # ms: a run whose removal saves nothing measurable is priced (almost) free of speed gain
+_SAVES = 1e-9  # ms: a saving below this is no saving
 
 
-def head_unit_cost(model, q: int, v: int, kind: str, heads_in_layer: int) -> float:
-    """ms saved by removing one unit of `kind` ("qk" or "vo") from a head of widths (q, v) in a layer
-    that keeps `heads_in_layer` heads (the head's last VO unit takes the head, and the layer's last
-    head the attention sub-layer's base)."""
+def removed_widths(qk: list[int], vo: list[int], head: int, kind: str, count: int = 1) -> tuple[list[int], list[int]]:
+    """A layer's head widths after removing `count` units of `kind` from `head` (its last VO unit
+    takes the head, QK units included)."""
+    qk, vo = list(qk), list(vo)
     if kind == "qk":
-        return model.head_cost(q, v) - model.head_cost(q - 1, v)
-    if v > 1:
-        return model.head_cost(q, v) - model.head_cost(q, v - 1)
-    cost = model.head_cost(q, 1)
-    if heads_in_layer == 1:
-        cost += model.attention_base_ms - model.attention_empty_ms
-    return cost
+        qk[head] -= count
+    else:
+        vo[head] -= count
+        if vo[head] == 0:
+            qk[head] = 0
+    return qk, vo
+
+
+def head_unit_cost(model, qk: list[int], vo: list[int], head: int, kind: str, count: int = 1) -> float:
+    """ms saved by removing `count` units of `kind` ("qk" or "vo") from `head` of a layer whose heads
+    have widths `qk`, `vo` (exact under the model; negative where the removal costs time)."""
+    return model.attention_cost(qk, vo) - model.attention_cost(*removed_widths(qk, vo, head, kind, count))
 
 
 def marginal_costs(masks: dict[str, torch.Tensor], shape: EncoderShape, model) -> dict[str, torch.Tensor]:
-    """Per unit, the predicted ms saved by removing it now: {"qk"|"vo": [layers, hidden], "ffn": [layers, ffn]}
-    (float64 on the CPU; removed units, and units of heads without VO units, get 0)."""
+    """Per unit, the predicted ms saved by removing it alone now: {"qk"|"vo": [layers, hidden], "ffn": [layers, ffn]}
+    (float64 on the CPU; removed units, and units of heads without VO units, get 0; negative where
+    the removal costs time, e.g. a head leaving a shared width group)."""
     layers, heads, d = shape.num_layers, shape.num_heads, shape.head_dim
     qk_m = masks["qk"].detach().cpu().view(layers, heads, d) > 0
     vo_m = masks["vo"].detach().cpu().view(layers, heads, d) > 0
@@ -53,15 +69,13 @@ def marginal_costs(masks: dict[str, torch.Tensor], shape: EncoderShape, model) -
     costs = {kind: torch.zeros(layers, n, dtype=torch.float64, device="cpu") for kind, n in shape.units_per_layer.items()}
     for layer in range(layers):
         q_widths, v_widths = qk_m[layer].sum(-1).tolist(), vo_m[layer].sum(-1).tolist()
-        live_heads = sum(1 for v in v_widths if v > 0)
         for h in range(heads):
-            q, v = q_widths[h], v_widths[h]
-            if v == 0:
+            if v_widths[h] == 0:
                 continue
             span = slice(h * d, (h + 1) * d)
-            if q > 0:
-                costs["qk"][layer, span][qk_m[layer, h]] = head_unit_cost(model, q, v, "qk", live_heads)
-            costs["vo"][layer, span][vo_m[layer, h]] = head_unit_cost(model, q, v, "vo", live_heads)
+            if q_widths[h] > 0:
+                costs["qk"][layer, span][qk_m[layer, h]] = head_unit_cost(model, q_widths, v_widths, h, "qk")
+            costs["vo"][layer, span][vo_m[layer, h]] = head_unit_cost(model, q_widths, v_widths, h, "vo")
         w = int(ffn_m[layer].sum())
         if w > 0:
             costs["ffn"][layer][ffn_m[layer]] = model.ffn_cost(w) - model.ffn_cost(w - 1)
@@ -86,53 +100,74 @@ class _State:
         self.vo = [[order("vo", l, range(h * d, (h + 1) * d)) for h in range(heads)] for l in range(layers)]
         self.ffn = [order("ffn", l, range(shape.intermediate_size)) for l in range(layers)]
         self.removed = {"qk": [], "vo": [], "ffn": []}  # (layer, unit)
+        self._attention_ms: dict[int, float] = {}  # per layer, for its current widths
 
-    def live_heads(self, layer: int) -> int:
-        return sum(1 for units in self.vo[layer] if units)
+    def widths(self, layer: int) -> tuple[list[int], list[int]]:
+        return [len(s) for s in self.qk[layer]], [len(s) for s in self.vo[layer]]
 
-    def price(self, model, kind: str, layer: int, head: int | None) -> tuple[float, float] | None:
-        """(importance lost, ms saved) by removing the next unit of this head (or layer, for FFN)."""
+    def attention_ms(self, model, layer: int) -> float:
+        if layer not in self._attention_ms:
+            self._attention_ms[layer] = model.attention_cost(*self.widths(layer))
+        return self._attention_ms[layer]
+
+    def price(self, model, kind: str, layer: int, head: int | None) -> tuple[float, float, int] | None:
+        """(importance lost, ms saved, units) of the next run of this head's `kind` (or layer's FFN):
+        the fewest next units whose removal saves time; one unit where no run saves any."""
         if kind == "ffn":
             units = self.ffn[layer]
             if not units:
                 return None
-            w = len(units)
-            return self.score["ffn"][layer][units[-1]], model.ffn_cost(w) - model.ffn_cost(w - 1)
-        qk, vo = self.qk[layer][head], self.vo[layer][head]
-        if not vo or (kind == "qk" and not qk):
+            w, before, loss = len(units), model.ffn_cost(len(units)), 0.0
+            for k in range(1, w + 1):
+                loss += self.score["ffn"][layer][units[-k]]
+                saved = before - model.ffn_cost(w - k)
+                if saved > _SAVES:
+                    return loss, saved, k
+            return self.score["ffn"][layer][units[-1]], model.ffn_cost(w) - model.ffn_cost(w - 1), 1
+        qk_stack, vo_stack = self.qk[layer][head], self.vo[layer][head]
+        stack = qk_stack if kind == "qk" else vo_stack
+        if not vo_stack or not stack:
             return None
-        cost = head_unit_cost(model, len(qk), len(vo), kind, self.live_heads(layer))
-        unit = (qk if kind == "qk" else vo)[-1]
-        loss = self.score[kind][layer][unit]
-        if kind == "vo" and len(vo) == 1:  # the head goes, its QK units with it
-            loss += sum(self.score["qk"][layer][u] for u in qk)
-        return loss, cost
+        qk, vo = self.widths(layer)
+        before = self.attention_ms(model, layer)
+        loss, first = 0.0, None
+        for k in range(1, len(stack) + 1):
+            loss += self.score[kind][layer][stack[-k]]
+            whole = loss + (sum(self.score["qk"][layer][u] for u in qk_stack) if kind == "vo" and k == len(stack) else 0.0)
+            saved = before - model.attention_cost(*removed_widths(qk, vo, head, kind, k))
+            if first is None:
+                first = (whole, saved, 1)
+            if saved > _SAVES:
+                return whole, saved, k
+        return first
 
-    def remove(self, kind: str, layer: int, head: int | None) -> None:
+    def remove(self, kind: str, layer: int, head: int | None, count: int) -> None:
         if kind == "ffn":
-            self.removed["ffn"].append((layer, self.ffn[layer].pop()))
+            self.removed["ffn"] += [(layer, self.ffn[layer].pop()) for _ in range(count)]
             return
         stack = self.qk[layer][head] if kind == "qk" else self.vo[layer][head]
-        self.removed[kind].append((layer, stack.pop()))
+        self.removed[kind] += [(layer, stack.pop()) for _ in range(count)]
         if kind == "vo" and not stack:  # orphaned QK units go with the head
             self.removed["qk"] += [(layer, u) for u in self.qk[layer][head]]
             self.qk[layer][head] = []
+        self._attention_ms.pop(layer, None)
 
 
 @torch.no_grad()
 def prune_to_latency(scores: dict[str, torch.Tensor], masks: dict[str, torch.Tensor], shape: EncoderShape,
-                     model, target_ms: float) -> None:
+                     model, target_ms: float) -> float:
     """Zero mask entries in place until `model.predict_masks(masks) <= target_ms` (or nothing is left),
-    one unit at a time by increasing importance lost per ms saved, each priced exactly for the
-    structure left at that moment (a heap of every head's and layer's next unit, re-priced when its
-    head or layer changes). Orphaned QK units (heads without VO units) go with their head.
+    run by run (see the module docstring) by increasing importance lost per ms saved, each run priced
+    exactly for the structure left at that moment (a heap of every head's and layer's next run; a
+    removal re-prices its layer). Orphaned QK units (heads without VO units) go with their head.
 
-    scores/masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}, on any device; target in ms.
+    scores/masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}, on any device; target
+    in ms. Returns the predicted ms of the result (kept exactly along the way).
     """
     _remove_orphan_qk(masks, shape)
     state = _State(scores, masks, shape)
     predicted = model.predict_masks(masks, shape)
-    version = {}  # (layer, head or None) -> int: entries of an older version are stale
+    version: dict = {}  # (layer, "attention" | "ffn") -> int: entries of an older version are stale
     heap: list = []
     counter = 0
 
@@ -140,44 +175,37 @@ def prune_to_latency(scores: dict[str, torch.Tensor], masks: dict[str, torch.Ten
         nonlocal counter
         priced = state.price(model, kind, layer, head)
         if priced is not None:
-            loss, cost = priced
-            key = (layer, None if kind == "ffn" else head)
-            heapq.heappush(heap, (loss / max(cost, _FREE), counter, kind, layer, head, version.get(key, 0), cost))
+            loss, saved, count = priced
+            part = "ffn" if kind == "ffn" else "attention"
+            heapq.heappush(heap, (loss / max(saved, _FREE), counter, kind, layer, head, version.get((layer, part), 0),
+                                  saved, count))
             counter += 1
 
-    def reprice(layer, head):
-        key = (layer, head)
-        version[key] = version.get(key, 0) + 1
-        if head is None:
+    def push_layer(layer, part):
+        version[(layer, part)] = version.get((layer, part), 0) + 1
+        if part == "ffn":
             push("ffn", layer, None)
-        else:
+            return
+        for head in range(shape.num_heads):
             push("qk", layer, head)
             push("vo", layer, head)
 
     for layer in range(shape.num_layers):
-        for head in range(shape.num_heads):
-            push("qk", layer, head)
-            push("vo", layer, head)
-        push("ffn", layer, None)
+        push_layer(layer, "attention")
+        push_layer(layer, "ffn")
     while predicted > target_ms and heap:
-        _, _, kind, layer, head, entry_version, cost = heapq.heappop(heap)
-        key = (layer, None if kind == "ffn" else head)
-        if entry_version != version.get(key, 0):
+        _, _, kind, layer, head, entry_version, saved, count = heapq.heappop(heap)
+        part = "ffn" if kind == "ffn" else "attention"
+        if entry_version != version[(layer, part)]:
             continue
-        heads_before = state.live_heads(layer)
-        state.remove(kind, layer, head)
-        predicted -= cost
-        if kind == "ffn":
-            reprice(layer, None)
-        elif state.live_heads(layer) != heads_before:  # the layer's last head prices its base in
-            for h in range(shape.num_heads):
-                reprice(layer, h)
-        else:
-            reprice(layer, head)
+        state.remove(kind, layer, head, count)
+        predicted -= saved
+        push_layer(layer, part)
     for kind, removed in state.removed.items():
         if removed:
             index = torch.tensor(removed, dtype=torch.long, device="cpu").to(masks[kind].device)
             masks[kind][index[:, 0], index[:, 1]] = 0.0
+    return predicted
 
 
 def _remove_orphan_qk(masks: dict[str, torch.Tensor], shape: EncoderShape) -> None:
