@@ -20,14 +20,20 @@ The formula follows the kernel plan the compact model runs on that device (`grai
   a QK width of 1 takes a slot of 2, heads without QK units are "uniform" (no softmax, V of the mean
   hidden state) and run apart. GPU (`PaddedLayout`): every head of a bucket (usually the whole
   layer) padded to one width w, one SDPA call per bucket: a group of n heads of widths (w, w).
-- `head(qk, vo)`: ms per head inside a group, bilinear between the measured widths (columns: VO;
-  row 0: uniform heads; rows from 1: QK slots); `group`: ms per call (launch, reshapes,
-  concatenation); `grouped`: what a layer pays once it runs any group (the output projection over
-  the contexts), `uniform`: once it has uniform heads (the mean of the hidden states),
+- `head(qk, vo)`: ms per head inside a group (its share of the fused projection, its scores,
+  softmax and context, the copies into the group's batch), a table over the QK slot (rows from 1;
+  row 0: uniform heads) and the VO width (columns), bilinear in between; `group`: ms per call
+  (launch, reshapes, concatenation), fitted and kept at >= 0 (on MiniLM, 2 CPU threads, it fits
+  at or below 0: distinct widths cost no more than one width, and a negative call cost made
+  predictions worse on real structures, so it is refitted at 0).
+- `grouped`: what a layer pays once it runs any group (the batched output projection over the
+  contexts); `uniform`: once it has uniform heads (the mean of the hidden states);
   `attention_base`: any layer with heads (the fused projection call, output bias, residual add and
   LayerNorm); `attention_empty`: a layer without heads (bias, residual add, LayerNorm).
-- `fixed`: embeddings, pooler, task head and per-forward overhead (a compact model with every layer
-  empty, less its empty sub-layers).
+- `fixed`: embeddings, pooler, task head and per-forward overhead, and what a whole model costs
+  beyond its sub-layers timed alone (each layer's weights read afresh): the median, over a compact
+  model with every layer empty and compact models cut from random masks at sparsities 0.9, 0.95
+  and 0.97, of the whole model's time less its predicted sub-layers.
 - `dense_latency_ms`: the dense HF model (`AutoModelForSequenceClassification.from_config`: the
   architecture the compact stage benchmarks; weights do not change the time), timed as
   `compare_models` times it (same `measure_latency`, dtype, shape, threads and, on CPU, glibc
@@ -35,18 +41,22 @@ The formula follows the kernel plan the compact model runs on that device (`grai
 
 How the parts are measured: every sub-layer is a real compact layer timed with
 `torch.utils.benchmark` (median of blocked runs) in `rounds` interleaved rounds, keeping each
-configuration's least round median (other processes only ever add time). The attention parts are
-fitted by least squares (rows weighted by 1 / time) to sub-layers of n = 1 and n = all heads of
-each grid width (per-head costs and intercepts), of single-head groups of distinct widths (the
-per-group cost) and of grouped plus uniform heads (the uniform and grouped parts), with the same
-`head_groups` the prediction uses; per-head costs and the group cost are then clamped at 0 and made
-non-decreasing in both widths. On CPU glibc keeps freed buffers during the measurement, as in the
-compact stage: without it every large attention buffer is page-faulted afresh and a 12-head group
-costs 3x a 8-head one.
+configuration's median round (as the compact stage keeps the median of its rounds; on a shared
+machine the least round ran ~5% below the median one and biased predictions low). The attention
+parts are fitted by least squares (rows weighted by 1 / time) to sub-layers of n = 1, 2 and all
+heads of each grid width (per-head costs and intercepts), of single-head groups of distinct widths
+(the call cost) and of grouped plus uniform heads (the grouped and uniform parts apart), through
+the same `head_groups` the prediction uses; the table is then clamped at 0 and made non-decreasing
+in both widths. The FFN is timed at multiples of 8 (`ffn_grid`), the dense and the empty model
+whole. On CPU glibc keeps freed buffers during the measurement, as in the compact
+stage: without it every large attention buffer is page-faulted afresh (on MiniLM at 32 x 128 a
+group of 12 heads then took 3-4x the time of a group of 8).
 
 Limits: the fused projection's padding to a multiple of 8 columns and per-head costs between grid
-widths are interpolated, not measured; layers are timed in isolation (warm caches), so what a whole
-model adds (reading each layer's weights) falls into the error; DeBERTa's relative-position terms
+widths are interpolated, not measured (odd widths run 10-20% slower than the even ones around
+them in MKL's batched matmuls, which matters only for layers of one or two tiny heads); a group's
+time is taken as linear in its heads; layers are timed in isolation (warm caches), so what a
+whole model adds (reading each layer's weights) falls into the error; DeBERTa's relative-position terms
 are not modelled (every family is predicted as BERT's compact layers); the GPU path follows the
 padded plan with the same fit but has not been validated on a GPU here (no GPU on the machine this
 was built on); predictions for a shape, dtype or device other than the key's are meaningless.
@@ -63,6 +73,7 @@ import json
 import os
 import random
 import statistics
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,8 +89,7 @@ from grain.models.compact import GrainBertConfig, GrainBertForSequenceClassifica
 from grain.models.kernels import KeyMask, PaddedLayout, plan_head_groups, round_up, use_padded_plan
 from grain.models.masks import EncoderShape
 
-MODEL_VERSION = 2  # in the cache key: version 1 (additive per-head costs, no dense measurement) is re-measured
-PLANS = ("grouped", "padded")
+MODEL_VERSION = 3  # in the cache key: older models (1: additive heads, no dense measurement; 2: an earlier fit) are re-measured
 
 
 @dataclass
@@ -91,7 +101,7 @@ class LatencyModel:
     attention_empty_ms: float
     attention_base_ms: float
     head_widths: list[int]        # table rows: 0 (uniform heads), then the QK slots measured
-    head_ms: list[list[float]]    # [row][VO column]: ms per head inside a group
+    head_ms: list[list[float]]    # [row][VO column]: ms per head in a group (row 0: per uniform head)
     ffn_widths: list[int]         # multiples of 8 (the compact FFN's padded width), from 0
     ffn_ms: list[float]           # the FFN sub-layer at each width (0: no FFN, bias + residual + LayerNorm)
     group_ms: float = 0.0         # per batched attention call (group of heads)
@@ -116,15 +126,13 @@ class LatencyModel:
         return groups, [v for q, v in zip(qk_dims, vo_dims) if q == 0 and v > 0]
 
     def head_cost(self, qk: int, vo: int) -> float:
-        """ms of one head of QK slot `qk` (0: a uniform head) and VO width `vo` (>= 1) inside a group,
-        bilinear between the measured widths (clamped at the grid's ends)."""
-        j0, j1, b = _bracket(self.vo_widths, vo)
-        if qk <= 0:
-            row = self.head_ms[0]
-            return (1 - b) * row[j0] + b * row[j1]
-        i0, i1, a = _bracket(self.head_widths[1:], qk)
-        t = self.head_ms[1:]
-        return (1 - a) * ((1 - b) * t[i0][j0] + b * t[i0][j1]) + a * ((1 - b) * t[i1][j0] + b * t[i1][j1])
+        """ms of one head of QK slot `qk` and VO width `vo` (>= 1) inside a group (qk 0: of one
+        uniform head), bilinear between the measured widths (clamped at the grid's ends)."""
+        return _bilinear(self.head_ms, self.head_widths, self.vo_widths, qk, vo)
+
+    def group_cost(self, heads: int, qk: int, vo: int) -> float:
+        """ms of one batched attention call over `heads` heads of QK slot `qk` (>= 1) and VO width `vo`."""
+        return self.group_ms + heads * self.head_cost(qk, vo)
 
     def attention_cost(self, qk_dims: list[int], vo_dims: list[int]) -> float:
         """ms of one attention sub-layer whose heads have these QK / VO widths (a head without VO
@@ -134,7 +142,7 @@ class LatencyModel:
             return self.attention_empty_ms
         cost = self.attention_base_ms
         if groups:
-            cost += self.grouped_ms + sum(self.group_ms + n * self.head_cost(q, v) for n, q, v in groups)
+            cost += self.grouped_ms + sum(self.group_cost(n, q, v) for n, q, v in groups)
         if uniform:
             cost += self.uniform_ms + sum(self.head_cost(0, v) for v in uniform)
         return cost
@@ -178,7 +186,7 @@ class LatencyModel:
 
     @classmethod
     def load(cls, path: Path) -> "LatencyModel":
-        return cls(**json.loads(path.read_text()))
+        return cls(**json.loads(Path(path).read_text()))
 
 
 def structure_of_masks(masks: dict[str, torch.Tensor], shape: EncoderShape) -> tuple[list, list, list[int]]:
@@ -186,6 +194,17 @@ def structure_of_masks(masks: dict[str, torch.Tensor], shape: EncoderShape) -> t
     qk = masks["qk"].detach().view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
     vo = masks["vo"].detach().view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
     return qk, vo, masks["ffn"].detach().sum(-1).long().tolist()
+
+
+def _bilinear(table: list[list[float]], rows: list[int], columns: list[int], qk: int, vo: int) -> float:
+    """table[row][column] at (qk, vo), bilinear; row 0 is the uniform heads' (qk 0), rows from 1 the QK slots."""
+    j0, j1, b = _bracket(columns, vo)
+    if qk <= 0:
+        row = table[0]
+        return (1 - b) * row[j0] + b * row[j1]
+    i0, i1, a = _bracket(rows[1:], qk)
+    t = table[1:]
+    return (1 - a) * ((1 - b) * t[i0][j0] + b * t[i0][j1]) + a * ((1 - b) * t[i1][j0] + b * t[i1][j1])
 
 
 def _bracket(grid: list[int], value: float) -> tuple[int, int, float]:
@@ -225,6 +244,17 @@ def width_grid(limit: int) -> list[int]:
     return sorted(set(grid + [max(1, 3 * limit // 4), limit]))
 
 
+def ffn_grid(limit: int) -> list[int]:
+    """0 and multiples of 8 (the widths the compact FFN runs at) up to round_up(limit): 8, then
+    16, 24, 32, 48, 64, 96, ... (each power of 2 and 1.5x it; pruning leaves FFNs mostly narrow, where
+    the time is least linear in the width), and 3/4 of the limit."""
+    grid, width = {0, 8, round_up(limit), round_up(3 * limit // 4)}, 16
+    while width < limit:
+        grid |= {width, round_up(3 * width // 2)}
+        width *= 2
+    return sorted(w for w in grid if w <= round_up(limit))
+
+
 def head_grid(head_dim: int, plan: str) -> tuple[list[int], list[int]]:
     """(rows, VO columns) of the per-head table: rows 0 (uniform) then the QK slots the plan runs
     (grouped: from 2, a QK width of 1 takes a slot of 2; padded: multiples of 8)."""
@@ -241,17 +271,14 @@ _SCALARS = ("attention_base_ms", "grouped_ms", "uniform_ms", "group_ms")
 
 def attention_configs(shape: EncoderShape, plan: str) -> list[tuple[list[int], list[int]]]:
     """The attention sub-layers (QK widths, VO widths) timed to fit the parts, at grid widths only:
-    n = 1 and n = all heads of each cell, single-head groups of distinct cells, grouped + uniform heads."""
+    n = 1, 2 and all heads of each cell (per-head costs: real groups are mostly small), single-head
+    groups of distinct cells (the call cost), grouped + uniform heads (the grouped and uniform parts)."""
     heads = shape.num_heads
     rows, columns = head_grid(shape.head_dim, plan)
-    cells = [(q, v) for q in rows for v in columns if q > 0 or plan == "grouped"]
+    cells = [(q, v) for q in rows for v in columns]
     if plan == "padded":
         cells = [(w, w) for w in columns]
-    configs = []
-    for q, v in cells:
-        configs.append(([q], [v]))
-        if heads > 1:
-            configs.append(([q] * heads, [v] * heads))
+    configs = [([q] * n, [v] * n) for q, v in cells for n in sorted({1, min(2, heads), heads})]
     grouped = [c for c in cells if c[0] > 0]
     if plan == "grouped":
         for k in sorted({2, max(2, heads // 2), heads}):  # k single-head groups of distinct widths
@@ -261,19 +288,20 @@ def attention_configs(shape: EncoderShape, plan: str) -> list[tuple[list[int], l
                 configs.append(([q for q, _ in picked], [v for _, v in picked]))
         for q, v in (grouped[0], grouped[len(grouped) // 2], grouped[-1]):  # grouped + uniform heads
             u = columns[len(columns) // 2]
-            configs.append(([q, 0], [v, u]))
+            if heads >= 2:
+                configs.append(([q, 0], [v, u]))
             if heads >= 4:
                 half = heads // 2
                 configs.append(([q] * half + [0] * (heads - half), [v] * half + [u] * (heads - half)))
-    elif heads > 1 and len(columns) > 1:  # two buckets: one wide head among narrow ones (PaddedLayout's waste rule)
-        configs.append(([columns[-1]] + [columns[0]] * (heads - 1), [columns[-1]] + [columns[0]] * (heads - 1)))
-        configs.append(([columns[-1]] * 2 + [columns[0]] * (heads - 2), [columns[-1]] * 2 + [columns[0]] * (heads - 2)))
+    elif heads > 1 and len(columns) > 1:  # two buckets: wide heads among narrow ones (PaddedLayout's waste rule)
+        for wide in (1, 2):
+            configs.append(([columns[-1]] * wide + [columns[0]] * (heads - wide),) * 2)
     return configs
 
 
 def _design_row(model: LatencyModel, qk_dims: list[int], vo_dims: list[int]) -> dict:
-    """The parts (name or table cell -> count) a sub-layer of grid widths pays under `model`'s plan:
-    the prediction's formula, written as a linear function of the parts."""
+    """The parts (name, or (row, column) of the per-head table -> count) a sub-layer of grid widths
+    pays under `model`'s plan: the prediction's formula, written as a linear function of the parts."""
     rows, columns = model.head_widths, model.vo_widths
     groups, uniform = model.head_groups(qk_dims, vo_dims)
     parts = {"attention_base_ms": 1.0}
@@ -292,25 +320,23 @@ def _design_row(model: LatencyModel, qk_dims: list[int], vo_dims: list[int]) -> 
 
 
 def fit_attention(model: LatencyModel, configs: list[tuple[list[int], list[int]]], times_ms: list[float]) -> float:
-    """Set `model`'s attention parts (scalars and per-head table) by least squares to the measured
-    sub-layers (rows weighted by 1 / time, so that every configuration counts by its relative error),
-    then clamp per-head and group costs at 0 and make the table non-decreasing in both widths.
-    Returns the group cost as fitted, before the clamp."""
+    """Set `model`'s attention parts (scalars and per-head table) by least squares to the timed
+    sub-layers (rows weighted by 1 / time: every configuration counts by its relative error); a
+    call cost fitted below 0 is refitted at 0. The table is then clamped at 0 and made non-decreasing
+    in both widths. Returns the call cost as first fitted."""
     rows = [_design_row(model, qk, vo) for qk, vo in configs]
     for name in ("grouped_ms", "group_ms"):  # a part every timed sub-layer pays once is the base's (the padded plan)
         if all(row.get(name, 0.0) == row["attention_base_ms"] for row in rows):
             for row in rows:
                 row.pop(name, None)
-    names = sorted({name for row in rows for name in row}, key=str)
-    a = torch.tensor([[row.get(name, 0.0) for name in names] for row in rows], dtype=torch.float64)
-    b = torch.tensor(times_ms, dtype=torch.float64)
-    weight = 1.0 / b.clamp_min(1e-6)
-    solution = torch.linalg.lstsq(a * weight[:, None], (b * weight)[:, None], driver="gelsd").solution[:, 0]
-    values = dict(zip(names, solution.tolist()))
+    values = _least_squares(rows, times_ms)
+    fitted_group_ms = values.get("group_ms", 0.0)
+    if fitted_group_ms < 0:
+        for row in rows:
+            row.pop("group_ms", None)
+        values = _least_squares(rows, times_ms)
     for name in _SCALARS:
         setattr(model, name, values.get(name, 0.0))
-    fitted_group_ms = values.get("group_ms", 0.0)
-    model.group_ms = max(model.group_ms, 0.0)  # fitted below 0 (noise, or small groups' better caching): no call is free
     table = [[max(values.get((i, j), 0.0), 0.0) for j in range(len(model.vo_widths))]
              for i in range(len(model.head_widths))]
     if model.plan == "padded":  # only (w, w) is measured and used: a cell costs its padded width's head
@@ -318,6 +344,15 @@ def fit_attention(model: LatencyModel, configs: list[tuple[list[int], list[int]]
         table = [[diagonal[max(i - 1, j)] for j in range(len(diagonal))] for i in range(len(model.head_widths))]
     model.head_ms = [monotone(table[0])] + monotone_2d(table[1:])
     return fitted_group_ms
+
+
+def _least_squares(rows: list[dict], times_ms: list[float]) -> dict:
+    names = sorted({name for row in rows for name in row}, key=str)
+    a = torch.tensor([[row.get(name, 0.0) for name in names] for row in rows], dtype=torch.float64)
+    b = torch.tensor(times_ms, dtype=torch.float64)
+    weight = 1.0 / b.clamp_min(1e-6)
+    solution = torch.linalg.lstsq(a * weight[:, None], (b * weight)[:, None], driver="gelsd").solution[:, 0]
+    return dict(zip(names, solution.tolist()))
 
 
 # --- measurement ---------------------------------------------------------------------------------
@@ -347,15 +382,14 @@ def _time(fn, min_run_time: float, device: torch.device) -> float:
 
 
 def interleaved_ms(parts: dict, rounds: int, min_run_time: float, device: torch.device) -> dict:
-    """{name: least median ms over `rounds` rounds}, each round timing every part once in turn
-    (`min_run_time` seconds per part in all): a slow spell of a shared machine falls on one round
-    of every part rather than on all rounds of some."""
-    best = {}
+    """{name: median over `rounds` rounds of its median ms}, each round timing every part once in
+    turn (`min_run_time` seconds per part in all): a slow spell of a shared machine falls on one
+    round of every part rather than on all rounds of some, and the median round drops it."""
+    rounds_ms = {name: [] for name in parts}
     for _ in range(max(1, rounds)):
         for name, fn in parts.items():
-            ms = _time(fn, min_run_time / max(1, rounds), device)
-            best[name] = min(best.get(name, float("inf")), ms)
-    return best
+            rounds_ms[name].append(_time(fn, min_run_time / max(1, rounds), device))
+    return {name: statistics.median(values) for name, values in rounds_ms.items()}
 
 
 def dense_model(hf_config, device: torch.device, dtype: torch.dtype):
@@ -367,12 +401,13 @@ def dense_model(hf_config, device: torch.device, dtype: torch.dtype):
 
 
 def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min_run_time: float = 0.1,
-                  progress=print, rounds: int = 3) -> LatencyModel:
+                  progress=print, rounds: int = 5) -> LatencyModel:
     """Time every part of the latency model on `device` in its serving dtype (see module docstring).
 
-    min_run_time: seconds of timing per sub-layer (in all its rounds); the dense and the empty model
-    get 30x that (3 s by default, as the compact stage times the dense model). On MiniLM at 32 x 128
-    on 2 CPU threads the defaults take about 1.5 minutes."""
+    min_run_time: seconds of timing per sub-layer (in all its rounds); whole compact models get 10x
+    that, the dense model 30x (3 s by default, as the compact stage times it). On MiniLM at 32 x 128
+    on 2 CPU threads the defaults take about 75 s."""
+    started = time.perf_counter()
     dtype = serving_defaults(device)[0]
     allocator = retain_freed_memory() if device.type == "cpu" else "caching allocator"
     shape = EncoderShape.of(hf_config)
@@ -382,7 +417,7 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
         key=model_key(shape, device, dtype, batch, seq_len, getattr(hf_config, "model_type", "bert")),
         fixed_ms=0.0, attention_empty_ms=0.0, attention_base_ms=0.0, head_widths=rows, vo_widths=columns,
         head_ms=[[0.0] * len(columns) for _ in rows],
-        ffn_widths=sorted({0, *(round_up(w) for w in width_grid(shape.intermediate_size))}), ffn_ms=[], plan=plan,
+        ffn_widths=ffn_grid(shape.intermediate_size), ffn_ms=[], plan=plan,
     )
     generator = torch.Generator(device="cpu").manual_seed(0)
     hidden = torch.randn(batch, seq_len, shape.hidden_size, generator=generator, device="cpu").to(device, dtype)
@@ -408,16 +443,18 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     timed = interleaved_ms(parts, rounds, min_run_time, device)
     del parts
     attention_ms = [timed[("attention", i)] for i in range(len(configs))]
-    raw_group_ms = fit_attention(model, configs, attention_ms)
+    fitted_group_ms = fit_attention(model, configs, attention_ms)
     residuals = sorted(abs(model.attention_cost(qk, vo) / ms - 1) for (qk, vo), ms in zip(configs, attention_ms))
     model.attention_empty_ms = timed["attention_empty"]
     model.ffn_ms = monotone([timed[("ffn", w)] for w in model.ffn_widths])
+    progress(f"  ms per head in a group; VO widths {columns}:")
     for q, row in zip(rows, model.head_ms):
-        progress(f"  {'uniform' if q == 0 else f'QK {q:3}':>7}: " + " ".join(f"{t:.3f}" for t in row) + " ms per head")
-    progress(f"  per group {model.group_ms:.3f} ms (fitted {raw_group_ms:+.3f}); per layer: with heads "
+        progress(f"  {'uniform' if q == 0 else f'QK {q:3}':>7}: " + " ".join(f"{t:6.3f}" for t in row))
+    progress(f"  per group {model.group_ms:.3f} ms (fitted {fitted_group_ms:+.3f}); per layer: with heads "
              f"{model.attention_base_ms:.3f}, with groups +{model.grouped_ms:.3f}, with uniform heads "
-             f"+{model.uniform_ms:.3f}, no head {model.attention_empty_ms:.3f} ms; the formula vs the timed "
-             f"sub-layers: median |error| {statistics.median(residuals):.1%}, largest {residuals[-1]:.1%}")
+             f"+{model.uniform_ms:.3f}, no head {model.attention_empty_ms:.3f} ms; the formula vs the "
+             f"{len(configs)} timed sub-layers: median |error| {statistics.median(residuals):.1%}, "
+             f"largest {residuals[-1]:.1%}")
     progress("  FFN: " + ", ".join(f"{w}: {t:.2f}" for w, t in zip(model.ffn_widths, model.ffn_ms)) + " ms")
 
     empty_config = GrainBertConfig(  # the fixed part, as a BERT-family compact model with every layer empty
@@ -430,22 +467,48 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
         "empty": GrainBertForSequenceClassification(empty_config).to(device=device, dtype=dtype).eval(),
         "dense": dense_model(hf_config, device, dtype),
     }
-    timed = interleaved_models_ms(whole, batch, seq_len, rounds, min_run_time * 30)
-    model.fixed_ms = timed["empty"] - shape.num_layers * (model.attention_empty_ms + model.ffn_ms[0])
+    layers_ms = {"empty": shape.num_layers * (model.attention_empty_ms + model.ffn_ms[0])}
+    whole.update(calibration_models(hf_config, shape, device, dtype))
+    for name, m in whole.items():
+        if name not in layers_ms and name != "dense":
+            layers_ms[name] = model.predict(m.config.qk_dims, m.config.vo_dims, m.config.ffn_dims)  # fixed is 0 yet
+    timed = interleaved_models_ms(whole, batch, seq_len, rounds, min_run_time * 10, {"dense": min_run_time * 30})
+    estimates = {name: timed[name] - layers_ms[name] for name in layers_ms}
+    model.fixed_ms = statistics.median(estimates.values())
     model.dense_latency_ms = timed["dense"]
-    progress(f"  fixed {model.fixed_ms:.2f} ms; dense model (measured) {model.dense_latency_ms:.1f} ms, "
-             f"its compact form (predicted) {model.compact_dense_ms():.1f} ms")
+    progress(f"  fixed {model.fixed_ms:.2f} ms (the median of whole compact models less their sub-layers: "
+             + ", ".join(f"{name} {ms:.2f}" for name, ms in estimates.items()) + ")")
+    progress(f"  dense model (measured) {model.dense_latency_ms:.1f} ms, its compact form (predicted) "
+             f"{model.compact_dense_ms():.1f} ms; measured in {time.perf_counter() - started:.0f} s")
     return model
 
 
+def calibration_models(hf_config, shape: EncoderShape, device, dtype, sparsities=(0.9, 0.95, 0.97)) -> dict:
+    """Compact models cut from random GRAIN-like masks (`random_masks`, seeds apart from the check's),
+    whose whole time, less their predicted sub-layers, also estimates the fixed part (whole models
+    read every layer's weights afresh, which sub-layers timed alone do not)."""
+    from grain.models.slicing import compact_from_masked
+
+    dense = dense_model(hf_config, torch.device("cpu"), torch.float32)
+    models = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
+        for i, sparsity in enumerate(sparsities):
+            compact = compact_from_masked(dense, random_masks(shape, sparsity, seed=1000 + i))[0]
+            models[f"sparsity {sparsity:g}"] = compact.to(device=device, dtype=dtype).eval()
+    return models
+
+
 def interleaved_models_ms(models: dict, batch: int, seq_len: int, rounds: int, min_run_time: float,
-                          statistic=min) -> dict:
+                          min_run_times: dict | None = None, statistic=statistics.median) -> dict:
     """{name: `statistic` of the models' per-round medians (measure_latency)}, models alternating
-    round by round (as `compare_models`); `min`: the least round, as the latency model's parts."""
+    round by round (as `compare_models`, which keeps the median round); `min_run_time` seconds per
+    model in all, or its entry in `min_run_times`."""
     rounds_ms = {name: [] for name in models}
     for _ in range(max(1, rounds)):
         for name, m in models.items():
-            rounds_ms[name].append(measure_latency(m, batch, seq_len, min_run_time=min_run_time / max(1, rounds))["median_ms"])
+            seconds = (min_run_times or {}).get(name, min_run_time) / max(1, rounds)
+            rounds_ms[name].append(measure_latency(m, batch, seq_len, min_run_time=seconds)["median_ms"])
     return {name: statistic(values) for name, values in rounds_ms.items()}
 
 
@@ -466,9 +529,9 @@ def monotone_2d(table: list[list[float]]) -> list[list[float]]:
 
 
 def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path,
-                  min_run_time: float = 0.1, progress=print, rounds: int = 3) -> LatencyModel:
+                  min_run_time: float = 0.1, progress=print, rounds: int = 5) -> LatencyModel:
     """The cached model for this device, dtype, torch version, model family, shape, batch and
-    length; measured once (about 1.5 minutes for MiniLM at 32 x 128 on 2 CPU threads)."""
+    length; measured once (about 75 s for MiniLM at 32 x 128 on 2 CPU threads)."""
     shape = EncoderShape.of(hf_config)
     key = model_key(shape, device, serving_defaults(device)[0], batch, seq_len, getattr(hf_config, "model_type", "bert"))
     path = cache_path(cache_dir, key)
@@ -500,7 +563,7 @@ def random_masks(shape: EncoderShape, sparsity: float, seed: int) -> dict[str, t
 
 
 def check_predictions(model: LatencyModel, hf_config, device, sparsities: list[float], min_run_time: float,
-                      compact_dirs: list[str] = (), rounds: int = 3) -> list[dict]:
+                      compact_dirs: list[str] = (), rounds: int = 5) -> list[dict]:
     """Predicted vs measured ms of the dense model, of compact models cut from random GRAIN-like masks
     (one per sparsity) and of saved compact models (`compact_dirs`), all timed in this process in
     alternating rounds (`min_run_time` seconds per model in all); measured: the median round (as the
@@ -566,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, help="default: CPU 128, GPU 512")
     parser.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("GRAIN_CACHE_DIR", ".cache/grain")))
     parser.add_argument("--min-run-time", type=float, default=0.1, help="seconds of timing per measured part")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (model and check)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (model and check)")
     parser.add_argument("--remeasure", action="store_true", help="measure again, replacing the cached model")
     parser.add_argument("--check", default="0.5,0.8,0.9,0.95,0.97",
                         help="sparsities of random compact models to predict and measure ('' for none)")
