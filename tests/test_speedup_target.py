@@ -79,7 +79,9 @@ def test_latency_cost_keeps_more_importance_at_equal_predicted_latency():
 
 
 def test_tiny_run_to_a_speed(tmp_path):
-    result = run_grain(["model=tiny", "speedup=1.5", "pruner.cost=latency", "trainer.max_steps=8", "logger=csv"], tmp_path)
+    # a small benchmark shape: the latency model is measured (and the compact model timed) at 4 x 32
+    result = run_grain(["model=tiny", "speedup=1.5", "pruner.cost=latency", "trainer.max_steps=8", "logger=csv",
+                        "compact.bench_batch=4", "compact.bench_seq_len=32"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = summaries(tmp_path)
     assert path.parent.parent.name == "x1.5"
@@ -88,3 +90,4 @@ def test_tiny_run_to_a_speed(tmp_path):
     assert student["target_speedup"] == 1.5 and student["cost"] == "latency" and student["target_sparsity"] is None
     assert 1.5 - 1e-9 <= student["predicted_speedup"] <= 1.7  # at the target, past it by at most a unit or two
     assert compact["predicted_speedup"] == student["predicted_speedup"] and compact["speedup"] > 0
+    assert (compact["batch"], compact["seq_len"]) == (4, 32)

@@ -272,7 +272,8 @@ _SCALARS = ("attention_base_ms", "grouped_ms", "uniform_ms", "group_ms")
 def attention_configs(shape: EncoderShape, plan: str) -> list[tuple[list[int], list[int]]]:
     """The attention sub-layers (QK widths, VO widths) timed to fit the parts, at grid widths only:
     n = 1, 2 and all heads of each cell (per-head costs: real groups are mostly small), single-head
-    groups of distinct cells (the call cost), grouped + uniform heads (the grouped and uniform parts)."""
+    groups of distinct cells (the call cost), each cell's lone head beside a uniform head and half
+    grouped, half uniform layers (the grouped and uniform parts apart)."""
     heads = shape.num_heads
     rows, columns = head_grid(shape.head_dim, plan)
     cells = [(q, v) for q in rows for v in columns]
@@ -286,12 +287,12 @@ def attention_configs(shape: EncoderShape, plan: str) -> list[tuple[list[int], l
                 step = len(grouped) / k
                 picked = [grouped[int(i * step)] for i in range(k)]
                 configs.append(([q for q, _ in picked], [v for _, v in picked]))
-        for q, v in (grouped[0], grouped[len(grouped) // 2], grouped[-1]):  # grouped + uniform heads
-            u = columns[len(columns) // 2]
-            if heads >= 2:
-                configs.append(([q, 0], [v, u]))
-            if heads >= 4:
-                half = heads // 2
+        u = columns[len(columns) // 2]
+        if heads >= 2:  # each grouped cell's lone head with a uniform head: the uniform part, paired with n = 1
+            configs += [([q, 0], [v, u]) for q, v in grouped]
+        if heads >= 4:
+            half = heads // 2
+            for q, v in (grouped[0], grouped[len(grouped) // 2], grouped[-1]):
                 configs.append(([q] * half + [0] * (heads - half), [v] * half + [u] * (heads - half)))
     elif heads > 1 and len(columns) > 1:  # two buckets: wide heads among narrow ones (PaddedLayout's waste rule)
         for wide in (1, 2):
@@ -371,9 +372,10 @@ def _layer(shape: EncoderShape, qk: list[int], vo: list[int], ffn: int, device, 
 
 
 @torch.inference_mode()
-def _time(fn, min_run_time: float, device: torch.device) -> float:
-    """Median ms of `fn()` over blocked runs of at least `min_run_time` seconds, after 3 warm-up calls."""
-    for _ in range(3):
+def _time(fn, min_run_time: float, device: torch.device, warmup: int = 3) -> float:
+    """Median ms of `fn()` over torch.utils.benchmark's blocked runs of at least `min_run_time`
+    seconds (its timer synchronizes CUDA), after `warmup` calls."""
+    for _ in range(warmup):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -386,9 +388,9 @@ def interleaved_ms(parts: dict, rounds: int, min_run_time: float, device: torch.
     turn (`min_run_time` seconds per part in all): a slow spell of a shared machine falls on one
     round of every part rather than on all rounds of some, and the median round drops it."""
     rounds_ms = {name: [] for name in parts}
-    for _ in range(max(1, rounds)):
+    for round_ in range(max(1, rounds)):
         for name, fn in parts.items():
-            rounds_ms[name].append(_time(fn, min_run_time / max(1, rounds), device))
+            rounds_ms[name].append(_time(fn, min_run_time / max(1, rounds), device, warmup=3 if round_ == 0 else 1))
     return {name: statistics.median(values) for name, values in rounds_ms.items()}
 
 
