@@ -453,8 +453,8 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     for q, row in zip(rows, model.head_ms):
         progress(f"  {'uniform' if q == 0 else f'QK {q:3}':>7}: " + " ".join(f"{t:6.3f}" for t in row))
     progress(f"  per group {model.group_ms:.3f} ms (fitted {fitted_group_ms:+.3f}); per layer: with heads "
-             f"{model.attention_base_ms:.3f}, with groups +{model.grouped_ms:.3f}, with uniform heads "
-             f"+{model.uniform_ms:.3f}, no head {model.attention_empty_ms:.3f} ms; the formula vs the "
+             f"{model.attention_base_ms:.3f}, with groups {model.grouped_ms:+.3f}, with uniform heads "
+             f"{model.uniform_ms:+.3f}, no head {model.attention_empty_ms:.3f} ms; the formula vs the "
              f"{len(configs)} timed sub-layers: median |error| {statistics.median(residuals):.1%}, "
              f"largest {residuals[-1]:.1%}")
     progress("  FFN: " + ", ".join(f"{w}: {t:.2f}" for w, t in zip(model.ffn_widths, model.ffn_ms)) + " ms")
@@ -650,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         cache_path(args.cache_dir, key).unlink(missing_ok=True)
     model = latency_model(hf_config, device, batch, seq_len, args.cache_dir, args.min_run_time, rounds=args.rounds)
     print(f"{model.plan} plan: fixed {model.fixed_ms:.2f} ms; attention: empty {model.attention_empty_ms:.2f}, "
-          f"with heads {model.attention_base_ms:.2f} (+{model.grouped_ms:.2f} with groups, +{model.uniform_ms:.2f} "
+          f"with heads {model.attention_base_ms:.2f} ({model.grouped_ms:+.2f} with groups, {model.uniform_ms:+.2f} "
           f"with uniform heads) + {model.group_ms:.3f} per group + per head; FFN at full width {model.ffn_ms[-1]:.2f} ms; "
           f"dense (measured) {model.dense_ms():.1f} ms, its compact form (predicted) {model.compact_dense_ms():.1f} ms")
     sparsities = [float(s) for s in args.check.split(",") if s]
