@@ -10,7 +10,7 @@ GRAIN_DATA_DIR ?= $(shell [ -d ../shared/data ] && cd ../shared/data && pwd)
 export GRAIN_DATA_DIR
 ARGS ?=
 
-.PHONY: help install run test test-full test-gpu gpu-pack gpu-check clean
+.PHONY: help install run test lint test-full test-gpu gpu-pack gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ run: $(STAMP)  ## the quickstart: fine-tune a MiniLM teacher on SST-2, prune to 
 test: $(STAMP)  ## the fast test suite (tiny random BERT, CPU, a few minutes)
 	$(PY) -m pytest -q $(ARGS)
 
+lint: $(STAMP)  ## ruff, and import-linter's contracts: layers, independent stages, no import cycles (pyproject.toml)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/lint-imports
+
 test-full: $(STAMP)  ## all tests, including slow ones (real MiniLM, DDP, sweeps)
 	$(PY) -m pytest -q -m "" $(ARGS)
 
@@ -46,4 +50,4 @@ gpu-check:  ## on a CUDA machine: GPU tests, tiny GPU runs, speed benchmarks, nu
 	bash scripts/gpu-check.sh
 
 clean:  ## remove outputs, caches and the venv
-	rm -rf outputs multirun .cache wandb lightning_logs $(VENV) src/*.egg-info
+	rm -rf outputs multirun .cache wandb lightning_logs $(VENV) src/*.egg-info build dist

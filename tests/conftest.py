@@ -11,10 +11,11 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
-import grain.config  # noqa: F401  (registers the config's resolvers, as `python -m grain.run` does)
+import grain  # noqa: F401  (registers the config's resolvers, as `python -m grain.run` does)
+from grain.conf import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO / "conf"
+CONF_DIR = CONFIG_DIR
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("GRAIN_DATA_DIR", REPO.parent / "shared" / "data"))
 

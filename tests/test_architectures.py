@@ -38,12 +38,13 @@ from transformers import (
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
 from grain.architectures import architecture_of, find_architecture, supported_families
-from grain.bench.measure import encoder_linear_param_count
 from grain.errors import GrainError
-from grain.models import compact as compact_module
-from grain.models.compact import is_compact
+from grain.measure.compare import encoder_linear_param_count
+from grain.models import slicing
+from grain.models.compact import bert as compact_module
 from grain.models.masks import EncoderShape, attach_mask_hooks, unit_weights
-from grain.models.slicing import compact_from_masked, expand_to_masked
+from grain.models.registry import is_compact
+from grain.models.slicing import compact_from_masked
 from grain.pruning.ranking import kept_linear_params
 from tests.conftest import FIXTURES
 from tests.fake_device import ACCELERATOR, fake_accelerator, to_accelerator
@@ -177,16 +178,27 @@ def test_compact_has_exactly_the_kept_parameters(family, seed):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_expanding_the_compact_model_gives_the_masked_one(family):
+def test_compaction_checks_itself_against_the_masked_model(family, monkeypatch):
+    """Every compaction compares the compact model with the masked one where it happens and keeps the
+    difference; a compaction that slices the wrong units is refused there, not found later."""
     model = tiny_model(family)
     masks = hard_masks(EncoderShape.of(model), seed=3)
     compact, _ = compact_from_masked(model, masks)
-    skeleton = expand_to_masked(compact, tiny_model(family), masks)
-    inputs = family_batch(model)
-    with torch.no_grad():
-        torch.testing.assert_close(
-            masked_outputs(skeleton, masks, inputs).logits, compact.eval()(**inputs).logits, atol=1e-5, rtol=0
-        )
+    assert compact.compaction_max_abs_diff < 1e-5
+
+    real_plan = slicing.compaction_plan
+
+    def off_by_one(structure, arch, prefix):  # the FFN rows of layer 0 taken one unit too far
+        plan = real_plan(structure, arch, prefix)
+        for name, rule in plan.items():
+            if ".0." in name and rule.rows is not None and name.endswith(("intermediate.dense.weight", "ffn.lin1.weight")):
+                plan[name] = slicing.Slice(rule.source, rows=(rule.rows + 1) % model.config.to_dict().get(
+                    "intermediate_size", model.config.to_dict().get("hidden_dim")), cols=rule.cols)
+        return plan
+
+    monkeypatch.setattr(slicing, "compaction_plan", off_by_one)
+    with pytest.raises(RuntimeError, match="a compaction bug"):
+        compact_from_masked(model, masks)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -197,9 +209,9 @@ def test_save_and_load_through_auto_class(family, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(compact)
-    from grain.bench.__main__ import load_model  # by the class name config.json holds
+    from grain.models.registry import load_saved_model  # by the class name config.json holds
 
-    assert type(load_model(str(tmp_path))) is type(compact)
+    assert type(load_saved_model(tmp_path)) is type(compact)
     inputs = family_batch(model)
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, compact.eval()(**inputs).logits, atol=0, rtol=0)
@@ -213,9 +225,9 @@ def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
     masks = hard_masks(EncoderShape.of(model))
     inputs = family_batch(model)
     expected = masked_outputs(model, masks, inputs).logits
+    compact, _ = compact_from_masked(model, masks)  # on the CPU: its check runs the HF model (see test_device_guard)
     with fake_accelerator() as accelerator:
-        to_accelerator(model)
-        compact, _ = compact_from_masked(model, {k: m.to(ACCELERATOR) for k, m in masks.items()})
+        to_accelerator(compact)
         accelerator.syncs.clear()
         with torch.no_grad():
             logits = compact.eval()(**{k: v.to(ACCELERATOR) for k, v in inputs.items()}).logits
@@ -259,7 +271,7 @@ def test_masks_hook_the_familys_modules(family):
 def test_deberta_relative_positions_are_hfs(buckets, max_position):
     from transformers.models.deberta_v2.modeling_deberta_v2 import build_relative_position
 
-    from grain.models.compact_deberta import relative_positions
+    from grain.models.compact.deberta import relative_positions
 
     for seq in (1, 7, 130, 600):
         states = torch.zeros(1, seq, 2)

@@ -6,10 +6,11 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.__main__ import main as bench_main
-from grain.bench.flops import count_flops, padding_flops
-from grain.bench.measure import compare_models, floor_masks
-from grain.bench.profile import format_op_table, op_times
-from grain.models.kernels import round_up
+from grain.measure.compare import compare_models
+from grain.measure.flops import count_flops, padding_flops
+from grain.measure.profile import format_op_table, op_times
+from grain.measure.structures import floor_masks
+from grain.models.compact.kernels import round_up
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.summary import read_summary, write_summary
@@ -20,7 +21,7 @@ BATCH, SEQ = 2, 16
 
 
 def tiny_dense():
-    # vocab above 1000: grain.bench.flops.dummy_inputs draws token ids from 1000 up
+    # vocab above 1000: grain.measure.flops.dummy_inputs draws token ids from 1000 up
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=1200, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
@@ -166,7 +167,8 @@ def test_measurement_keys_name_device_dtype_shape_and_mode():
 def test_compact_stage_times_the_training_device_at_its_default_shapes():
     from omegaconf import OmegaConf
 
-    from grain.stages.compact import bench_shapes, benchmark, serving_device
+    from grain.measure.compare import bench_shapes, serving_device
+    from grain.stages.compact import benchmark
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert serving_device(OmegaConf.create({"accelerator": "cpu"})) == cpu

@@ -6,7 +6,8 @@ import json
 import torch
 from safetensors.torch import save_file
 
-from grain.bench.structure import floor, main, paper_5pct, upsample
+from grain.bench.structure import main, upsample
+from grain.measure.structures import floor_masks, paper_5pct
 from grain.models.masks import EncoderShape
 from grain.pruning.ranking import encoder_linear_params, kept_linear_params
 
@@ -30,7 +31,7 @@ def test_paper_5pct_is_the_papers_structure():
 
 
 def test_floor_keeps_one_unit_of_each_kind():
-    masks = floor(BERT_BASE)
+    masks = floor_masks(BERT_BASE)
     assert [m.sum().item() for m in masks.values()] == [12, 12, 12]
 
 

@@ -11,9 +11,9 @@ from transformers import (
 )
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
-from grain.models.kernels import GroupedLayout
+from grain.models.compact.kernels import GroupedLayout
 from grain.models.masks import EncoderShape, attach_mask_hooks
-from grain.models.slicing import compact_from_masked
+from grain.models.slicing import compact_from_masked, factorized_copy
 from grain.pruning.ranking import kept_linear_params
 from tests.conftest import all_kept_masks
 
@@ -115,11 +115,12 @@ def test_factorized_embeddings_are_close_and_smaller():
     model = tiny(BertForSequenceClassification)
     masks = {k: torch.ones_like(v) for k, v in hard_masks(EncoderShape.of(model)).items()}
     full, _ = compact_from_masked(model, masks)
-    factorized, _ = compact_from_masked(model, masks, embedding_rank=32)  # full rank: exact up to float error
+    factorized = factorized_copy(full, 32)  # full rank: exact up to float error
     inputs = batch()
     with torch.no_grad():
         torch.testing.assert_close(factorized.eval()(**inputs).logits, full.eval()(**inputs).logits, atol=1e-4, rtol=0)
-    low, _ = compact_from_masked(model, masks, embedding_rank=8)
+    low = factorized_copy(full, 8)
+    assert low.config.embedding_rank == 8 and full.config.embedding_rank is None
     assert sum(p.numel() for p in low.parameters()) < sum(p.numel() for p in full.parameters())
 
 

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from grain.config import validate_config
 from grain.errors import GrainError
-from tests.conftest import CONF_DIR, compose_config
+from tests.conftest import CONF_DIR, FIXTURES, compose_config
 
 
 def options(group):
@@ -16,7 +16,7 @@ def options(group):
 
 # The tasks on the user's own files check them at validation: give them the fixtures (tests/test_own_data.py).
 OWN_DATA_FILES = {
-    task: [f"task.train_file={CONF_DIR.parent / 'tests/fixtures' / train}", f"task.validation_file={CONF_DIR.parent / 'tests/fixtures' / dev}"]
+    task: [f"task.train_file={FIXTURES / train}", f"task.validation_file={FIXTURES / dev}"]
     for task, train, dev in (
         ("text_classification", "own_data/sst2_train.csv", "own_data/sst2_dev.csv"),
         ("token_classification", "conll2003/train.txt", "conll2003/valid.txt"),
@@ -42,7 +42,7 @@ def test_every_task_and_model_composes(task, model, tmp_path):
 def test_every_trainer_builds_a_lightning_trainer(trainer, tmp_path):
     import torch
 
-    from grain.training import build_trainer
+    from grain.stages.trainer import build_trainer
 
     cfg = compose_config([f"trainer={trainer}", "trainer.precision=bf16-mixed"], tmp_path)
     validate_config(cfg)

@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grain.tasks.token_classification.conll import CONLL_LABELS, ConllDataModule, read_conll
 from grain.errors import GrainError
+from grain.stages.trainer import build_datamodule
+from grain.tasks.token_classification.conll import CONLL_LABELS, ConllDataModule, read_conll
 from grain.tasks.token_classification.metrics import NEREvaluator
 from grain.tasks.token_classification.task import TokenClassificationTask, first_subtoken_labels
-from grain.training import build_datamodule
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config
 
 TAG = {name: i for i, name in enumerate(CONLL_LABELS)}

@@ -5,9 +5,9 @@ import shutil
 
 import pytest
 
-from grain.tasks.classification.glue import read_tsv
 from grain.errors import GrainError
-from grain.training import build_datamodule
+from grain.stages.trainer import build_datamodule
+from grain.tasks.classification.glue import read_tsv
 from tests.conftest import FIXTURES, SHARED_DATA, compose_config
 
 

@@ -48,10 +48,9 @@ class SaveValidationMetrics(pl.Callback):
 def test_two_process_validation_logs_the_whole_split(tmp_path):
     """23 rows on 2 processes: before, each process logged the metric of its own half (and Lightning's
     sampler repeated a row to even the halves); now both log the single-process metric of all 23."""
-    from tests.test_student import setup_parts
-
-    from grain.tasks.evaluate import evaluate
     from grain.stages.prune import build_student_module
+    from grain.tasks.evaluate import evaluate
+    from tests.test_student import setup_parts
 
     cfg, datamodule, teacher = setup_parts(tmp_path, ["task.max_eval_samples=23"])
     module = build_student_module(cfg, teacher, 2)

@@ -14,7 +14,7 @@ from transformers import BertForQuestionAnswering, BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.__main__ import main as bench_main
-from grain.export import DEFAULT_OPSET, INPUT_NAMES, TensorOutputs, export_onnx, onnx_opset, onnx_outputs
+from grain.deploy.onnx import DEFAULT_OPSET, INPUT_NAMES, TensorOutputs, export_onnx, onnx_opset, onnx_outputs
 from grain.export import main as export_main
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked

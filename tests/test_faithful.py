@@ -174,11 +174,12 @@ def test_one_shot_lands_within_one_unit_of_the_target(score_kind):
 
 
 def test_budget_setting_composes_validates_and_reaches_the_controller(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
     from grain.config import validate_config
     from grain.errors import GrainError
     from grain.stages.prune import build_controller
     from tests.conftest import compose_config
-    from transformers import BertConfig, BertForSequenceClassification
 
     for pruner in ("grain", "magnitude", "random", "head"):
         assert compose_config([f"pruner={pruner}"], tmp_path).pruner.budget == "grain"

@@ -6,9 +6,9 @@ import torch
 from transformers import BertForSequenceClassification
 
 import grain  # noqa: F401
-from grain.bench.flops import count_flops, padding_flops
-from grain.models import compact as compact_module
-from grain.models.kernels import KeyMask, PaddedLayout
+from grain.measure.flops import count_flops, padding_flops
+from grain.models.compact import bert as compact_module
+from grain.models.compact.kernels import KeyMask, PaddedLayout
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from tests.test_compact import batch, hard_masks, masked_outputs, tiny

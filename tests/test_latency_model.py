@@ -10,11 +10,17 @@ import pytest
 import torch
 from transformers import BertConfig
 
-import grain.bench.latency_model as lm
-from grain.bench.latency_model import (
-    LatencyModel, attention_configs, cache_path, fit_attention, head_grid, latency_model, model_key,
+import grain.measure.latency_model as lm
+from grain.measure.latency_model import (
+    LatencyModel,
+    attention_configs,
+    cache_path,
+    fit_attention,
+    head_grid,
+    latency_model,
+    model_key,
 )
-from grain.models.kernels import GroupedLayout, PaddedLayout
+from grain.models.compact.kernels import GroupedLayout, PaddedLayout
 from grain.models.masks import EncoderShape, encoder_layers
 
 SHAPE = EncoderShape(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
@@ -86,8 +92,9 @@ def test_prediction_follows_the_kernel_plans_grouping():
 
 def test_prediction_uses_the_groups_of_a_compact_model():
     """The layouts a compact model cut from masks builds are the ones its prediction groups by."""
-    from grain.models.slicing import compact_from_masked
     from transformers import AutoModelForSequenceClassification
+
+    from grain.models.slicing import compact_from_masked
 
     config = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=128, max_position_embeddings=32)

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from grain.config import validate_config
+from grain.errors import GrainError
+from grain.stages.trainer import build_datamodule
 from grain.tasks.classification.metrics import TextClassificationEvaluator
 from grain.tasks.classification.own_data import sorted_labels
-from grain.errors import GrainError
-from grain.training import build_datamodule
 from tests.conftest import FIXTURES, REPO, compose_config
 from tests.test_readme_commands import readme_commands
 

@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
 from grain.stages.prune import PeriodicCheckpoint, build_student_module
+from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
 from tests.conftest import FIXTURES
 from tests.test_student import setup_parts
 
@@ -253,8 +253,9 @@ def test_an_interrupted_save_leaves_the_previous_last_ckpt(tmp_path, monkeypatch
 
 
 def test_checkpoint_settings_are_validated_and_free_on_resume(tmp_path):
-    from grain.config import resume_settings, validate_sizes
+    from grain.config import validate_sizes
     from grain.errors import GrainError
+    from grain.stages.resume import resume_settings
     from tests.conftest import compose_config
 
     for bad in ("student.checkpoint_every_n_steps=0", "student.checkpoint_every_n_steps=1.5",

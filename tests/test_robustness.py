@@ -9,8 +9,9 @@ import torch
 from omegaconf import open_dict
 from transformers import AutoModelForSequenceClassification
 
-from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings, validate_config
+from grain.config import validate_config
 from grain.errors import GrainError
+from grain.stages.resume import CHECKPOINT_SETTINGS_KEY, resume_settings
 from tests.conftest import compose_config
 from tests.test_run import lowest_sparsity
 
@@ -92,7 +93,7 @@ def test_the_prune_stage_records_its_settings_and_refuses_another_runs_checkpoin
     cfg = compose_config([*TINY, "sparsity=0.5", "stages=[teacher,prune]"], tmp_path)
     with open_dict(cfg):
         del cfg["hydra"]  # as Hydra hands the config to a job
-    run_pipeline(cfg, tmp_path / "run")
+    run_pipeline(cfg, tmp_path / "run", validate_config(cfg))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)[CHECKPOINT_SETTINGS_KEY]
     assert saved == resume_settings(cfg) and saved["sparsity"] == 0.5
@@ -189,7 +190,7 @@ def test_a_local_roberta_runs_masked(tmp_path, tokenizer):
     cfg = compose_config([*overrides, "stages=[teacher,prune]", "pruner.compact_after_end=false"], tmp_path)
     with open_dict(cfg):
         del cfg["hydra"]
-    summary = run_pipeline(cfg, tmp_path / "run")
+    summary = run_pipeline(cfg, tmp_path / "run", validate_config(cfg))
     assert summary["status"] == "completed"
     assert lowest_sparsity(0.9, summary["student"], hidden=32) <= summary["student"]["sparsity"] < 0.91
 
@@ -249,7 +250,7 @@ def test_a_given_teacher_with_other_labels_is_refused(id2label, tmp_path, tokeni
 
 
 def test_saved_models_carry_the_tasks_label_names(tmp_path, tokenizer):
-    from grain.models.compact import GrainBertPreTrainedModel
+    from grain.models.compact.bert import GrainBertPreTrainedModel
     from grain.models.masks import EncoderShape
     from grain.models.slicing import compact_from_masked
     from grain.stages.prune import run_prune_stage

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES
 
 
 def run_grain(args, tmp_path, data_dir=FIXTURES):

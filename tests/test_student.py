@@ -9,7 +9,7 @@ from transformers import AutoModelForSequenceClassification
 
 from grain.models.backbone import load_task_model
 from grain.stages.prune import build_student_module
-from grain.training import build_datamodule
+from grain.stages.trainer import build_datamodule
 from tests.conftest import compose_config, least_sparsity
 
 STUDENT_OVERRIDES = [

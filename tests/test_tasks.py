@@ -10,8 +10,8 @@ from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClas
 
 from grain.config import validate_config
 from grain.errors import GrainError
+from grain.stages.trainer import build_datamodule
 from grain.tasks.base import Task, task_class
-from grain.training import build_datamodule
 from tests.conftest import CONF_DIR, REPO, compose_config
 from tests.test_config import OWN_DATA_FILES, options
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from grain.errors import GrainError
-from grain.tasks.evaluate import evaluate
 from grain.models.backbone import load_task_model
 from grain.stages.teacher import META_FILE, run_teacher_stage, save_teacher, teacher_cache_dir
-from grain.training import build_datamodule
+from grain.stages.trainer import build_datamodule
+from grain.tasks.evaluate import evaluate
 from tests.conftest import compose_config
 
 

@@ -1,179 +1,33 @@
 """`python -m grain.export <run dir or compact model dir> --format onnx`: the compact model as ONNX.
 
-Writes `<compact dir>/model.onnx` (or `--out`) with inputs input_ids, attention_mask and
-token_type_ids (int64, [batch, sequence]) and the task head's outputs (`logits`; `start_logits` and
-`end_logits` for question answering), both axes dynamic. Then runs the file with onnxruntime on a
-padded check batch of another shape than the one it was exported with and prints the largest
-absolute difference from the PyTorch model.
-
-Exporter: torch.onnx.export(..., dynamo=True), the torch.export-based exporter (the default since
-torch 2.9; it needs `onnxscript`). It exports the forward whole, as `torch.export` sees it; the
-compact forward has no host syncs (`grain.models.kernels.KeyMask.of`), so the attention mask stays
-in the graph whatever the example batch's padding. The legacy TorchScript exporter (dynamo=False)
-also still exists in torch 2.13 and gives the same numbers here, but it is deprecated and a trace
-keeps any Python branch on a tensor it meets as a constant; torch.export would fail on such a
-branch instead of exporting a wrong graph.
-
-Opset: 20 (`DEFAULT_OPSET`, torch 2.13's default for this exporter; onnxruntime runs it from
-1.17 on). `--opset N` asks for another; below 18 (the exporter's own operator set) the file is
-converted down by onnx's version converter, which may fail or keep 18: the opset printed is the
-one in the file. The graph is the CPU kernel plan of the compact attention (the model is exported
-on CPU, in fp32); onnxruntime's CUDA provider runs the same file.
-
-Needs the `export` extra: `pip install -e .[export]` (onnx, onnxscript, onnxruntime).
+Writes `<compact dir>/model.onnx` (or `--out`) as `grain.deploy.onnx.export_onnx` lays it out (inputs
+input_ids, attention_mask, token_type_ids; the head's outputs; batch and length dynamic), then runs the
+file with onnxruntime on a padded batch of another shape than the one it was exported with and prints
+the largest absolute difference from the PyTorch model. `--opset N` asks for another opset; the one
+printed is the one in the file. Needs the `export` extra: `pip install -e .[export]`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
 import sys
-import warnings
 from pathlib import Path
 
-import torch
-from torch import nn
-
+from grain.deploy.onnx import (
+    CHECK_SHAPE,
+    DEFAULT_OPSET,
+    INPUT_NAMES,
+    check_onnx,
+    export_onnx,
+    onnx_opset,
+    output_names,
+    require,
+)
 from grain.errors import GrainError
+from grain.models.registry import load_saved_model
+from grain.summary import model_dir_of
 
-DEFAULT_OPSET = 20
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
-INSTALL_HINT = "pip install -e .[export]"
-FORMATS = ("onnx",)
-
-
-def require(*modules: str) -> None:
-    """Import `modules` or raise a GrainError naming the extra that installs them."""
-    import importlib
-
-    missing = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise GrainError(f"{', '.join(missing)} not installed: ONNX export needs the export extra ({INSTALL_HINT})")
-
-
-def output_names(model) -> list[str]:
-    """The task head's output tensors, by the names its forward returns them under (e.g. `logits`, or
-    `start_logits` and `end_logits`), read from one forward of a 1 x 4 batch on the model's device."""
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in padded_batch(model, 1, 4).items()}
-    with torch.no_grad():
-        outputs = model(**inputs)
-    return [name for name, value in outputs.items() if torch.is_tensor(value) and name != "loss"]
-
-
-class TensorOutputs(nn.Module):
-    """`model` with positional tensor inputs and a tuple of the head's output tensors (what ONNX names)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.outputs = output_names(model)
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return tuple(out[name] for name in self.outputs)
-
-
-def padded_batch(model, batch: int, seq_len: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random token ids of [batch, seq_len], every row after the first padded to a shorter length
-    (row i keeps seq_len - i * step tokens, at least 1), segment 1 on the second half of each row
-    where the model has a second segment (type_vocab_size > 1; RoBERTa has one)."""
-    generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, model.config.vocab_size, (batch, seq_len), generator=generator)
-    lengths = [max(1, seq_len - i * max(1, seq_len // (batch + 1))) for i in range(batch)]
-    attention = torch.zeros_like(ids)
-    token_types = torch.zeros_like(ids)
-    for row, length in enumerate(lengths):
-        attention[row, :length] = 1
-        if getattr(model.config, "type_vocab_size", 2) > 1:
-            token_types[row, length // 2 : length] = 1
-    ids = ids.masked_fill(attention == 0, model.config.pad_token_id or 0)
-    return {"input_ids": ids, "attention_mask": attention, "token_type_ids": token_types}
-
-
-@contextlib.contextmanager
-def quieted():
-    """Without the exporter's progress lines (stdout), its log below errors, and warnings about what it
-    handles itself (e.g. index tensors the compact attention caches on first use)."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
-def export_onnx(
-    model, path: str | Path, opset: int = DEFAULT_OPSET, example: dict[str, torch.Tensor] | None = None,
-    quiet: bool = True,
-) -> Path:
-    """Export `model` (a grain compact or HF BERT-family head) to ONNX at `path`, batch and sequence
-    length dynamic, traced on `example` (default: a padded 2 x 16 batch), on CPU in fp32 (`model` is
-    moved there in place); `quiet`: see `quieted`. Returns the path."""
-    require("onnx", "onnxscript")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.to("cpu", torch.float32).eval()
-    wrapper = TensorOutputs(model).eval()
-    example = example if example is not None else padded_batch(model, 2, 16)
-    max_len = model.config.max_position_embeddings
-    dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", max=max_len)}
-    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30  # protobuf's 2 GB limit
-    with (quieted() if quiet else contextlib.nullcontext()), torch.no_grad():
-        torch.onnx.export(
-            wrapper, (), str(path), kwargs=example, input_names=list(INPUT_NAMES), output_names=wrapper.outputs,
-            opset_version=opset, dynamo=True, dynamic_shapes={name: dims for name in INPUT_NAMES},
-            external_data=large,
-        )
-    return path
-
-
-def onnx_opset(path: str | Path) -> int:
-    """The default-domain opset the file declares."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def onnx_outputs(path: str | Path, inputs: dict[str, torch.Tensor], providers: list[str] | None = None) -> list:
-    """The file's outputs (numpy arrays) on `inputs` with onnxruntime."""
-    require("onnxruntime")
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-    return session.run(None, {name: inputs[name].numpy() for name in INPUT_NAMES})
-
-
-CHECK_SHAPE = (3, 24)
-
-
-def check_onnx(model, path: str | Path, batch: int = CHECK_SHAPE[0], seq_len: int = CHECK_SHAPE[1]) -> float:
-    """Largest absolute difference between the ONNX file (onnxruntime, CPU) and `model` (PyTorch) on a
-    padded [batch, seq_len] batch, over all outputs and positions (padded positions included)."""
-    inputs = padded_batch(model, batch, min(seq_len, model.config.max_position_embeddings), seed=1)
-    got = onnx_outputs(path, inputs)
-    wrapper = TensorOutputs(model).eval()
-    with torch.no_grad():
-        expected = wrapper(**inputs)
-    return max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))
-
-
-def compact_dir_of(path: Path) -> Path:
-    """`<run>/compact` for a run dir (with summary.json), else `path` itself."""
-    from grain.summary import SUMMARY_FILE
-
-    return path / "compact" if (path / SUMMARY_FILE).exists() else path
+FORMATS = ("onnx",)  # the export targets, one module each in grain.deploy
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = Path(args.path)
-    model_dir = compact_dir_of(path)
+    model_dir = model_dir_of(path)
     if not (model_dir / "config.json").exists():
         hint = " (did the run reach its compact stage? see run.log beside summary.json)" if model_dir != path else ""
         print(f"grain.export: error: no saved model at {model_dir}{hint}", file=sys.stderr)
@@ -193,9 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else model_dir / "model.onnx"
     try:
         require("onnx", "onnxscript", "onnxruntime")
-        from grain.bench.__main__ import load_model
-
-        model = load_model(str(model_dir))
+        model = load_saved_model(model_dir)
         export_onnx(model, out, opset=args.opset)
         diff = check_onnx(model, out)
     except (OSError, GrainError) as err:

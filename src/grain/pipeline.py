@@ -1,4 +1,5 @@
-"""One grain run: validate the config, then the teacher, prune and compact stages, then summary.json."""
+"""One grain run, its config validated (`grain.config`): the teacher, prune and compact stages, then
+summary.json and the results block."""
 
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from grain.config import validate_config
+from grain.errors import GrainError
 from grain.models.backbone import load_tokenizer
 from grain.stages.compact import run_compact_stage
 from grain.stages.prune import run_prune_stage
 from grain.stages.teacher import run_teacher_stage
 from grain.stopping import RunStopped, check_stop
 from grain.summary import versions, write_summary
+from grain.target import Target
 from grain.wandb_summary import publish_to_wandb
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,7 @@ def build_logger(cfg: DictConfig):
 def finish_wandb() -> None:
     """Close the W&B run (also after errors), so the next job of a sweep starts its own run."""
     try:
-        import wandb
+        import wandb  # noqa: PLC0415  (optional: logger=wandb)
     except ImportError:
         return
     if wandb.run is not None:
@@ -48,7 +50,10 @@ def run_status(err: BaseException) -> str:
     return "stopped" if isinstance(err, (RunStopped, KeyboardInterrupt, SystemExit)) else "failed"
 
 
-def base_summary(cfg: DictConfig, run_dir: Path) -> dict:
+def base_summary(cfg: DictConfig, run_dir: Path, target: Target | None) -> dict:
+    """summary.json's top level: what the run is (task, model, methods, the target: `sparsity` or
+    `speedup`, the other null; both as given where the target was refused: `target` None), its config
+    and versions."""
     return {
         "status": "running",
         "task": cfg.task.name,
@@ -57,8 +62,8 @@ def base_summary(cfg: DictConfig, run_dir: Path) -> dict:
         "distillation": cfg.distillation.name,
         "experiment": cfg.experiment_name,
         "metric_name": cfg.task.metric,
-        "sparsity": cfg.sparsity if cfg.get("speedup") is None else None,  # the target: one or the other
-        "speedup": cfg.get("speedup"),
+        "sparsity": target.sparsity if target else OmegaConf.select(cfg, "sparsity", default=None),
+        "speedup": target.speedup if target else OmegaConf.select(cfg, "speedup", default=None),
         "eval_split": cfg.task.get("eval_split", "validation"),
         "run_dir": str(run_dir),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -70,7 +75,11 @@ def base_summary(cfg: DictConfig, run_dir: Path) -> dict:
 def write_failed_summary(cfg: DictConfig, run_dir: Path, err: BaseException) -> None:
     """summary.json of a job whose config was refused (a sweep keeps a record of every job)."""
     try:
-        summary = base_summary(cfg, run_dir)
+        target = Target.of(cfg)
+    except GrainError:  # the target was what was refused: the summary records the values given
+        target = None
+    try:
+        summary = base_summary(cfg, run_dir, target)
     except Exception:  # a config that does not even resolve
         summary = {"run_dir": str(run_dir), "config": OmegaConf.to_container(cfg, resolve=False)}
     summary.update(status="failed", error=f"{type(err).__name__}: {err}")
@@ -78,14 +87,14 @@ def write_failed_summary(cfg: DictConfig, run_dir: Path, err: BaseException) -> 
     save_summary(run_dir, summary)
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path) -> dict:
-    validate_config(cfg)
+def run_pipeline(cfg: DictConfig, run_dir: Path, target: Target) -> dict:
+    """The stages of `cfg` (validated: `grain.config.validate_config`, which gives `target`) in `run_dir`;
+    returns the summary, written to summary.json whatever happens."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    summary = base_summary(cfg, run_dir)
-    summary["sparsity"] = float(cfg.sparsity) if cfg.get("speedup") is None else None
+    summary = base_summary(cfg, run_dir, target)
     started = time.perf_counter()
     logger = build_logger(cfg)
     try:

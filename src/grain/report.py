@@ -134,7 +134,8 @@ def write_tables(rows: list[dict], out: Path) -> None:
             unofficial = True
         lines.append("| " + " | ".join(cells) + " |")
     if unofficial:
-        lines.append("\n\\* evaluated on a non-official split (see eval_split in runs.csv), not comparable with published numbers.")
+        lines.append("\n\\* evaluated on a non-official split (see eval_split in runs.csv), not comparable with "
+                     "published numbers.")
     (out / "runs.md").write_text("\n".join(lines) + "\n")
 
 

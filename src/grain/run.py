@@ -13,16 +13,21 @@ import sys
 from pathlib import Path
 
 import hydra
+import lightning
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
+from grain.conf import CONFIG_DIR
 from grain.config import validate_config
 from grain.errors import GrainError
+from grain.pipeline import results_block, run_pipeline, write_failed_summary
+from grain.stopping import RunStopped, stop_on_signals
+from grain.sweep import record_failure
 
 log = logging.getLogger("grain")
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 BAD_INPUT_EXIT = 2
 
 
@@ -45,16 +50,12 @@ def single_log_handler() -> None:
     """The `lightning` logger prints to its own console handler and also passes each record on to the
     root logger that Hydra set up (console and run.log): every Lightning INFO line came out twice.
     Keep Hydra's."""
-    import lightning
-
     if logging.getLogger().handlers:
         logging.getLogger("lightning").removeHandler(getattr(lightning, "_console", None))
 
 
 def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> None:
     """A sweep job failed: log it and let the sweep go on; it ends non-zero, listing the failures."""
-    from grain.sweep import record_failure
-
     message = str(err) if isinstance(err, GrainError) else f"{type(err).__name__}: {err}"
     if with_traceback:
         log.exception("job %s failed; its summary.json has the traceback", hydra_cfg.job.num)
@@ -65,14 +66,11 @@ def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> N
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from grain.pipeline import write_failed_summary
-    from grain.stopping import RunStopped, stop_on_signals
-
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        validate_config(cfg)
+        target = validate_config(cfg)
     except GrainError as err:
         if sweeping:  # the job dir keeps a summary.json saying why it did not run
             write_failed_summary(cfg, run_dir, err)
@@ -80,13 +78,11 @@ def main(cfg: DictConfig) -> float | None:
         remove_empty_run_dir(run_dir, Path(cfg.paths.root_dir))
         print(f"grain: error: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)
-    from grain.pipeline import run_pipeline
-
     single_log_handler()
     try:
         with stop_on_signals():
             try:
-                summary = run_pipeline(cfg, run_dir)
+                summary = run_pipeline(cfg, run_dir, target)
             except InstantiationException as err:  # a GrainError raised while Hydra built an object
                 if isinstance(err.__cause__, GrainError):
                     raise err.__cause__ from None
@@ -106,10 +102,6 @@ def main(cfg: DictConfig) -> float | None:
         if sweeping:
             return job_failed(hydra_cfg, err, with_traceback=True)
         raise
-    from lightning.pytorch.utilities import rank_zero_only
-
-    from grain.pipeline import results_block
-
     if rank_zero_only.rank == 0:
         print(results_block(summary), flush=True)
     student = summary.get("student") or {}

@@ -5,21 +5,20 @@ from __future__ import annotations
 import json
 import os
 import platform
+from importlib.metadata import version
 from pathlib import Path
+
+import hydra
+import lightning
+import torch
+import transformers
 
 SUMMARY_FILE = "summary.json"
 
 
 def versions() -> dict[str, str]:
-    import hydra
-    import lightning
-    import torch
-    import transformers
-
-    import grain
-
     return {
-        "grain": grain.__version__,
+        "grain": version("grain"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -39,3 +38,9 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
 
 def read_summary(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / SUMMARY_FILE).read_text())
+
+
+def model_dir_of(path: Path) -> Path:
+    """The compact model a path names: `<run>/compact` for a run dir (with summary.json), else `path`."""
+    path = Path(path)
+    return path / "compact" if (path / SUMMARY_FILE).exists() else path

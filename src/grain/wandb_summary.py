@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lightning.pytorch.loggers import WandbLogger
+
 log = logging.getLogger(__name__)
 
 # summary.json section -> keys whose scalar values go to the W&B run summary as `<section>/<key>`
@@ -56,7 +58,7 @@ def summary_scalars(summary: dict) -> dict:
 def publish(run, summary: dict, run_dir: Path, log_model_artifact: bool = False) -> dict:
     """Put the results of `summary` into the W&B `run` (anything with `.summary`, `.log` and
     `.log_artifact`); returns the scalars written."""
-    import wandb
+    import wandb  # noqa: PLC0415  (optional: logger=wandb)
 
     run_dir = Path(run_dir)
     scalars = summary_scalars(summary)
@@ -77,10 +79,6 @@ def publish(run, summary: dict, run_dir: Path, log_model_artifact: bool = False)
 
 def publish_to_wandb(logger, summary: dict, run_dir: Path, log_model_artifact: bool = False) -> None:
     """`publish` into the run of `logger` when it is a WandbLogger; a warning if that fails."""
-    try:
-        from lightning.pytorch.loggers import WandbLogger
-    except ImportError:
-        return
     if not isinstance(logger, WandbLogger):
         return
     try:

@@ -2,13 +2,15 @@
 
 An `Architecture` names, for layer i of the encoder, the Linear modules of the query, key, value,
 attention output and the FFN's two projections, the LayerNorms after each sub-layer, where the
-encoder's layer list lives, which config fields hold the encoder's sizes, and which compact class
-replaces each HF head class. Masks (`grain.models.masks`), slicing (`grain.models.slicing`) and the
-benchmarks read it; no other module names a family's modules.
+encoder's layer list lives, which config fields hold the encoder's sizes, and which `model_type` its
+compact model has. Plain data: it imports nothing of grain but its errors, and the
+compact classes of a family (`grain.models.compact.<family>`) are found by `grain.models.registry`.
+Masks (`grain.models.masks`), slicing (`grain.models.slicing`) and the measurements read it; no other
+module names a family's modules.
 
 Module paths are dotted, relative to one encoder layer (`layer_path`: relative to the base model).
 The compact model of every family keeps the layer list at the same path and names its layer
-modules as `grain.models.compact.GrainLayer` does (`COMPACT_LAYER`).
+modules as `grain.models.compact.bert.GrainLayer` does (`COMPACT_LAYER`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ class LayerModules:
     ffn_norm: str = "output.LayerNorm"
 
 
-# How the compact layers (`grain.models.compact.GrainLayer`) name these modules, whatever the family;
+# How the compact layers (`grain.models.compact.bert.GrainLayer`) name these modules, whatever the family;
 # a sub-layer with no kept units keeps only its output bias, at `<sub-layer>.bias`.
 COMPACT_LAYER = LayerModules()
 COMPACT_EMPTY_BIAS = {"attention_output": "attention.output.bias", "ffn_out": "output.bias"}
@@ -57,17 +59,12 @@ class Architecture:
     """One model family.
 
     family: the name users see ("roberta"); model_types: the HF `config.model_type` values it covers
-    (XLM-R and CamemBERT are RoBERTa); compact_model_type: `model_type` of its compact config;
-    compact_classes: () -> {HF head class name: compact class}, the compact model's own names included
-    (a function, as `compact_config_class`: the compact classes live in `grain.models`, which reads
-    this package).
+    (XLM-R and CamemBERT are RoBERTa); compact_model_type: `model_type` of its compact config.
     """
 
     family: str
     model_types: tuple[str, ...]
     compact_model_type: str
-    compact_classes: Callable[[], dict[str, type]]
-    compact_config_class: Callable[[], type]
     layer_path: str = "encoder.layer"
     modules: LayerModules = field(default_factory=LayerModules)
     config_fields: ConfigFields = field(default_factory=ConfigFields)
@@ -93,20 +90,11 @@ class Architecture:
         key = getattr(self.config_fields, name)
         return config[key] if isinstance(config, dict) else getattr(config, key)
 
-    # --- what compacts to what --------------------------------------------------------------
-
     def check(self, config) -> None:
         """Refuse a variant of the family that masks or compaction would not handle exactly."""
         reason = self.unsupported(config) if self.unsupported is not None else None
         if reason:
             raise GrainError(f"grain cannot prune this {self.family} model: {reason}")
-
-    def compact_class(self, model: nn.Module) -> type | None:
-        """The compact class that replaces `model`'s head class (None: that head is not supported)."""
-        return self.compact_classes().get(type(model).__name__)
-
-    def head_names(self) -> list[str]:
-        return sorted(name for name in self.compact_classes() if not name.startswith("Grain"))
 
     def __repr__(self) -> str:
         return f"Architecture({self.family})"

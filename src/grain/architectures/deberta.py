@@ -12,18 +12,6 @@ false) are refused: their units would also live in pos_key_proj / pos_query_proj
 from grain.architectures.base import Architecture, LayerModules
 
 
-def _compact_classes() -> dict[str, type]:
-    from grain.models import compact_deberta
-
-    return compact_deberta.COMPACT_CLASS_BY_HF_HEAD
-
-
-def _compact_config() -> type:
-    from grain.models.compact_deberta import GrainDebertaV2Config
-
-    return GrainDebertaV2Config
-
-
 def _unsupported(config) -> str | None:
     get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
     if get("relative_attention", False) and get("pos_att_type") and not get("share_att_key", False):
@@ -38,8 +26,6 @@ DEBERTA_V2 = Architecture(
     family="deberta-v2",
     model_types=("deberta-v2",),
     compact_model_type="grain_deberta_v2",
-    compact_classes=_compact_classes,
-    compact_config_class=_compact_config,
     modules=LayerModules(
         query="attention.self.query_proj", key="attention.self.key_proj", value="attention.self.value_proj",
     ),

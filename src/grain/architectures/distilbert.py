@@ -8,25 +8,10 @@ sequence classification is pre_classifier, ReLU and classifier on [CLS].
 
 from grain.architectures.base import Architecture, ConfigFields, LayerModules
 
-
-def _compact_classes() -> dict[str, type]:
-    from grain.models import compact_distilbert
-
-    return compact_distilbert.COMPACT_CLASS_BY_HF_HEAD
-
-
-def _compact_config() -> type:
-    from grain.models.compact_distilbert import GrainDistilBertConfig
-
-    return GrainDistilBertConfig
-
-
 DISTILBERT = Architecture(
     family="distilbert",
     model_types=("distilbert",),
     compact_model_type="grain_distilbert",
-    compact_classes=_compact_classes,
-    compact_config_class=_compact_config,
     layer_path="transformer.layer",
     modules=LayerModules(
         query="attention.q_lin",

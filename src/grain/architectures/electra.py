@@ -7,23 +7,8 @@ classification reads [CLS] through ElectraClassificationHead (dense, GELU, out_p
 
 from grain.architectures.base import Architecture
 
-
-def _compact_classes() -> dict[str, type]:
-    from grain.models import compact_electra
-
-    return compact_electra.COMPACT_CLASS_BY_HF_HEAD
-
-
-def _compact_config() -> type:
-    from grain.models.compact_electra import GrainElectraConfig
-
-    return GrainElectraConfig
-
-
 ELECTRA = Architecture(
     family="electra",
     model_types=("electra",),
     compact_model_type="grain_electra",
-    compact_classes=_compact_classes,
-    compact_config_class=_compact_config,
 )

@@ -7,8 +7,8 @@ own, `bench/<device>-<dtype>-<batch>x<len>[-compiled-<mode>][-system-allocator][
 setting replaces that key only. Latency is each model's median over alternating rounds (each round
 a median); the spread reported is the min and max of those rounds (`latency_spread`).
 Given a model dir, `--dense <dir or hub name>` names the reference model.
-`--runtime onnxruntime` exports both to ONNX (`grain.export`) and times them with onnxruntime instead
-(`grain.bench.onnx_runtime`; needs `pip install -e .[export]`).
+`--runtime onnxruntime` exports both to ONNX (`grain.deploy.onnx`) and times them with onnxruntime instead
+(`grain.measure.onnx_runtime`; needs `pip install -e .[export]`).
 """
 
 from __future__ import annotations
@@ -20,26 +20,14 @@ import time
 from pathlib import Path
 
 import torch
-import transformers
 
-import grain  # noqa: F401  (registers the compact classes)
-from grain.bench.measure import compare_models, floor_latency, format_table
-from grain.bench.onnx_runtime import compare_onnx
-from grain.bench.profile import format_op_table, op_times
+from grain.deploy.onnx import require
 from grain.errors import GrainError
-from grain.export import require
-from grain.models import compact as compact_classes
-from grain.summary import SUMMARY_FILE, read_summary, write_summary
-
-
-def load_model(path: str):
-    """Load a saved model with the class its config names (HF or grain compact), never remote code."""
-    config = transformers.AutoConfig.from_pretrained(path)
-    name = (config.architectures or ["AutoModel"])[0]
-    cls = getattr(compact_classes, name, None) or getattr(transformers, name, None)
-    if cls is None:
-        raise GrainError(f"{path}: unknown architecture {name}; expected a BERT-family or grain compact model")
-    return cls.from_pretrained(path).eval()
+from grain.measure.compare import compare_models, floor_latency, format_table
+from grain.measure.onnx_runtime import compare_onnx
+from grain.measure.profile import format_op_table, op_times
+from grain.models.registry import load_saved_model
+from grain.summary import SUMMARY_FILE, model_dir_of, read_summary, write_summary
 
 
 def device_slug(name: str) -> str:
@@ -85,7 +73,8 @@ def latency_spread(result: dict) -> dict:
 
 def format_spread(result: dict) -> str:
     return (
-        f"spread, {result['latency_spread']}: dense {result['dense_latency_ms_min']:.2f}-{result['dense_latency_ms_max']:.2f} ms, "
+        f"spread, {result['latency_spread']}: "
+        f"dense {result['dense_latency_ms_min']:.2f}-{result['dense_latency_ms_max']:.2f} ms, "
         f"compact {result['latency_ms_min']:.2f}-{result['latency_ms_max']:.2f} ms, "
         f"speedup per round {result['speedup_min']:.2f}-{result['speedup_max']:.2f}x"
     )
@@ -129,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(args.path)
     summary = read_summary(path) if (path / SUMMARY_FILE).exists() else None
-    compact_dir = path / "compact" if summary is not None else path
+    compact_dir = model_dir_of(path)
     dense_ref = args.dense or (summary or {}).get("teacher", {}).get("path")
     problem = None
     if dense_ref is None:
@@ -149,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if on_onnx:
             require("onnx", "onnxscript", "onnxruntime")
-        compact = load_model(str(compact_dir))
-        dense = load_model(dense_ref)
+        compact = load_saved_model(compact_dir)
+        dense = load_saved_model(dense_ref)
         if on_onnx:  # exported and run in fp32 (onnxruntime's CPU kernels have no bf16 matmuls)
             result = compare_onnx(dense, compact, batch, seq_len, min_run_time=args.min_run_time, device=args.device)
     except (OSError, GrainError) as err:

@@ -18,9 +18,9 @@ import lightning.pytorch as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-import grain  # noqa: F401
+from grain.conf import CONFIG_DIR
 from grain.models.backbone import load_task_model
-from grain.run import CONFIG_DIR
+from grain.models.inputs import random_batch
 from grain.stages.prune import build_student_module
 from grain.tasks.base import task_class
 
@@ -42,12 +42,11 @@ class StepTimer(pl.Callback):
         self.times.append(self._now(pl_module) - self._start)
 
 
-def fixed_batches(vocab_size: int, batch: int, seq_len: int, steps: int):
-    """`steps` references to one batch of random tokens, built on the host (Lightning moves it)."""
+def fixed_batches(config, batch: int, seq_len: int, steps: int):
+    """`steps` references to one batch of random tokens (`random_batch`) with random labels 0/1, built on
+    the host (Lightning moves it)."""
     generator = torch.Generator(device="cpu").manual_seed(0)
-    ids = torch.randint(1000, min(vocab_size, 20000), (batch, seq_len), generator=generator, device="cpu")
-    one = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids),
-           "labels": torch.randint(0, 2, (batch,), generator=generator, device="cpu")}
+    one = {**random_batch(config, batch, seq_len), "labels": torch.randint(0, 2, (batch,), generator=generator, device="cpu")}
     return [one] * steps
 
 
@@ -57,7 +56,7 @@ def time_run(overrides: list[str], steps: int, batch: int, seq_len: int) -> tupl
     teacher = load_task_model(cfg.model, task_class(cfg).auto_model_class, 2)  # the batches' labels: 0 or 1
     module = build_student_module(cfg, teacher, 2)
     timer = StepTimer()
-    loader = torch.utils.data.DataLoader(fixed_batches(teacher.config.vocab_size, batch, seq_len, steps), batch_size=None)
+    loader = torch.utils.data.DataLoader(fixed_batches(teacher.config, batch, seq_len, steps), batch_size=None)
     trainer = pl.Trainer(
         accelerator="auto", devices=1, precision=cfg.trainer.precision, max_steps=steps, logger=False, enable_checkpointing=False,
         enable_model_summary=False, enable_progress_bar=False, callbacks=[timer], limit_val_batches=0,
@@ -101,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plain KD step:                {kd * 1e3:8.1f} ms (median of {len(kd_times) - skip})")
     print(f"GRAIN step, scoring window:   {result['scoring_step_ms']:8.1f} ms -> ratio {result['scoring_ratio']:.2f}")
     if after:
-        print(f"GRAIN step, after pruning:    {statistics.median(after) * 1e3:8.1f} ms -> ratio {result['after_pruning_ratio']:.2f}")
+        after_ms = statistics.median(after) * 1e3
+        print(f"GRAIN step, after pruning:    {after_ms:8.1f} ms -> ratio {result['after_pruning_ratio']:.2f}")
     print(f"whole run ({args.steps} steps, scoring until step {schedule.end_step}): ratio {result['whole_run_ratio']:.2f}; "
           f"achieved sparsity {result['achieved_sparsity']:.3f}")
     if args.json:

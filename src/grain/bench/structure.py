@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import BertConfig, BertForSequenceClassification
 
-import grain  # noqa: F401
-from grain.bench.measure import compare_models, format_table, serving_defaults
 from grain.errors import GrainError
+from grain.measure.compare import compare_models, format_table, serving_defaults
+from grain.measure.structures import first_units, floor_masks, paper_5pct
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.pruning.ranking import encoder_linear_params, kept_linear_params
@@ -34,31 +34,6 @@ BERT_BASE = dict(
     vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
     max_position_embeddings=512, num_labels=2,
 )
-
-
-def first_units(shape: EncoderShape, heads_per_layer: list[int], qk: list[list[int]], vo: list[list[int]],
-                ffn: list[int]) -> dict[str, torch.Tensor]:
-    """Masks [layers, units] keeping, in layer l, heads 0..heads_per_layer[l]-1 with their first
-    qk[l][h] / vo[l][h] units, and the first ffn[l] FFN neurons."""
-    masks = {kind: torch.zeros(shape.num_layers, size, device="cpu") for kind, size in shape.units_per_layer.items()}
-    d = shape.head_dim
-    for layer in range(shape.num_layers):
-        for h in range(heads_per_layer[layer]):
-            masks["qk"][layer, h * d:h * d + qk[layer][h]] = 1
-            masks["vo"][layer, h * d:h * d + vo[layer][h]] = 1
-        masks["ffn"][layer, :ffn[layer]] = 1
-    return masks
-
-
-def paper_5pct(shape: EncoderShape) -> dict[str, torch.Tensor]:
-    heads = [3] + [2] * (shape.num_layers - 1)
-    widths = [[29] * n for n in heads]
-    return first_units(shape, heads, widths, widths, [113] * shape.num_layers)
-
-
-def floor(shape: EncoderShape) -> dict[str, torch.Tensor]:
-    ones = [[1]] * shape.num_layers
-    return first_units(shape, [1] * shape.num_layers, ones, ones, [1] * shape.num_layers)
 
 
 def upsample(masks: dict[str, torch.Tensor], source: EncoderShape, target: EncoderShape) -> dict[str, torch.Tensor]:
@@ -92,7 +67,7 @@ def structure_masks(name: str, shape: EncoderShape, upsample_from: EncoderShape 
     if name == "paper-5pct":
         return paper_5pct(shape)
     if name == "floor":
-        return floor(shape)
+        return floor_masks(shape)
     masks = load_masks(Path(name))
     source = upsample_from or shape
     expected = source.units_per_layer

@@ -114,15 +114,24 @@ def _from_pretrained(auto_cls, name_or_path: str, label_kwargs: dict) -> PreTrai
         ) from err
 
 
+def name_labels(model, labels: list[str] | None) -> None:
+    """Write a task's label names into `model`'s config, so that saved models (the cached teacher, the
+    compact model) carry them instead of LABEL_0..n."""
+    if not labels:
+        return
+    model.config.id2label = {i: str(name) for i, name in enumerate(labels)}
+    model.config.label2id = {str(name): i for i, name in enumerate(labels)}
+
+
 def restore_output_capture(module: torch.nn.Module) -> None:
     """Re-register hidden-state capture of every HF model inside `module`.
 
     transformers 5 records which outputs a model class can capture when a model is constructed;
     a model unpickled in another process (ddp_spawn) skipped that and would return no hidden states.
     """
-    try:
-        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-    except ImportError:  # other transformers versions keep no such registry
+    try:  # a private registry of transformers 5: imported where used, as other versions lack it
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY  # noqa: PLC0415
+    except ImportError:
         return
     for submodule in module.modules():
         if isinstance(submodule, PreTrainedModel) and getattr(submodule, "_can_record_outputs", None):

@@ -1,13 +1,16 @@
-"""Turn a masked encoder into a compact one: slice every weight to the kept units.
+"""Turn a masked encoder into a compact one: slice every weight to the kept units, and check the result.
 
 Which parameters are sliced is read from the model family's `grain.architectures.Architecture`;
 `compaction_plan` says, for each parameter of the compact model, which parameter of the masked model
 it comes from and which rows/columns it keeps; the same plan slices the weights and the optimizer
-state (Adam moments), so training can go on on the small model.
+state (Adam moments), so training can go on on the small model. Every compaction is checked where it
+happens (`compaction_diff`): the compact model must compute what the masked one does.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +18,16 @@ from torch import nn
 
 from grain.architectures import COMPACT_EMPTY_BIAS, COMPACT_LAYER, Architecture, find_architecture, supported_families
 from grain.errors import GrainError
-from grain.models.masks import EncoderShape
+from grain.models.backbone import eval_mode
+from grain.models.compact.bert import FactorizedEmbedding
+from grain.models.inputs import random_batch
+from grain.models.masks import EncoderShape, attach_mask_hooks
+from grain.models.registry import compact_class, compact_family, head_names
+
+# The padded random batch [batch, length] every compaction is checked on.
+CHECK_SHAPE = (3, 16)
+# Outputs that are not the head's predictions, left out of the check.
+NOT_CHECKED = ("loss", "hidden_states", "attentions")
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,7 @@ def compact_config(model: nn.Module, structure: dict, embedding_rank: int | None
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config.pop(key, None)
     layers = structure["layers"]
-    return arch.compact_config_class()(
+    return compact_family(arch).config(
         **config,
         qk_dims=[layer["qk_dims"] for layer in layers],
         vo_dims=[layer["vo_dims"] for layer in layers],
@@ -118,8 +130,8 @@ def check_supported(model: nn.Module) -> None:
     """Refuse a model whose family or head class has no compact classes, naming what is supported."""
     arch = find_architecture(model)
     head = type(model).__name__
-    if arch is None or arch.compact_class(model) is None:
-        heads = f"; {arch.family} heads: {', '.join(arch.head_names())}" if arch is not None else ""
+    if arch is None or compact_class(model) is None:
+        heads = f"; {arch.family} heads: {', '.join(head_names(arch))}" if arch is not None else ""
         raise GrainError(
             f"compaction supports the families {', '.join(supported_families())} with a classification, QA or "
             f"token-classification head{heads}; got {head} ({model.config.model_type}). Run with "
@@ -129,39 +141,61 @@ def check_supported(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor], embedding_rank: int | None = None):
-    """Build the compact model from a masked one. Returns (compact model, plan for optimizer state)."""
+def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor]):
+    """Build the compact model of `model` (an HF model of a supported family and head) without the units
+    `masks` removes ({"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}, 1 kept, 0 removed;
+    the weights need not be zero, and mask hooks may or may not be attached), on `model`'s device, in its
+    train/eval mode. Returns (compact model, plan for optimizer state).
+
+    The compact model is checked against the masked one here (`compaction_diff`, raising RuntimeError
+    beyond its tolerance); the measured difference is kept on it as `compaction_max_abs_diff`.
+    Word embeddings factorized in training (student.embedding_rank) are copied as their two factors.
+    """
     check_supported(model)
     arch = find_architecture(model)
-    shape = EncoderShape.of(model)
-    structure = kept_structure(masks, shape)
-    trained_rank = factorized_rank(model)
-    if trained_rank is not None:
-        # factorized before distillation (student.embedding_rank): the two factors are copied by name
-        if embedding_rank:
-            raise GrainError(
-                f"the word embeddings are already factorized (rank {trained_rank}); a second factorization "
-                f"(embedding_rank={embedding_rank}) is not supported"
-            )
-        config = compact_config(model, structure, trained_rank)
-    else:
-        config = compact_config(model, structure, embedding_rank)
+    structure = kept_structure(masks, EncoderShape.of(model))
+    config = compact_config(model, structure, factorized_rank(model))
     with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
-        compact = arch.compact_class(model)(config)
+        compact = compact_class(model)(config)
     plan = compaction_plan(structure, arch, model.base_model_prefix)
     source = dict(model.named_parameters())
-    word_key = f"{model.base_model_prefix}.embeddings.word_embeddings"
     for name, target in compact.named_parameters():  # buffers (position ids) are built alike
-        if embedding_rank and name.startswith(word_key):
-            continue
         rule = plan.get(name, Slice(name))
         if rule.source not in source:
             raise GrainError(f"cannot compact: parameter {rule.source} not found in the masked model")
         target.copy_(rule.apply(source[rule.source]))
-    if embedding_rank:
-        factorize_embeddings(source[f"{word_key}.weight"], compact.base_model.embeddings.word_embeddings, embedding_rank)
     compact.train(model.training)
+    compact.compaction_max_abs_diff = compaction_diff(model, compact, masks)
     return compact, plan
+
+
+@torch.no_grad()
+def compaction_diff(masked: nn.Module, compact: nn.Module, masks: dict[str, torch.Tensor]) -> float:
+    """Largest |difference| between the head outputs (logits, or start and end logits) of `masked`, with
+    `masks` applied, and `compact` on a padded random batch (`CHECK_SHAPE`), both in eval mode without
+    autocast. Raises RuntimeError where it exceeds 1000 dtype epsilons times the outputs' scale
+    (fp32: about 1e-4 for logits of order 1): a compaction bug, not a user error."""
+    device = next(compact.parameters()).device
+    inputs = random_batch(masked.config, *CHECK_SHAPE, padded=True, device=device)
+    on_device = {kind: mask.to(device) for kind, mask in masks.items()}
+    handles = attach_mask_hooks(masked, lambda layer, kind: on_device[kind][layer])
+    no_autocast = torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else contextlib.nullcontext()
+    try:
+        with eval_mode(masked), eval_mode(compact), no_autocast:
+            expected, got = masked(**inputs), compact(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    names = [name for name, value in expected.items() if torch.is_tensor(value) and name not in NOT_CHECKED]
+    diff = max(float((got[name].float() - expected[name].float()).abs().max()) for name in names)
+    scale = max(1.0, max(float(expected[name].float().abs().max()) for name in names))
+    tolerance = 1000 * torch.finfo(next(compact.parameters()).dtype).eps * scale
+    if not diff <= tolerance:
+        raise RuntimeError(
+            f"the compact {type(compact).__name__} differs from the masked model by {diff:.3g} (tolerance "
+            f"{tolerance:.3g}) on a padded {CHECK_SHAPE[0]} x {CHECK_SHAPE[1]} batch: a compaction bug"
+        )
+    return diff
 
 
 @torch.no_grad()
@@ -174,8 +208,6 @@ def factorize_embeddings(weight: torch.Tensor, factorized, rank: int) -> None:
 
 def factorized_rank(model: nn.Module) -> int | None:
     """The rank of `model`'s word embeddings when they are a FactorizedEmbedding, else None."""
-    from grain.models.compact import FactorizedEmbedding
-
     try:
         words = model.get_input_embeddings()
     except NotImplementedError:
@@ -192,8 +224,6 @@ def factorize_input_embeddings(model: nn.Module, rank: int) -> nn.Module:
     the two factors. The module keeps its name (e.g. `bert.embeddings.word_embeddings`), so the
     factors are `<name>.embedding.weight` [vocab, rank] and `<name>.projection.weight` [hidden, rank].
     """
-    from grain.models.compact import FactorizedEmbedding
-
     words = model.get_input_embeddings()
     if not isinstance(words, nn.Embedding):
         raise GrainError(f"cannot factorize the word embeddings: {type(words).__name__} is not an nn.Embedding")
@@ -209,7 +239,24 @@ def factorize_input_embeddings(model: nn.Module, rank: int) -> nn.Module:
 
 
 @torch.no_grad()
-def slice_optimizer_state(old_params: dict[str, nn.Parameter], new_params: dict[str, nn.Parameter], plan, old_state: dict) -> dict:
+def factorized_copy(compact: nn.Module, rank: int) -> nn.Module:
+    """A copy of the compact model `compact` with its word embeddings factorized to `rank` (truncated
+    SVD, `factorize_input_embeddings`), its config saying so (`embedding_rank`) so that it saves and
+    loads as such; GrainError where they are factorized already."""
+    if factorized_rank(compact) is not None:
+        raise GrainError(
+            f"the word embeddings are already factorized (rank {factorized_rank(compact)}); a second factorization "
+            f"(embedding_rank={rank}) is not supported"
+        )
+    factorized = copy.deepcopy(compact)
+    factorize_input_embeddings(factorized, rank)
+    factorized.config.embedding_rank = rank
+    return factorized
+
+
+@torch.no_grad()
+def slice_optimizer_state(old_params: dict[str, nn.Parameter], new_params: dict[str, nn.Parameter], plan,
+                          old_state: dict) -> dict:
     """Optimizer state (e.g. Adam exp_avg/exp_avg_sq) of the compact params, sliced like the weights.
 
     old_state: {old param tensor: {key: tensor}}; returns {new param tensor: {key: tensor}}.
@@ -225,28 +272,3 @@ def slice_optimizer_state(old_params: dict[str, nn.Parameter], new_params: dict[
             for key, value in state.items()
         }
     return new_state
-
-
-@torch.no_grad()
-def expand_to_masked(compact: nn.Module, skeleton: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
-    """The inverse of compaction: write the compact weights into `skeleton` (a model of the original
-    architecture, modified in place) with zeros for the pruned units, so that, masked, it computes
-    what the compact model computes. Used to check a student that was compacted during training."""
-    rank = getattr(compact.config, "embedding_rank", None)
-    if rank and factorized_rank(skeleton) is None:  # factorized in training: the skeleton takes the factors' shape
-        factorize_input_embeddings(skeleton, int(rank))
-    structure = kept_structure(masks, EncoderShape.of(skeleton))
-    plan = compaction_plan(structure, find_architecture(skeleton), skeleton.base_model_prefix)
-    targets = dict(skeleton.named_parameters())
-    for name, param in compact.named_parameters():
-        rule = plan.get(name, Slice(name))
-        target = targets[rule.source]
-        if rule.rows is None and rule.cols is None:
-            target.copy_(param)
-            continue
-        target.zero_()
-        if rule.rows is not None:
-            target.index_copy_(0, rule.rows.to(target.device), param)
-        else:
-            target.index_copy_(1, rule.cols.to(target.device), param)
-    return skeleton

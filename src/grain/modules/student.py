@@ -153,7 +153,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         different random masks, so they match in distribution only.
         """
         if self._trainer is not None and self._trainer.world_size > 1:
-            log.warning("pruner.compact_after_end: skipped under DDP (%d processes); training the masked model", self._trainer.world_size)
+            log.warning("pruner.compact_after_end: skipped under DDP (%d processes); training the masked model",
+                        self._trainer.world_size)
             self.compact_after_end = False
             return
         old_params = dict(self.student.named_parameters())

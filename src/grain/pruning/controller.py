@@ -25,16 +25,17 @@ from grain.pruning.importance import (
     random_scores,
     taylor_updates,
 )
+from grain.pruning.latency_ranking import prune_to_latency
 from grain.pruning.ranking import (
     BUDGET_MODES,
     encoder_linear_params,
     kept_linear_params,
     prunable_params,
+    removed_unit_params,
     select_lowest,
     select_units,
     unit_costs,
 )
-from grain.pruning.latency_ranking import prune_to_latency
 from grain.pruning.regularization import regularize_updates
 from grain.pruning.schedule import CubicSchedule
 
@@ -47,7 +48,7 @@ class PruningController(nn.Module):
     def __init__(
         self,
         shape: EncoderShape,
-        target_sparsity: float,
+        target_sparsity: float | None,
         units: str = "intra",
         score: str = "grad",
         beta: float = 0.998,
@@ -63,9 +64,9 @@ class PruningController(nn.Module):
         target_speedup: float | None = None,
         latency_model=None,
     ):
-        """target_sparsity: fraction of the prunable-unit parameters to remove; or, with
+        """target_sparsity: fraction of the prunable-unit parameters to remove (`grain.target`); or, with
         `target_speedup` (dense / predicted compact latency under `latency_model`, a
-        grain.bench.latency_model.LatencyModel; dense: its `dense_ms()`, the dense model measured as
+        grain.measure.latency_model.LatencyModel; dense: its `dense_ms()`, the dense model measured as
         the compact stage measures it, so the target reads as the compact stage's `compact.speedup`),
         the schedule runs over the fraction of the dense latency removed, 1 - 1 / target_speedup.
         cost: what a unit is charged in the ranking, its parameters (GRAIN as published) or the
@@ -76,7 +77,7 @@ class PruningController(nn.Module):
         if cost == "latency" and target_speedup is None:
             raise ValueError("pruner.cost=latency prunes to a speed: give a speedup target (speedup=8)")
         if target_speedup is not None and latency_model is None:
-            raise ValueError("a speedup target needs a latency model (grain.bench.latency_model)")
+            raise ValueError("a speedup target needs a latency model (grain.measure.latency_model)")
         self.cost = cost
         self.target_speedup = None if target_speedup is None else float(target_speedup)
         self.latency_model = latency_model
@@ -87,7 +88,7 @@ class PruningController(nn.Module):
         if budget not in BUDGET_MODES:
             raise ValueError(f"pruner.budget={budget!r}; expected one of {BUDGET_MODES}")
         self.shape = shape
-        self.target_sparsity = float(target_sparsity)
+        self.target_sparsity = None if target_sparsity is None else float(target_sparsity)
         self.units = units
         self.score_kind = score
         self.beta = beta
@@ -116,7 +117,7 @@ class PruningController(nn.Module):
     # --- state ------------------------------------------------------------------------------
     @property
     def active(self) -> bool:
-        return self.units != "none" and (self.target_sparsity > 0 or self.target_speedup is not None)
+        return self.units != "none" and (self.target_speedup is not None or (self.target_sparsity or 0.0) > 0)
 
     @property
     def schedule_target(self) -> float:
@@ -326,7 +327,13 @@ class PruningController(nn.Module):
 
     # --- reporting ----------------------------------------------------------------------------
     def sparsity(self) -> float:
-        """Achieved fraction of encoder linear weights removed."""
+        """Achieved sparsity in the target's measure (`grain.target`): the fraction of the prunable units'
+        parameters removed (QK units of emptied heads included). Reads the masks on the host."""
+        return removed_unit_params(self.masks(), self.shape) / prunable_params(self.shape)
+
+    def encoder_linear_sparsity(self) -> float:
+        """Achieved fraction of all encoder linear weights removed (W_O and W_2 output biases, never
+        pruned, count as kept): the measure of the paper's tables. Reads the masks on the host."""
         return 1.0 - kept_linear_params(self.masks(), self.shape) / encoder_linear_params(self.shape)
 
     def structure(self) -> dict:

@@ -96,9 +96,9 @@ class _State:
             return sorted((u for u in units if kept[kind][layer][u]), key=lambda u: self.score[kind][layer][u], reverse=True)
 
         # stacks: the next unit to remove is at the end
-        self.qk = [[order("qk", l, range(h * d, (h + 1) * d)) for h in range(heads)] for l in range(layers)]
-        self.vo = [[order("vo", l, range(h * d, (h + 1) * d)) for h in range(heads)] for l in range(layers)]
-        self.ffn = [order("ffn", l, range(shape.intermediate_size)) for l in range(layers)]
+        self.qk = [[order("qk", i, range(h * d, (h + 1) * d)) for h in range(heads)] for i in range(layers)]
+        self.vo = [[order("vo", i, range(h * d, (h + 1) * d)) for h in range(heads)] for i in range(layers)]
+        self.ffn = [order("ffn", i, range(shape.intermediate_size)) for i in range(layers)]
         self.removed = {"qk": [], "vo": [], "ffn": []}  # (layer, unit)
         self._attention_ms: dict[int, float] = {}  # per layer, for its current widths
 

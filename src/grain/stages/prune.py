@@ -4,28 +4,26 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
-from grain.config import CHECKPOINT_SETTINGS_KEY, resume_settings
 from grain.errors import GrainError
-from grain.models.backbone import load_task_model
+from grain.measure.compare import bench_shapes, serving_device
+from grain.measure.latency_model import latency_model
+from grain.models.backbone import load_task_model, name_labels
 from grain.models.masks import EncoderShape
 from grain.models.slicing import factorize_input_embeddings
 from grain.modules.student import StudentModule
 from grain.pruning.controller import PruningController
-from grain.stages.teacher import name_labels
+from grain.stages.resume import RecordSettings, resume_settings
+from grain.stages.trainer import PeriodicCheckpoint, build_datamodule, build_trainer
+from grain.target import Target
 from grain.tasks.base import task_class
 from grain.tasks.evaluate import evaluate
-from grain.training import build_datamodule, build_trainer
 from grain.viz import plot_structure
 
 log = logging.getLogger(__name__)
@@ -42,21 +40,18 @@ class PruneResult:
 def build_latency_model(cfg: DictConfig, student):
     """The measured latency model of `student`'s compact form on the device and shape the compact
     stage benchmarks (cached in paths.cache_dir); None without a speedup target."""
-    if cfg.get("speedup") is None:
+    if Target.of(cfg).speedup is None:
         return None
-    from grain.bench.latency_model import latency_model
-    from grain.stages.compact import bench_shapes, serving_device
-
     device = serving_device(cfg.trainer)
     batch, seq_len = bench_shapes(cfg.compact, device)[0]
     return latency_model(student.config, device, batch, seq_len, Path(cfg.paths.cache_dir), progress=log.info)
 
 
 def build_controller(cfg: DictConfig, student) -> PruningController:
-    p = cfg.pruner
+    p, target = cfg.pruner, Target.of(cfg)
     return PruningController(
         EncoderShape.of(student),
-        target_sparsity=cfg.sparsity,
+        target_sparsity=target.sparsity,
         units=p.units,
         score=p.score,
         beta=p.beta,
@@ -69,7 +64,7 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
         seed=cfg.seed,
         budget=p.get("budget", "grain"),
         cost=p.get("cost", "params"),
-        target_speedup=cfg.get("speedup"),
+        target_speedup=target.speedup,
         latency_model=build_latency_model(cfg, student),
     )
 
@@ -109,76 +104,6 @@ def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
     )
 
 
-class PeriodicCheckpoint(ModelCheckpoint):
-    """`checkpoints/last.ckpt`, rewritten every `every_n_steps` optimizer steps and/or every `every_minutes`
-    minutes of training, and at the end of the stage; a resume from it continues the run exactly (the
-    training loader's position is in it: grain.tasks.sampler).
-
-    The student optimizes manually, where Lightning's ModelCheckpoint ignores `train_time_interval` and
-    warns at every step-triggered save; this class decides itself. Each save is atomic: written to a
-    temporary file in the same directory, flushed to disk, then renamed over last.ckpt (Lightning's own
-    save goes through a temporary file in the system temp dir and `shutil.move`, which copies in place
-    when that is another file system, so a kill during the copy would leave a truncated last.ckpt)."""
-
-    def __init__(self, dirpath, every_n_steps: int | None = None, every_minutes: float | None = None):
-        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, enable_version_counter=False)
-        self.every_n_steps = int(every_n_steps) if every_n_steps else 0
-        self.every_seconds = float(every_minutes) * 60 if every_minutes else None
-        self._last_save_time: float | None = None
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        super().on_train_start(trainer, pl_module)
-        self._last_save_time = time.monotonic()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        due = bool(self.every_n_steps) and step > 0 and step % self.every_n_steps == 0
-        if self.every_seconds is not None:
-            now = time.monotonic()
-            late = self._last_save_time is not None and now - self._last_save_time >= self.every_seconds
-            due = due or bool(trainer.strategy.broadcast(late))  # rank 0 decides: every rank must save
-        if not due or self._should_skip_saving_checkpoint(trainer):
-            return
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        self._last_save_time = time.monotonic()
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        # ModelCheckpoint saves here only when nothing was saved before; the stage's end is always saved
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def _save_checkpoint(self, trainer, filepath: str) -> None:
-        path = Path(filepath)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(temporary, self.save_weights_only)  # every rank calls; rank 0 writes
-        if trainer.is_global_zero:
-            with open(temporary, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        trainer.strategy.barrier("PeriodicCheckpoint.replace")
-        self._last_global_step_saved = trainer.global_step
-        self._last_checkpoint_saved = str(path)
-        if trainer.is_global_zero:
-            for lg in trainer.loggers:
-                lg.after_save_checkpoint(weakref.proxy(self))
-
-
-class RecordSettings(pl.Callback):
-    """Stores the run's settings in every checkpoint, so that a resume from another run's checkpoint is
-    refused (config.validate_checkpoint compares them)."""
-
-    def __init__(self, settings: dict):
-        self.settings = settings
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_SETTINGS_KEY] = dict(self.settings)
-
-
 def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
     module = build_student_module(cfg, teacher, datamodule.num_labels)
@@ -201,7 +126,8 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
         "metric": metrics.get(f"validation/{cfg.task.metric}"),
         "metrics": metrics,
         "sparsity": controller.sparsity(),
-        "target_sparsity": None if cfg.get("speedup") is not None else float(cfg.sparsity),
+        "encoder_linear_sparsity": controller.encoder_linear_sparsity(),
+        "target_sparsity": Target.of(cfg).sparsity,
         **structure,
         "train_seconds": train_seconds,
         "steps": int(controller.step),
@@ -214,6 +140,6 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
         plot_structure(
             {**structure, "head_dim": controller.shape.head_dim},
             run_dir / "structure.png",
-            title=f"{cfg.task.name} {cfg.model.name} sparsity {summary['sparsity']:.3f}",
+            title=f"{cfg.task.name} {cfg.model.name} {Target.of(cfg)}, sparsity {summary['sparsity']:.3f}",
         )
     return PruneResult(student, controller, summary, datamodule)

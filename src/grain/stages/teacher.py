@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
 
 from grain.errors import GrainError
-from grain.models.backbone import load_task_model
+from grain.models.backbone import load_task_model, name_labels
 from grain.modules.teacher import TeacherModule
+from grain.stages.trainer import build_datamodule, build_trainer, stage_steps
 from grain.tasks.cache import fingerprint
 from grain.tasks.evaluate import evaluate
-from grain.training import build_datamodule, build_trainer, stage_steps
 
 META_FILE = "grain_teacher.json"
 
@@ -95,8 +96,6 @@ def teacher_label_order(path: str, labels: list[str], task_name: str) -> list[in
     """The row of the given teacher's classifier for each of the task's labels, matched by name
     (None: already in the task's order). Names that say nothing (LABEL_0.., or a task whose labels
     are codes such as SST-2's 0/1) are taken in order when the counts agree; otherwise refused."""
-    from transformers import AutoConfig
-
     try:
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -134,15 +133,6 @@ def reorder_label_rows(model, order: list[int]) -> None:
         head.weight.copy_(head.weight[index])
         if head.bias is not None:
             head.bias.copy_(head.bias[index])
-
-
-def name_labels(model, labels: list[str] | None) -> None:
-    """Write the task's label names into the model's config, so saved models (cached teacher, compact
-    model) carry them instead of LABEL_0..n."""
-    if not labels:
-        return
-    model.config.id2label = {i: str(name) for i, name in enumerate(labels)}
-    model.config.label2id = {str(name): i for i, name in enumerate(labels)}
 
 
 def load_cached_teacher(cfg: DictConfig, cache_dir: Path, auto_cls: type, num_labels: int | None):

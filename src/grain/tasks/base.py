@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import datasets
 import lightning.pytorch as pl
 import torch
+from hydra.utils import get_class
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -249,8 +250,6 @@ def task_class(cfg: DictConfig) -> type[Task]:
     example = "e.g. grain.tasks.classification.glue.GlueDataModule (conf/task/*.yaml)"
     if not isinstance(target, str) or not target:
         raise GrainError(f"task={cfg.task.get('name')} has no task.datamodule._target_; name its Task class, {example}")
-    from hydra.utils import get_class
-
     try:
         found = get_class(target)
     except Exception as err:  # a missing module or class: Hydra wraps the ImportError

@@ -91,7 +91,8 @@ def load_file(path: Path, cache_dir: Path | None, json_field: str | None = None)
                     "naming the list inside a JSON object",
             "parquet": "a parquet table",
         }[builder]
-        raise GrainError(f"{path}: cannot be read as {path.suffix.lstrip('.').lower()} ({first_line(err)}); expected {hint}") from None
+        kind = path.suffix.lstrip(".").lower()
+        raise GrainError(f"{path}: cannot be read as {kind} ({first_line(err)}); expected {hint}") from None
 
 
 def load_hub_split(task: str, name: str, config: str | None, split: str, hub_split: str | None,

@@ -7,6 +7,8 @@ import math
 import warnings
 
 import torch
+from torchmetrics import classification as tmc
+from torchmetrics import regression as tmr
 from torchmetrics.classification import BinaryF1Score, MulticlassAccuracy
 
 from grain.tasks.gather import GatheredRows
@@ -53,9 +55,6 @@ class TextClassificationEvaluator(GatheredRows):
     gathered = ("predictions", "labels")
 
     def __init__(self, num_labels: int):
-        from torchmetrics import classification as tmc
-        from torchmetrics import regression as tmr
-
         self.regression = num_labels == 1
         self.predictions: list[torch.Tensor] = []  # per batch, CPU: label ids, or floats for regression
         self.labels: list[torch.Tensor] = []

@@ -15,7 +15,7 @@ import datasets
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
-from grain.tasks.own_data import OwnDataSource, SPLIT_KEYS, load_hub_split, require_columns, require_rows
+from grain.tasks.own_data import SPLIT_KEYS, OwnDataSource, load_hub_split, require_columns, require_rows
 from grain.tasks.question_answering.squad import read_squad_json
 from grain.tasks.question_answering.task import QuestionAnsweringTask
 

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForQuestionAnswering
 
-from grain.config import check_count
+from grain.checks import check_count
 from grain.errors import GrainError
 from grain.tasks.base import MODEL_INPUT_KEYS, Task
 from grain.tasks.question_answering.metrics import QAEvaluator

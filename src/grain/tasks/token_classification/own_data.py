@@ -4,7 +4,8 @@ Files: CoNLL column files (`.txt`, `.conll`, `.iob`, `.bio`: the word first, the
 between sentences, `-DOCSTART-` lines skipped), or json/jsonl/parquet rows with a list of tokens and a
 list of tags (`task.tokens_column`, `task.tags_column`), or a hub dataset (`task.dataset_name`).
 Tokenization, the first-sub-token labels, the collator and the seqeval entity F1 (strict IOB2) are
-the token-classification task type's (`grain.tasks.token_classification.task`), as CoNLL-2003's. Tags: those of the training split, `O` first, then per entity type
+the token-classification task type's (`grain.tasks.token_classification.task`), as CoNLL-2003's.
+Tags: those of the training split, `O` first, then per entity type
 `B-X`, `I-X` (both, whichever the file has), unless `task.labels` lists them.
 """
 
@@ -18,7 +19,14 @@ import datasets
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.own_data import (
-    FORMATS, SPLIT_KEYS, OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file,
+    FORMATS,
+    SPLIT_KEYS,
+    OwnDataSource,
+    load_file,
+    load_hub_split,
+    require_columns,
+    require_rows,
+    resolve_file,
 )
 from grain.tasks.token_classification.task import TokenClassificationTask
 
@@ -187,7 +195,8 @@ class TokenClassificationDataModule(OwnDataSource, TokenClassificationTask):
     def check(self, needs_train: bool = True) -> None:
         if self.from_hub and any(self.files.values()):
             raise GrainError(f"task.dataset_name={self.dataset_name} and task.*_file are both set; read one of them")
-        if self.given_labels is not None and (len(set(self.given_labels)) != len(self.given_labels) or "O" not in self.given_labels):
+        given = self.given_labels
+        if given is not None and (len(set(given)) != len(given) or "O" not in given):
             raise GrainError(f"task.labels={self.given_labels}: list each tag once, O included")
         if needs_train or self.given_labels is None:
             self.tag_ids("train")

@@ -1,15 +1,19 @@
-"""Building Lightning Trainers and task data modules from the config, the same way for every stage."""
+"""What every training stage shares: the task data module and the Lightning Trainer built from the
+config, progress lines, and periodic atomic checkpoints."""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 
 from grain.stopping import StopCallback
@@ -114,3 +118,62 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, run_dir: Path, logger,
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+class PeriodicCheckpoint(ModelCheckpoint):
+    """`checkpoints/last.ckpt`, rewritten every `every_n_steps` optimizer steps and/or every `every_minutes`
+    minutes of training, and at the end of the stage; a resume from it continues the run exactly (the
+    training loader's position is in it: grain.tasks.sampler).
+
+    The student optimizes manually, where Lightning's ModelCheckpoint ignores `train_time_interval` and
+    warns at every step-triggered save; this class decides itself. Each save is atomic: written to a
+    temporary file in the same directory, flushed to disk, then renamed over last.ckpt (Lightning's own
+    save goes through a temporary file in the system temp dir and `shutil.move`, which copies in place
+    when that is another file system, so a kill during the copy would leave a truncated last.ckpt)."""
+
+    def __init__(self, dirpath, every_n_steps: int | None = None, every_minutes: float | None = None):
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, enable_version_counter=False)
+        self.every_n_steps = int(every_n_steps) if every_n_steps else 0
+        self.every_seconds = float(every_minutes) * 60 if every_minutes else None
+        self._last_save_time: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._last_save_time = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        due = bool(self.every_n_steps) and step > 0 and step % self.every_n_steps == 0
+        if self.every_seconds is not None:
+            now = time.monotonic()
+            late = self._last_save_time is not None and now - self._last_save_time >= self.every_seconds
+            due = due or bool(trainer.strategy.broadcast(late))  # rank 0 decides: every rank must save
+        if not due or self._should_skip_saving_checkpoint(trainer):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._last_save_time = time.monotonic()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # ModelCheckpoint saves here only when nothing was saved before; the stage's end is always saved
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        path = Path(filepath)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        trainer.save_checkpoint(temporary, self.save_weights_only)  # every rank calls; rank 0 writes
+        if trainer.is_global_zero:
+            with open(temporary, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+            directory = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        trainer.strategy.barrier("PeriodicCheckpoint.replace")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = str(path)
+        if trainer.is_global_zero:
+            for lg in trainer.loggers:
+                lg.after_save_checkpoint(weakref.proxy(self))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from grain.bench.flops import dummy_inputs
+from grain.measure.flops import dummy_inputs
 from grain.models.backbone import eval_mode
 
 

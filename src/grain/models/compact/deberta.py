@@ -2,7 +2,7 @@
 
 DeBERTa's embeddings (DebertaV2Embeddings), encoder (relative position embeddings, their LayerNorm,
 the relative position buckets, the optional convolution after layer 0: DebertaV2Encoder) and heads
-are HF's; each layer is the compact layer of `grain.models.compact` (ResidualOutput,
+are HF's; each layer is the compact layer of `.bert` (ResidualOutput,
 GrainIntermediate) around `GrainDisentangledAttention`.
 
 The attention pads every kept head of a layer with zero Q/K (and V) columns to the layer's widest
@@ -24,7 +24,8 @@ from transformers import DebertaV2Config
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
 from transformers.models.deberta_v2.modeling_deberta_v2 import ContextPooler, DebertaV2Embeddings, DebertaV2Encoder
 
-from grain.models.compact import (
+from .bert import (
+    CompactFamily,
     CompactStructure,
     FactorizedEmbedding,
     GrainBertForQuestionAnswering,
@@ -33,7 +34,6 @@ from grain.models.compact import (
     GrainIntermediate,
     ResidualOutput,
     classification_loss,
-    register_family,
 )
 
 
@@ -242,7 +242,8 @@ class GrainDebertaV2ForSequenceClassification(GrainDebertaV2PreTrainedModel):
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
+                **kwargs):
         outputs = self.deberta(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
         loss = classification_loss(logits, labels, self.num_labels)
@@ -257,19 +258,14 @@ class GrainDebertaV2ForQuestionAnswering(GrainDebertaV2PreTrainedModel, GrainBer
     base_model_class = GrainDebertaV2Model
 
 
-COMPACT_CLASS_BY_HF_HEAD = {
-    f"{prefix}{head}": cls
-    for prefix in ("DebertaV2", "GrainDebertaV2")
-    for head, cls in (
-        ("ForSequenceClassification", GrainDebertaV2ForSequenceClassification),
-        ("ForTokenClassification", GrainDebertaV2ForTokenClassification),
-        ("ForQuestionAnswering", GrainDebertaV2ForQuestionAnswering),
-    )
-}
-
-
-def register_auto_classes() -> None:
-    register_family(
-        GrainDebertaV2Config, GrainDebertaV2Model, GrainDebertaV2ForSequenceClassification,
-        GrainDebertaV2ForTokenClassification, GrainDebertaV2ForQuestionAnswering,
-    )
+COMPACT_FAMILY = CompactFamily(
+    family="deberta-v2",
+    hf_prefixes=("DebertaV2",),
+    config=GrainDebertaV2Config,
+    model=GrainDebertaV2Model,
+    heads={
+        "ForSequenceClassification": GrainDebertaV2ForSequenceClassification,
+        "ForTokenClassification": GrainDebertaV2ForTokenClassification,
+        "ForQuestionAnswering": GrainDebertaV2ForQuestionAnswering,
+    },
+)

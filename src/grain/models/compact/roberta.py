@@ -1,4 +1,4 @@
-"""Compact RoBERTa (XLM-R, CamemBERT): the compact layers of `grain.models.compact` behind
+"""Compact RoBERTa (XLM-R, CamemBERT): the compact layers of `.bert` behind
 RobertaEmbeddings (position ids from padding_idx + 1), no pooler, and RobertaClassificationHead."""
 
 from __future__ import annotations
@@ -6,14 +6,14 @@ from __future__ import annotations
 from transformers import RobertaConfig
 from transformers.models.roberta.modeling_roberta import RobertaClassificationHead, RobertaEmbeddings
 
-from grain.models.compact import (
+from .bert import (
+    CompactFamily,
     CompactStructure,
     FirstTokenClassification,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertModel,
     GrainBertPreTrainedModel,
-    register_family,
 )
 
 
@@ -47,19 +47,14 @@ class GrainRobertaForQuestionAnswering(GrainRobertaPreTrainedModel, GrainBertFor
     base_model_class = GrainRobertaModel
 
 
-_HEADS = {
-    "ForSequenceClassification": GrainRobertaForSequenceClassification,
-    "ForTokenClassification": GrainRobertaForTokenClassification,
-    "ForQuestionAnswering": GrainRobertaForQuestionAnswering,
-}
-# XLM-R and CamemBERT checkpoints load as their own classes, with RoBERTa's modules
-COMPACT_CLASS_BY_HF_HEAD = {
-    f"{prefix}{head}": cls for prefix in ("Roberta", "XLMRoberta", "Camembert", "GrainRoberta") for head, cls in _HEADS.items()
-}
-
-
-def register_auto_classes() -> None:
-    register_family(
-        GrainRobertaConfig, GrainRobertaModel, GrainRobertaForSequenceClassification,
-        GrainRobertaForTokenClassification, GrainRobertaForQuestionAnswering,
-    )
+COMPACT_FAMILY = CompactFamily(
+    family="roberta",
+    hf_prefixes=("Roberta", "XLMRoberta", "Camembert"),  # XLM-R and CamemBERT load as their own classes
+    config=GrainRobertaConfig,
+    model=GrainRobertaModel,
+    heads={
+        "ForSequenceClassification": GrainRobertaForSequenceClassification,
+        "ForTokenClassification": GrainRobertaForTokenClassification,
+        "ForQuestionAnswering": GrainRobertaForQuestionAnswering,
+    },
+)

@@ -1,4 +1,4 @@
-"""Compact DistilBERT: the compact layers of `grain.models.compact` (kept at `transformer.layer`, as in
+"""Compact DistilBERT: the compact layers of `.bert` (kept at `transformer.layer`, as in
 DistilBertModel) behind DistilBERT's embeddings (no token types), and its heads.
 
 DistilBERT computes what BERT does with other names; its compact config maps BERT's field names onto
@@ -13,14 +13,14 @@ from transformers import DistilBertConfig
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.distilbert.modeling_distilbert import Embeddings
 
-from grain.models.compact import (
+from .bert import (
+    CompactFamily,
     CompactStructure,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertModel,
     GrainBertPreTrainedModel,
     classification_loss,
-    register_family,
 )
 
 
@@ -71,7 +71,8 @@ class GrainDistilBertForSequenceClassification(GrainDistilBertPreTrainedModel):
         self.dropout = nn.Dropout(config.seq_classif_dropout)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
+                **kwargs):
         outputs = self.distilbert(input_ids, attention_mask, output_hidden_states=output_hidden_states)
         pooled = torch.relu(self.pre_classifier(outputs.last_hidden_state[:, 0]))
         logits = self.classifier(self.dropout(pooled))
@@ -96,19 +97,14 @@ class GrainDistilBertForQuestionAnswering(GrainDistilBertPreTrainedModel, GrainB
         return self.answer(self.dropout(outputs.last_hidden_state), start_positions, end_positions, outputs.hidden_states)
 
 
-COMPACT_CLASS_BY_HF_HEAD = {
-    f"{prefix}{head}": cls
-    for prefix in ("DistilBert", "GrainDistilBert")
-    for head, cls in (
-        ("ForSequenceClassification", GrainDistilBertForSequenceClassification),
-        ("ForTokenClassification", GrainDistilBertForTokenClassification),
-        ("ForQuestionAnswering", GrainDistilBertForQuestionAnswering),
-    )
-}
-
-
-def register_auto_classes() -> None:
-    register_family(
-        GrainDistilBertConfig, GrainDistilBertModel, GrainDistilBertForSequenceClassification,
-        GrainDistilBertForTokenClassification, GrainDistilBertForQuestionAnswering,
-    )
+COMPACT_FAMILY = CompactFamily(
+    family="distilbert",
+    hf_prefixes=("DistilBert",),
+    config=GrainDistilBertConfig,
+    model=GrainDistilBertModel,
+    heads={
+        "ForSequenceClassification": GrainDistilBertForSequenceClassification,
+        "ForTokenClassification": GrainDistilBertForTokenClassification,
+        "ForQuestionAnswering": GrainDistilBertForQuestionAnswering,
+    },
+)

@@ -1,6 +1,6 @@
 """Dense vs compact under onnxruntime: `python -m grain.bench <run> --runtime onnxruntime`.
 
-Both models are exported the same way (`grain.export.export_onnx`: the torch.export-based ONNX
+Both models are exported the same way (`grain.deploy.onnx.export_onnx`: the torch.export-based ONNX
 exporter, fp32, dynamic batch and length) into a temporary folder and timed with onnxruntime at the
 bench shape, on CPU with as many intra-op threads as torch uses, or with the CUDA provider where the
 device is a GPU and onnxruntime has it (the onnxruntime-gpu package). FLOPs and parameter counts are
@@ -12,21 +12,20 @@ summary.json the way it stores PyTorch timings (`measurement_key`), under
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 from torch.utils import benchmark
 
-from grain.bench.flops import count_flops, dummy_inputs, padding_flops
-from grain.bench.measure import device_name, encoder_linear_param_count
-from grain.export import INPUT_NAMES, export_onnx, require
+from grain.deploy.onnx import INPUT_NAMES, export_onnx, require
+from grain.measure.compare import comparison, device_name
+from grain.measure.flops import dummy_inputs
 
 
 def providers_for(device: torch.device) -> list[str]:
     """onnxruntime's CUDA provider (then CPU) for a GPU device where it is built in, else CPU."""
-    import onnxruntime
+    import onnxruntime  # noqa: PLC0415  (the export extra, optional: grain runs without it)
 
     if device.type == "cuda" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
@@ -34,7 +33,7 @@ def providers_for(device: torch.device) -> list[str]:
 
 
 def session(path: str | Path, device: torch.device, threads: int | None = None):
-    import onnxruntime
+    import onnxruntime  # noqa: PLC0415  (the export extra, optional: grain runs without it)
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
@@ -56,7 +55,7 @@ def compare_onnx(
     """`compare_models`' numbers with the latency of both models exported to ONNX and run by
     onnxruntime on `device` (alternating rounds, each model's median round)."""
     require("onnx", "onnxscript", "onnxruntime")
-    import onnxruntime
+    import onnxruntime  # noqa: PLC0415  (the export extra, optional: grain runs without it)
 
     device = torch.device(device)
     dense, compact = dense.to("cpu", torch.float32).eval(), compact.to("cpu", torch.float32).eval()
@@ -72,27 +71,11 @@ def compare_onnx(
         for _ in range(rounds):
             for name, sess in sessions.items():
                 rounds_ms[name].append(session_latency(sess, feeds, min_run_time / rounds))
-    dense_flops, compact_flops = count_flops(dense, batch, seq_len), count_flops(compact, batch, seq_len)
-    kept_flops = compact_flops - padding_flops(compact, batch, seq_len)
-    dense_ms, compact_ms = statistics.median(rounds_ms["dense"]), statistics.median(rounds_ms["compact"])
     where = device_name(torch.device("cpu")) if provider == "CPUExecutionProvider" else str(device)
     return {
-        "encoder_params": encoder_linear_param_count(compact),
-        "dense_encoder_params": encoder_linear_param_count(dense),
-        "params": sum(p.numel() for p in compact.parameters()),
-        "dense_params": sum(p.numel() for p in dense.parameters()),
-        "flops": compact_flops,
-        "kept_flops": kept_flops,
-        "dense_flops": dense_flops,
-        "flops_ratio": dense_flops / max(kept_flops, 1),
-        "latency_ms": compact_ms,
-        "dense_latency_ms": dense_ms,
-        "latency_rounds_ms": rounds_ms,
-        "speedup": dense_ms / compact_ms,
+        **comparison(dense, compact, batch, seq_len, rounds_ms),
         "device": f"{where}, onnxruntime {onnxruntime.__version__} {provider}",
         "dtype": "float32",
-        "batch": batch,
-        "seq_len": seq_len,
         "runtime": "onnxruntime",
         "provider": provider,
     }

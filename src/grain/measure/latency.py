@@ -10,7 +10,7 @@ import platform
 import torch
 from torch.utils import benchmark
 
-from grain.bench.flops import dummy_inputs
+from grain.measure.flops import dummy_inputs
 from grain.models.backbone import eval_mode
 
 
@@ -29,7 +29,10 @@ def measure_latency(model, batch: int, seq_len: int, threads: int | None = None,
             stmt="model(**inputs)", globals={"model": model, "inputs": inputs}, num_threads=threads,
         )
         measurement = timer.blocked_autorange(min_run_time=min_run_time)
-    return {"median_ms": measurement.median * 1e3, "iqr_ms": measurement.iqr * 1e3, "threads": threads, "runs": len(measurement.times)}
+    return {
+        "median_ms": measurement.median * 1e3, "iqr_ms": measurement.iqr * 1e3, "threads": threads,
+        "runs": len(measurement.times),
+    }
 
 
 @functools.cache

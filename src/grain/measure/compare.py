@@ -6,8 +6,9 @@ import statistics
 
 import torch
 
-from grain.bench.flops import count_flops, padding_flops
-from grain.bench.latency import measure_latency, retain_freed_memory
+from grain.measure.flops import count_flops, padding_flops
+from grain.measure.latency import measure_latency, retain_freed_memory
+from grain.measure.structures import floor_masks
 from grain.models.masks import EncoderShape, encoder_layers
 from grain.models.slicing import compact_from_masked
 
@@ -20,20 +21,31 @@ def encoder_linear_param_count(model) -> int:
     return sum(p.numel() for p in layers.parameters() if id(p) not in norms)
 
 
-def floor_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
-    """Masks keeping, in every layer, one head with one QK and one VO unit, and one FFN neuron."""
-    masks = {kind: torch.zeros(shape.num_layers, size, device="cpu") for kind, size in shape.units_per_layer.items()}
-    for kind in masks:
-        masks[kind][:, 0] = 1
-    return masks
-
-
 def serving_defaults(device: torch.device) -> tuple[torch.dtype, list[tuple[int, int]]]:
     """The dtype a compact model is served in on `device` and the [batch, length] shapes to time it at:
     bf16 at 128 x 512 (the paper's measurement) and 32 x 128 on a GPU, fp32 at 32 x 128 on CPU."""
     if device.type == "cuda":
         return torch.bfloat16, [(128, 512), (32, 128)]
     return torch.float32, [(32, 128)]
+
+
+def serving_device(trainer_cfg) -> torch.device:
+    """The device a run trains on, from its `trainer` settings (Lightning hands the model back on the CPU
+    after fit): where its compact model is benchmarked and its latency model measured."""
+    accelerator = str(trainer_cfg.accelerator)
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def bench_shapes(compact_cfg, device: torch.device) -> list[tuple[int, int]]:
+    """[batch, length] shapes to time: `compact.bench_batch` x `bench_seq_len` first, then
+    `compact.bench_extra_shapes`; each null falls back to the device's default (`serving_defaults`)."""
+    defaults = serving_defaults(device)[1]
+    primary = (int(compact_cfg.bench_batch or defaults[0][0]), int(compact_cfg.bench_seq_len or defaults[0][1]))
+    extra = compact_cfg.get("bench_extra_shapes")
+    extra = defaults[1:] if extra is None else [tuple(int(v) for v in shape) for shape in extra]
+    return [primary] + [shape for shape in extra if shape != primary]
 
 
 def device_name(device: torch.device) -> str:
@@ -75,9 +87,6 @@ def compare_models(
     """
     device = next(compact.parameters()).device
     allocator = retain_freed_memory() if tune_allocator and device.type == "cpu" else "system allocator"
-    dense_flops = count_flops(dense, batch, seq_len)
-    compact_flops = count_flops(compact, batch, seq_len)
-    kept_flops = compact_flops - padding_flops(compact, batch, seq_len)
     timed_dense, timed_compact = compiled(dense, compile), compiled(compact, compile)
     threads = torch.get_num_threads()
     rounds_ms = {"dense": [], "compact": []}
@@ -85,6 +94,22 @@ def compare_models(
         for name, model in (("dense", timed_dense), ("compact", timed_compact)):
             timing = measure_latency(model, batch, seq_len, threads=threads, min_run_time=min_run_time / rounds)
             rounds_ms[name].append(timing["median_ms"])
+    return {
+        **comparison(dense, compact, batch, seq_len, rounds_ms),
+        "device": device_name(device),
+        "dtype": str(next(compact.parameters()).dtype).removeprefix("torch."),
+        "allocator": allocator,
+        "compiled": compile or False,
+    }
+
+
+def comparison(dense, compact, batch: int, seq_len: int, rounds_ms: dict[str, list[float]]) -> dict:
+    """What every dense-vs-compact measurement reports, whatever ran the models: parameter counts and
+    FLOPs (eager PyTorch, on the models' device), and from each model's per-round medians (ms) the
+    median latency and the speedup."""
+    dense_flops = count_flops(dense, batch, seq_len)
+    compact_flops = count_flops(compact, batch, seq_len)
+    kept_flops = compact_flops - padding_flops(compact, batch, seq_len)
     dense_ms, compact_ms = statistics.median(rounds_ms["dense"]), statistics.median(rounds_ms["compact"])
     return {
         "encoder_params": encoder_linear_param_count(compact),
@@ -99,12 +124,8 @@ def compare_models(
         "dense_latency_ms": dense_ms,
         "latency_rounds_ms": rounds_ms,  # each round's median, the spread of the measurement
         "speedup": dense_ms / compact_ms,
-        "device": device_name(device),
-        "dtype": str(next(compact.parameters()).dtype).removeprefix("torch."),
-        "allocator": allocator,
         "batch": batch,
         "seq_len": seq_len,
-        "compiled": compile or False,
     }
 
 

@@ -6,7 +6,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula, sdpa_flop_count
 
 from grain.models.backbone import eval_mode
-from grain.models.compact import GrainIntermediate, GrainSelfAttention
+from grain.models.compact.bert import GrainIntermediate, GrainSelfAttention
+from grain.models.inputs import random_batch
 
 
 def _register_cpu_attention_formula() -> None:
@@ -26,15 +27,9 @@ _register_cpu_attention_formula()
 
 
 def dummy_inputs(model, batch: int, seq_len: int, device=None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random token ids of a full [batch, seq_len] block (no padding), on the model's device.
-
-    The ids come from a seeded CPU generator (the same ids on every device type), then move.
-    """
+    """A full [batch, seq_len] block of random word ids (no padding, `random_batch`), on the model's device."""
     device = device or next(model.parameters()).device
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    high = min(model.config.vocab_size, 20000)
-    ids = torch.randint(1000, high, (batch, seq_len), generator=generator, device="cpu").to(device)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    return random_batch(model.config, batch, seq_len, seed=seed, device=device)
 
 
 @torch.no_grad()
@@ -50,7 +45,7 @@ def padding_flops(model, batch: int, seq_len: int) -> int:
     """FLOPs a compact model spends on its zero padding (counted by `count_flops`, but no kept unit's).
 
     The compact model pads matmul widths for speed, by the kernel plan of the device it is on
-    (grain.models.kernels: `round_up`, the CPU plan's QK slot of 2 for width-1 heads, the GPU plan's
+    (grain.models.compact.kernels: `round_up`, the CPU plan's QK slot of 2 for width-1 heads, the GPU plan's
     common head width) and says how much (each plan's `padding_flops`, `GrainIntermediate.padded_width`);
     the FLOPs-ideal speedup is measured against the kept units only.
     """

@@ -1,4 +1,4 @@
-"""Compact ELECTRA (discriminator): the compact layers of `grain.models.compact` behind
+"""Compact ELECTRA (discriminator): the compact layers of `.bert` behind
 ElectraEmbeddings (width `embedding_size`) and, when that differs from `hidden_size`, the
 `embeddings_project` Linear; no pooler; ElectraClassificationHead (dense, GELU, out_proj) on [CLS]."""
 
@@ -9,14 +9,14 @@ from torch import nn
 from transformers import ElectraConfig
 from transformers.models.electra.modeling_electra import ElectraClassificationHead, ElectraEmbeddings
 
-from grain.models.compact import (
+from .bert import (
+    CompactFamily,
     CompactStructure,
     FirstTokenClassification,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertModel,
     GrainBertPreTrainedModel,
-    register_family,
 )
 
 
@@ -59,19 +59,14 @@ class GrainElectraForQuestionAnswering(GrainElectraPreTrainedModel, GrainBertFor
     base_model_class = GrainElectraModel
 
 
-COMPACT_CLASS_BY_HF_HEAD = {
-    f"{prefix}{head}": cls
-    for prefix in ("Electra", "GrainElectra")
-    for head, cls in (
-        ("ForSequenceClassification", GrainElectraForSequenceClassification),
-        ("ForTokenClassification", GrainElectraForTokenClassification),
-        ("ForQuestionAnswering", GrainElectraForQuestionAnswering),
-    )
-}
-
-
-def register_auto_classes() -> None:
-    register_family(
-        GrainElectraConfig, GrainElectraModel, GrainElectraForSequenceClassification,
-        GrainElectraForTokenClassification, GrainElectraForQuestionAnswering,
-    )
+COMPACT_FAMILY = CompactFamily(
+    family="electra",
+    hf_prefixes=("Electra",),
+    config=GrainElectraConfig,
+    model=GrainElectraModel,
+    heads={
+        "ForSequenceClassification": GrainElectraForSequenceClassification,
+        "ForTokenClassification": GrainElectraForTokenClassification,
+        "ForQuestionAnswering": GrainElectraForQuestionAnswering,
+    },
+)

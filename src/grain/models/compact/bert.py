@@ -6,26 +6,25 @@ does. A head with VO units but no QK units attends uniformly (its scores are all
 without VO (or FFN) units keeps only that sub-layer's output bias before the LayerNorm.
 
 This module is the HF architecture (config, parameters, save/load); how the heterogeneous heads
-run on a device is a kernel plan in `grain.models.kernels` (CPU: one batched attention per head
-width; GPU: all heads padded to one width, one fused attention call). Matmul widths are padded to
-multiples of 8 with zero weights; the padding is exact and its FLOPs are reported apart (grain.bench).
-The classes register with the HF Auto classes (`import grain` first), so
+run on a device is a kernel plan in `.kernels` (CPU: one batched attention per head width; GPU: all
+heads padded to one width, one fused attention call). Matmul widths are padded to multiples of 8 with
+zero weights; the padding is exact and its FLOPs are reported apart (grain.measure.flops).
+
+The files of this package import only torch, transformers and each other (relative imports): they
+are the compact model's modeling code whatever runs it. Each family file declares its classes in a
+`COMPACT_FAMILY` (`CompactFamily`), which grain's registry (`grain.models.registry`) finds and
+registers with the HF Auto classes (`import grain` first), so that
 `AutoModelForSequenceClassification.from_pretrained(dir)` loads a saved compact model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModel,
-    AutoModelForQuestionAnswering,
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    BertConfig,
-)
+from transformers import BertConfig
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import (
@@ -36,7 +35,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.models.bert.modeling_bert import BertEmbeddings, BertPooler, BertPreTrainedModel
 
-from grain.models.kernels import (
+from .kernels import (
     DerivedWeights,
     GroupedLayout,
     KeyMask,
@@ -46,6 +45,27 @@ from grain.models.kernels import (
     round_up,
     use_padded_plan,
 )
+
+
+@dataclass(frozen=True)
+class CompactFamily:
+    """What one family's compact file declares (as `COMPACT_FAMILY`), for grain's registry.
+
+    family: the `grain.architectures` family it compacts ("roberta"); hf_prefixes: the prefixes of the
+    HF head classes it replaces ("XLMRoberta" + "ForSequenceClassification"); config / model: its compact
+    config and base model classes; heads: head suffix ("ForSequenceClassification") -> compact head class.
+    """
+
+    family: str
+    hf_prefixes: tuple[str, ...]
+    config: type
+    model: type
+    heads: dict[str, type]
+
+    def head_classes(self) -> dict[str, type]:
+        """HF head class name -> compact class, for every HF prefix and the compact classes' own names."""
+        by_name = {f"{prefix}{suffix}": cls for prefix in self.hf_prefixes for suffix, cls in self.heads.items()}
+        return {**by_name, **{cls.__name__: cls for cls in self.heads.values()}}
 
 
 class CompactStructure:
@@ -78,7 +98,7 @@ class GrainBertConfig(CompactStructure, BertConfig):
 class GrainSelfAttention(nn.Module):
     """Attention over heads of different QK/VO widths (its parameters: the kept rows of W_q, W_k, W_v).
 
-    How the heads run is a kernel plan of `grain.models.kernels`, chosen by the device of the
+    How the heads run is a kernel plan of `.kernels`, chosen by the device of the
     forward: on CPU one explicit batched attention per distinct (QK, VO) width (`GroupedLayout`), on
     a GPU every head padded to one width and one fused attention call (`PaddedLayout`). Both read a
     fused [Q | K | V] projection assembled from the kept rows, with the attention scale folded into
@@ -262,9 +282,8 @@ class FactorizedEmbedding(nn.Module):
 
 class GrainBertPreTrainedModel(BertPreTrainedModel):
     """Base of every compact model, whatever its family: the other families' compact classes
-    (`grain.models.compact_roberta`, ...) subclass these BERT ones, keeping the layers and swapping the
-    embeddings, the config class and the sequence-classification head. `is_compact` tells them apart
-    from HF models."""
+    (`.roberta`, ...) subclass these BERT ones, keeping the layers and swapping the
+    embeddings, the config class and the sequence-classification head."""
 
     config_class = GrainBertConfig
     base_model_prefix = "bert"
@@ -279,11 +298,6 @@ class GrainBertPreTrainedModel(BertPreTrainedModel):
             init.copy_(positions, torch.arange(positions.shape[-1], device=positions.device).expand_as(positions))
             if isinstance(getattr(module, "token_type_ids", None), torch.Tensor):
                 init.zeros_(module.token_type_ids)
-
-
-def is_compact(model: nn.Module) -> bool:
-    """Whether `model` is a compact (sliced) model of any family rather than an HF one."""
-    return isinstance(model, GrainBertPreTrainedModel)
 
 
 class GrainBertModel(GrainBertPreTrainedModel):
@@ -359,7 +373,8 @@ class GrainBertForSequenceClassification(GrainBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
+                **kwargs):
         outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = classification_loss(logits, labels, self.num_labels)
@@ -380,7 +395,8 @@ class FirstTokenClassification(GrainBertPreTrainedModel):
         self.classifier = self.head_class(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
+                **kwargs):
         outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(outputs.last_hidden_state)
         loss = classification_loss(logits, labels, self.num_labels)
@@ -398,7 +414,8 @@ class GrainBertForTokenClassification(GrainBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
+                **kwargs):
         outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None if labels is None else F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
@@ -439,45 +456,14 @@ class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
         )
 
 
-COMPACT_CLASS_BY_HF_HEAD = {
-    "BertForSequenceClassification": GrainBertForSequenceClassification,
-    "BertForTokenClassification": GrainBertForTokenClassification,
-    "BertForQuestionAnswering": GrainBertForQuestionAnswering,
-    "GrainBertForSequenceClassification": GrainBertForSequenceClassification,
-    "GrainBertForTokenClassification": GrainBertForTokenClassification,
-    "GrainBertForQuestionAnswering": GrainBertForQuestionAnswering,
-}
-
-
-def register_family(config_class, base, sequence, token, qa) -> None:
-    """Register one family's compact config and model classes with the HF Auto classes."""
-    AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
-    AutoModel.register(config_class, base, exist_ok=True)
-    AutoModelForSequenceClassification.register(config_class, sequence, exist_ok=True)
-    AutoModelForTokenClassification.register(config_class, token, exist_ok=True)
-    AutoModelForQuestionAnswering.register(config_class, qa, exist_ok=True)
-
-
-def register_auto_classes() -> None:
-    """Every family's compact classes (`import grain` calls this)."""
-    from grain.models import compact_deberta, compact_distilbert, compact_electra, compact_roberta
-
-    register_family(
-        GrainBertConfig, GrainBertModel, GrainBertForSequenceClassification, GrainBertForTokenClassification,
-        GrainBertForQuestionAnswering,
-    )
-    for family in (compact_roberta, compact_electra, compact_distilbert, compact_deberta):
-        family.register_auto_classes()
-
-
-def __getattr__(name: str):
-    """The other families' compact classes by name too (`compact.GrainRobertaForSequenceClassification`),
-    for code that loads a saved compact model by the class its config names."""
-    if not name.startswith("Grain"):
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from grain.models import compact_deberta, compact_distilbert, compact_electra, compact_roberta
-
-    for family in (compact_roberta, compact_electra, compact_distilbert, compact_deberta):
-        if name in vars(family):
-            return vars(family)[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+COMPACT_FAMILY = CompactFamily(
+    family="bert",
+    hf_prefixes=("Bert",),
+    config=GrainBertConfig,
+    model=GrainBertModel,
+    heads={
+        "ForSequenceClassification": GrainBertForSequenceClassification,
+        "ForTokenClassification": GrainBertForTokenClassification,
+        "ForQuestionAnswering": GrainBertForQuestionAnswering,
+    },
+)
