@@ -21,7 +21,7 @@ from grain.measure.latency_model import (
     model_key,
 )
 from grain.models.compact.kernels import GroupedLayout, PaddedLayout
-from grain.models.masks import EncoderShape, encoder_layers
+from grain.models.masks import EncoderShape, KeptStructure, encoder_layers
 
 SHAPE = EncoderShape(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
 
@@ -102,7 +102,8 @@ def test_prediction_uses_the_groups_of_a_compact_model():
     model = known_model()
     masks = lm.random_masks(SHAPE, 0.7, seed=3)
     compact = compact_from_masked(dense, masks)[0]
-    qk, vo, _ = lm.structure_of_masks(masks, SHAPE)
+    kept = KeptStructure.of(masks, SHAPE)
+    qk, vo = kept.qk, kept.vo
     for layer, (q, v) in enumerate(zip(qk, vo)):
         attention = encoder_layers(compact)[layer].attention
         if not attention.has_heads:

@@ -85,7 +85,7 @@ from grain.measure.compare import device_name, serving_defaults
 from grain.measure.latency import measure_latency, retain_freed_memory
 from grain.models.compact.bert import GrainBertConfig, GrainBertForSequenceClassification, GrainLayer
 from grain.models.compact.kernels import KeyMask, PaddedLayout, plan_head_groups, round_up, use_padded_plan
-from grain.models.masks import EncoderShape
+from grain.models.masks import EncoderShape, KeptStructure
 from grain.models.slicing import compact_from_masked
 
 MODEL_VERSION = 3  # in the cache key: older models (1: additive heads, no dense measurement; 2: an earlier fit) are re-measured
@@ -160,8 +160,8 @@ class LatencyModel:
 
     def predict_masks(self, masks: dict[str, torch.Tensor], shape: EncoderShape) -> float:
         """Predicted ms of the compact model cut by unit masks ({"qk"|"vo": [layers, hidden], "ffn": [layers, ffn]})."""
-        qk, vo, ffn = structure_of_masks(masks, shape)
-        return self.predict(qk, vo, ffn)
+        kept = KeptStructure.of(masks, shape)
+        return self.predict(kept.qk, kept.vo, kept.ffn)
 
     def compact_dense_ms(self) -> float:
         """Predicted ms of the compact form of the unpruned model (every head, every neuron)."""
@@ -186,13 +186,6 @@ class LatencyModel:
     @classmethod
     def load(cls, path: Path) -> "LatencyModel":
         return cls(**json.loads(Path(path).read_text()))
-
-
-def structure_of_masks(masks: dict[str, torch.Tensor], shape: EncoderShape) -> tuple[list, list, list[int]]:
-    """Per-layer QK and VO widths per head and FFN widths of the compact model these masks cut."""
-    qk = masks["qk"].detach().view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
-    vo = masks["vo"].detach().view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).long().tolist()
-    return qk, vo, masks["ffn"].detach().sum(-1).long().tolist()
 
 
 def _bilinear(table: list[list[float]], rows: list[int], columns: list[int], qk: int, vo: int) -> float:

@@ -46,6 +46,47 @@ class EncoderShape:
         )))
 
 
+@dataclass(frozen=True)
+class KeptStructure:
+    """What unit masks keep, the one schema of a pruned structure: per layer, the QK and the VO units
+    kept by each head (all heads, 0 where a head keeps none) and the FFN neurons kept.
+
+    The compact config's per-layer widths (`compact_dims`: heads without VO units are gone), summary.json's
+    `layers` (`as_layers`) and the latency model's predictions read it.
+    """
+
+    qk: list[list[int]]   # [layers][heads]
+    vo: list[list[int]]   # [layers][heads]
+    ffn: list[int]        # [layers]
+
+    @classmethod
+    def of(cls, masks: dict[str, torch.Tensor], shape: EncoderShape) -> "KeptStructure":
+        """From masks {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} on any device (read
+        back to the host once: for planning and reporting, not for a training step's hot path)."""
+        per_head = (shape.num_layers, shape.num_heads, shape.head_dim)
+        qk = (masks["qk"].detach() > 0).view(per_head).sum(-1).cpu()
+        vo = (masks["vo"].detach() > 0).view(per_head).sum(-1).cpu()
+        ffn = (masks["ffn"].detach() > 0).sum(-1).cpu()
+        return cls(qk.tolist(), vo.tolist(), ffn.tolist())
+
+    @property
+    def heads_kept(self) -> int:
+        """Heads that keep at least one VO unit (a head without one adds nothing)."""
+        return sum(v > 0 for layer in self.vo for v in layer)
+
+    def compact_dims(self) -> tuple[list[list[int]], list[list[int]], list[int]]:
+        """(qk_dims, vo_dims, ffn_dims) as a compact config holds them: per layer the QK and VO widths of
+        the heads that keep VO units, and the FFN width."""
+        kept = [[h for h, v in enumerate(layer) if v > 0] for layer in self.vo]
+        qk_dims = [[self.qk[i][h] for h in heads] for i, heads in enumerate(kept)]
+        vo_dims = [[self.vo[i][h] for h in heads] for i, heads in enumerate(kept)]
+        return qk_dims, vo_dims, list(self.ffn)
+
+    def as_layers(self) -> list[dict]:
+        """summary.json's `layers`: per layer {"qk_per_head": [..], "vo_per_head": [..], "ffn": n}."""
+        return [{"qk_per_head": q, "vo_per_head": v, "ffn": f} for q, v, f in zip(self.qk, self.vo, self.ffn)]
+
+
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return architecture_of(model).layers(model)
 

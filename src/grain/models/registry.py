@@ -93,14 +93,14 @@ def register_auto_classes() -> None:
     for family in compact_families().values():
         AutoConfig.register(family.config.model_type, family.config, exist_ok=True)
         AutoModel.register(family.config, family.model, exist_ok=True)
-        for suffix, cls in family.heads.items():
+        for suffix, cls in family.head_suffixes().items():
             AUTO_HEADS[suffix].register(family.config, cls, exist_ok=True)
 
 
 def class_named(name: str) -> type | None:
     """A compact class (any family) or a transformers class by its name (a config's `architectures`)."""
     for family in compact_families().values():
-        for cls in (family.model, *family.heads.values()):
+        for cls in (family.model, *family.heads):
             if cls.__name__ == name:
                 return cls
     return getattr(transformers, name, None)

@@ -21,7 +21,7 @@ from grain.errors import GrainError
 from grain.models.backbone import eval_mode
 from grain.models.compact.bert import FactorizedEmbedding
 from grain.models.inputs import random_batch
-from grain.models.masks import EncoderShape, attach_mask_hooks
+from grain.models.masks import EncoderShape, KeptStructure, attach_mask_hooks
 from grain.models.registry import compact_class, compact_family, head_names
 
 # The padded random batch [batch, length] every compaction is checked on.
@@ -44,85 +44,71 @@ class Slice:
         return tensor
 
 
-def kept_structure(masks: dict[str, torch.Tensor], shape: EncoderShape) -> dict:
-    """Per layer: kept heads' QK/VO widths and the kept unit indices (in the full layout).
+def kept_indices(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the indices (in the full layout, long, CPU) of the units compaction keeps:
+    {"qk": [..], "vo": [..], "ffn": [..]}; QK and VO units only of heads that keep VO units, in head order.
 
-    masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} on any device. The plan is
-    made on the host (widths become Python ints of the compact config), so the masks are read
-    back once; the index tensors are CPU tensors, moved to the weights' device where they are used.
+    masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} on any device, read back to the
+    host once; the indices are moved to the weights' device where they are used.
     """
     d = shape.head_dim
     host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
-    offsets = torch.arange(shape.num_heads, device="cpu")[:, None] * d + torch.arange(d, device="cpu")
-    no_units = torch.zeros(0, dtype=torch.long, device="cpu")
-    layers = []
-    for layer in range(shape.num_layers):
-        qk_mask = host["qk"][layer].view(shape.num_heads, d)
-        vo_mask = host["vo"][layer].view(shape.num_heads, d)
-        heads = [h for h in range(shape.num_heads) if vo_mask[h].any()]
-        layers.append({
-            "qk_dims": [int(qk_mask[h].sum()) for h in heads],
-            "vo_dims": [int(vo_mask[h].sum()) for h in heads],
-            "qk_index": torch.cat([offsets[h][qk_mask[h]] for h in heads] or [no_units]),
-            "vo_index": torch.cat([offsets[h][vo_mask[h]] for h in heads] or [no_units]),
-            "ffn_index": host["ffn"][layer].nonzero().flatten(),
-        })
-    return {"layers": layers}
+    per_head = (shape.num_layers, shape.num_heads, d)
+    heads_with_vo = host["vo"].view(per_head).any(-1, keepdim=True)
+    kept = {"qk": (host["qk"].view(per_head) & heads_with_vo).flatten(1), "vo": host["vo"], "ffn": host["ffn"]}
+    return [{kind: units[layer].nonzero().flatten() for kind, units in kept.items()} for layer in range(shape.num_layers)]
 
 
-def compact_config(model: nn.Module, structure: dict, embedding_rank: int | None = None):
-    """The family's compact config (e.g. GrainBertConfig): `model`'s config plus the kept structure."""
+def compact_config(model: nn.Module, kept: KeptStructure, embedding_rank: int | None = None):
+    """The family's compact config (e.g. GrainBertConfig): `model`'s config plus the kept structure's
+    per-layer widths (`KeptStructure.compact_dims`) and the word embeddings' rank (None: full)."""
     arch = find_architecture(model)
     config = model.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config.pop(key, None)
-    layers = structure["layers"]
+    qk_dims, vo_dims, ffn_dims = kept.compact_dims()
     return compact_family(arch).config(
-        **config,
-        qk_dims=[layer["qk_dims"] for layer in layers],
-        vo_dims=[layer["vo_dims"] for layer in layers],
-        ffn_dims=[len(layer["ffn_index"]) for layer in layers],
+        **config, qk_dims=qk_dims, vo_dims=vo_dims, ffn_dims=ffn_dims,
         original_head_dim=model.config.hidden_size // model.config.num_attention_heads,
         embedding_rank=embedding_rank,
     )
 
 
-def compaction_plan(structure: dict, arch: Architecture, prefix: str) -> dict[str, Slice]:
+def compaction_plan(indices: list[dict[str, torch.Tensor]], arch: Architecture, prefix: str) -> dict[str, Slice]:
     """Compact parameter name -> Slice of the masked model's parameter, for every parameter of the
     encoder layers (the others, embeddings and heads, keep their names and are copied whole).
 
-    arch: the masked model's family (its module names); prefix: the models' `base_model_prefix`
-    (the compact model of a family keeps it, and the family's layer path).
+    indices: `kept_indices` of the masks; arch: the masked model's family (its module names); prefix:
+    the models' `base_model_prefix` (the compact model of a family keeps it, and the family's layer path).
     """
-    source_modules, compact_modules = arch.modules, COMPACT_LAYER
     plan = {}
-    for i, layer in enumerate(structure["layers"]):
+    for i, kept in enumerate(indices):
         base = f"{prefix}.{arch.layer_path}.{i}"
 
-        def add(role: str, param: str, rows=None, cols=None, target: str | None = None):
-            target = target or f"{base}.{getattr(compact_modules, role)}.{param}"
-            plan[target] = Slice(f"{base}.{getattr(source_modules, role)}.{param}", rows=rows, cols=cols)
+        def add(role: str, rows=None, cols=None, bias_rows=None, target: str | None = None) -> None:
+            """The weight (and bias) of `role`, sliced by rows or columns (the bias by `bias_rows`)."""
+            source = f"{base}.{getattr(arch.modules, role)}"
+            params = {"weight": Slice(f"{source}.weight", rows=rows, cols=cols), "bias": Slice(f"{source}.bias", rows=bias_rows)}
+            for param, rule in params.items():
+                if target is None:
+                    plan[f"{base}.{getattr(COMPACT_LAYER, role)}.{param}"] = rule
+                elif param == "bias":  # an emptied sub-layer keeps only its output bias
+                    plan[f"{base}.{target}"] = rule
 
-        if layer["vo_dims"]:
+        if len(kept["vo"]):
             for role in ("query", "key"):
-                add(role, "weight", rows=layer["qk_index"])
-                add(role, "bias", rows=layer["qk_index"])
-            add("value", "weight", rows=layer["vo_index"])
-            add("value", "bias", rows=layer["vo_index"])
-            add("attention_output", "weight", cols=layer["vo_index"])
-            add("attention_output", "bias")
+                add(role, rows=kept["qk"], bias_rows=kept["qk"])
+            add("value", rows=kept["vo"], bias_rows=kept["vo"])
+            add("attention_output", cols=kept["vo"])
         else:
-            add("attention_output", "bias", target=f"{base}.{COMPACT_EMPTY_BIAS['attention_output']}")
-        if len(layer["ffn_index"]):
-            add("ffn_in", "weight", rows=layer["ffn_index"])
-            add("ffn_in", "bias", rows=layer["ffn_index"])
-            add("ffn_out", "weight", cols=layer["ffn_index"])
-            add("ffn_out", "bias")
+            add("attention_output", target=COMPACT_EMPTY_BIAS["attention_output"])
+        if len(kept["ffn"]):
+            add("ffn_in", rows=kept["ffn"], bias_rows=kept["ffn"])
+            add("ffn_out", cols=kept["ffn"])
         else:
-            add("ffn_out", "bias", target=f"{base}.{COMPACT_EMPTY_BIAS['ffn_out']}")
+            add("ffn_out", target=COMPACT_EMPTY_BIAS["ffn_out"])
         for role in ("attention_norm", "ffn_norm"):
-            add(role, "weight")
-            add(role, "bias")
+            add(role)
     return plan
 
 
@@ -152,12 +138,11 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor]):
     Word embeddings factorized in training (student.embedding_rank) are copied as their two factors.
     """
     check_supported(model)
-    arch = find_architecture(model)
-    structure = kept_structure(masks, EncoderShape.of(model))
-    config = compact_config(model, structure, factorized_rank(model))
+    shape = EncoderShape.of(model)
+    config = compact_config(model, KeptStructure.of(masks, shape), factorized_rank(model))
     with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
         compact = compact_class(model)(config)
-    plan = compaction_plan(structure, arch, model.base_model_prefix)
+    plan = compaction_plan(kept_indices(masks, shape), find_architecture(model), model.base_model_prefix)
     source = dict(model.named_parameters())
     for name, target in compact.named_parameters():  # buffers (position ids) are built alike
         rule = plan.get(name, Slice(name))

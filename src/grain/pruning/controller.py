@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from grain.models.masks import EncoderShape, attach_mask_hooks
+from grain.models.masks import EncoderShape, KeptStructure, attach_mask_hooks
 from grain.pruning.importance import (
     UNIT_KINDS,
     all_finite,
@@ -337,19 +337,14 @@ class PruningController(nn.Module):
         return 1.0 - kept_linear_params(self.masks(), self.shape) / encoder_linear_params(self.shape)
 
     def structure(self) -> dict:
-        """Kept units per layer and head, for summary.json and the structure picture."""
-        layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
-        qk = self.mask_qk.view(layers, heads, d).sum(-1).long()
-        vo = self.mask_vo.view(layers, heads, d).sum(-1).long()
-        ffn = self.mask_ffn.sum(-1).long()
+        """Kept units per layer and head (`KeptStructure.as_layers`), for summary.json and the structure
+        picture, with the parameter and head counts. Reads the masks on the host."""
+        kept = KeptStructure.of(self.masks(), self.shape)
         return {
             "encoder_params_dense": encoder_linear_params(self.shape),
             "encoder_params_kept": kept_linear_params(self.masks(), self.shape),
-            "heads_kept": int((vo > 0).sum()),
-            "heads_total": layers * heads,
-            "ffn_neurons_kept": int(ffn.sum()),
-            "layers": [
-                {"qk_per_head": qk[i].tolist(), "vo_per_head": vo[i].tolist(), "ffn": int(ffn[i])}
-                for i in range(layers)
-            ],
+            "heads_kept": kept.heads_kept,
+            "heads_total": self.shape.num_layers * self.shape.num_heads,
+            "ffn_neurons_kept": sum(kept.ffn),
+            "layers": kept.as_layers(),
         }

@@ -45,27 +45,30 @@ def quiet_progress():
             datasets.enable_progress_bars()
 
 
-def resolve_file(task: str, split: str, value: str | None) -> Path:
-    """The local file of a split (`task.<split>_file`), existing and of a known format."""
+def resolve_file(task: str, split: str, value: str | None, formats=tuple(FORMATS), kind: str | None = None) -> Path:
+    """The local file of a split (`task.<split>_file`), existing and named with one of `formats`
+    (extensions; `kind` says what such a file is in the errors). Raises GrainError naming the setting."""
     key = f"task.{SPLIT_KEYS[split]}"
+    kind = kind or f"a {'/'.join(e[1:] for e in formats)} file"
     if not value:
         raise GrainError(
-            f"task={task}: no {split} data; give {key}=<path to a {'/'.join(e[1:] for e in FORMATS)} file> "
-            f"(or task.dataset_name=<hub dataset> for a dataset from the hub)"
+            f"task={task}: no {split} data; give {key}=<path to {kind}> (or task.dataset_name=<hub dataset> for a "
+            f"dataset from the hub)"
         )
     path = Path(str(value)).expanduser()
     if not path.is_file():
         where = path.parent if str(path.parent) not in ("", ".") else Path(".")
         if where.is_dir():
-            present = sorted(p.name for p in where.iterdir() if p.suffix.lower() in FORMATS)[:8]
-            around = f" ({where.resolve()} has {', '.join(present) if present else 'no csv/tsv/json/jsonl/parquet files'})"
+            present = sorted(p.name for p in where.iterdir() if p.suffix.lower() in formats)[:8]
+            around = f" ({where.resolve()} has {', '.join(present) if present else f'no {kind[2:]}s'})"
         else:
             around = f" (no directory {where})"
         raise GrainError(f"{key}={value}: no such file{around}; give the path of your {split} file")
-    if path.suffix.lower() not in FORMATS:
+    if path.suffix.lower() not in formats:
+        names = ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0]
         raise GrainError(
-            f"{key}={value}: unknown format '{path.suffix or '(no extension)'}'; name the file .csv, .tsv, .json, "
-            f".jsonl or .parquet (the extension says how it is read)"
+            f"{key}={value}: unknown format '{path.suffix or '(no extension)'}'; expected {kind}: name the file "
+            f"{names} (the extension says how it is read)"
         )
     return path.resolve()
 
@@ -135,10 +138,17 @@ def require_rows(where: str, dataset: datasets.Dataset) -> None:
 class OwnDataSource:
     """Mixin for the data modules of the user's own data (listed first among the bases): where each
     split comes from, local files or a hub dataset's named splits, and the checks of that data at
-    config validation (`check_data`, through the data module's `check(needs_train)`)."""
+    config validation (`check_data`, through the data module's `check(needs_train)`).
 
-    def set_source(self, train_file, validation_file, test_file, dataset_name, dataset_config,
-                   train_split, validation_split, test_split) -> None:
+    Its keyword arguments are the task config's source settings: `train_file`, `validation_file`,
+    `test_file` (local files), or `dataset_name`, `dataset_config` and the hub's `train_split`,
+    `validation_split`, `test_split`; the others go on to the Task."""
+
+    def __init__(self, *, train_file: str | None = None, validation_file: str | None = None,
+                 test_file: str | None = None, dataset_name: str | None = None, dataset_config: str | None = None,
+                 train_split: str | None = "train", validation_split: str | None = "validation",
+                 test_split: str | None = None, **kwargs):
+        super().__init__(**kwargs)
         self.files = {"train": train_file, "validation": validation_file, "test": test_file}
         self.dataset_name = dataset_name
         self.dataset_config = dataset_config

@@ -53,19 +53,23 @@ class CompactFamily:
 
     family: the `grain.architectures` family it compacts ("roberta"); hf_prefixes: the prefixes of the
     HF head classes it replaces ("XLMRoberta" + "ForSequenceClassification"); config / model: its compact
-    config and base model classes; heads: head suffix ("ForSequenceClassification") -> compact head class.
+    config and base model classes; heads: its compact head classes, each named <prefix>For<Head>.
     """
 
     family: str
     hf_prefixes: tuple[str, ...]
     config: type
     model: type
-    heads: dict[str, type]
+    heads: tuple[type, ...]
+
+    def head_suffixes(self) -> dict[str, type]:
+        """Head suffix ("ForSequenceClassification") -> compact head class."""
+        return {cls.__name__[cls.__name__.index("For"):]: cls for cls in self.heads}
 
     def head_classes(self) -> dict[str, type]:
         """HF head class name -> compact class, for every HF prefix and the compact classes' own names."""
-        by_name = {f"{prefix}{suffix}": cls for prefix in self.hf_prefixes for suffix, cls in self.heads.items()}
-        return {**by_name, **{cls.__name__: cls for cls in self.heads.values()}}
+        by_name = {f"{prefix}{suffix}": cls for prefix in self.hf_prefixes for suffix, cls in self.head_suffixes().items()}
+        return {**by_name, **{cls.__name__: cls for cls in self.heads}}
 
 
 class CompactStructure:
@@ -216,11 +220,16 @@ class ResidualOutput(nn.Module):
 
 
 class GrainAttention(nn.Module):
+    """The attention sub-layer of layer `index`: its heads (`self_attention_class`, absent when no head
+    keeps VO units) and the output projection with residual and LayerNorm."""
+
+    self_attention_class = GrainSelfAttention
+
     def __init__(self, config: GrainBertConfig, index: int):
         super().__init__()
         self.has_heads = len(config.vo_dims[index]) > 0
         if self.has_heads:
-            self.self = GrainSelfAttention(config, index)
+            self.self = self.self_attention_class(config, index)
         self.output = ResidualOutput(config, sum(config.vo_dims[index]))
 
     def forward(self, hidden: torch.Tensor, keys: KeyMask) -> torch.Tensor:
@@ -255,10 +264,15 @@ class GrainIntermediate(nn.Module):
 
 
 class GrainLayer(nn.Module):
+    """Layer `index`: the attention sub-layer (`attention_class`), then the FFN (absent when it keeps no
+    neuron: its output bias, residual and LayerNorm remain)."""
+
+    attention_class = GrainAttention
+
     def __init__(self, config: GrainBertConfig, index: int):
         super().__init__()
         width = config.ffn_dims[index]
-        self.attention = GrainAttention(config, index)
+        self.attention = self.attention_class(config, index)
         self.intermediate = GrainIntermediate(config, width) if width > 0 else None
         self.output = ResidualOutput(config, width)
 
@@ -362,7 +376,23 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, num_l
     return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
 
 
-class GrainBertForSequenceClassification(GrainBertPreTrainedModel):
+class Classifier:
+    """The forward of the classification heads (a mixin, first among the bases): the base model's
+    outputs, the head's `logits(outputs)`, its `loss(logits, labels)` and output (`output_class`)."""
+
+    output_class = SequenceClassifierOutput
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
+                **kwargs):
+        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
+        logits = self.logits(outputs)
+        return self.output_class(loss=self.loss(logits, labels), logits=logits, hidden_states=outputs.hidden_states)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return classification_loss(logits, labels, self.num_labels)
+
+
+class GrainBertForSequenceClassification(Classifier, GrainBertPreTrainedModel):
     base_model_class = GrainBertModel
 
     def __init__(self, config: GrainBertConfig):
@@ -373,62 +403,55 @@ class GrainBertForSequenceClassification(GrainBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
-                **kwargs):
-        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
-        logits = self.classifier(self.dropout(outputs.pooler_output))
-        loss = classification_loss(logits, labels, self.num_labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    def logits(self, outputs) -> torch.Tensor:
+        return self.classifier(self.dropout(outputs.pooler_output))
 
 
-class FirstTokenClassification(GrainBertPreTrainedModel):
+class TokenHead(GrainBertPreTrainedModel):
+    """Base of the heads that read every position's final hidden state: the base model without a pooler."""
+
+    base_model_class = GrainBertModel
+
+    def __init__(self, config: GrainBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
+
+
+class FirstTokenClassification(Classifier, TokenHead):
     """Sequence classification of families without a pooler: `head_class` (the family's HF head
     module, e.g. RobertaClassificationHead) reads the first token's final hidden state."""
 
-    base_model_class = GrainBertModel
     head_class = None
 
     def __init__(self, config: GrainBertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
         self.classifier = self.head_class(config)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
-                **kwargs):
-        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
-        logits = self.classifier(outputs.last_hidden_state)
-        loss = classification_loss(logits, labels, self.num_labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    def logits(self, outputs) -> torch.Tensor:
+        return self.classifier(outputs.last_hidden_state)
 
 
-class GrainBertForTokenClassification(GrainBertPreTrainedModel):
-    base_model_class = GrainBertModel
+class GrainBertForTokenClassification(Classifier, TokenHead):
+    output_class = TokenClassifierOutput
 
     def __init__(self, config: GrainBertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
         self.dropout = nn.Dropout(config.classifier_dropout or config.hidden_dropout_prob)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
-                **kwargs):
-        outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
-        logits = self.classifier(self.dropout(outputs.last_hidden_state))
-        loss = None if labels is None else F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-        return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    def logits(self, outputs) -> torch.Tensor:
+        return self.classifier(self.dropout(outputs.last_hidden_state))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        return None if labels is None else F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
 
 
-class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
-    base_model_class = GrainBertModel
-
+class GrainBertForQuestionAnswering(TokenHead):
     def __init__(self, config: GrainBertConfig):
         super().__init__(config)
-        self.num_labels = config.num_labels
-        setattr(self, self.base_model_prefix, self.base_model_class(config, add_pooling_layer=False))
         self.qa_outputs = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -457,13 +480,6 @@ class GrainBertForQuestionAnswering(GrainBertPreTrainedModel):
 
 
 COMPACT_FAMILY = CompactFamily(
-    family="bert",
-    hf_prefixes=("Bert",),
-    config=GrainBertConfig,
-    model=GrainBertModel,
-    heads={
-        "ForSequenceClassification": GrainBertForSequenceClassification,
-        "ForTokenClassification": GrainBertForTokenClassification,
-        "ForQuestionAnswering": GrainBertForQuestionAnswering,
-    },
+    "bert", ("Bert",), GrainBertConfig, GrainBertModel,
+    (GrainBertForSequenceClassification, GrainBertForTokenClassification, GrainBertForQuestionAnswering),
 )

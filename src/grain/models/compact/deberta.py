@@ -21,19 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DebertaV2Config
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput
+from transformers.modeling_outputs import BaseModelOutput
 from transformers.models.deberta_v2.modeling_deberta_v2 import ContextPooler, DebertaV2Embeddings, DebertaV2Encoder
 
 from .bert import (
+    Classifier,
     CompactFamily,
     CompactStructure,
     FactorizedEmbedding,
+    GrainAttention,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertPreTrainedModel,
-    GrainIntermediate,
-    ResidualOutput,
-    classification_loss,
+    GrainLayer,
 )
 
 
@@ -136,13 +136,8 @@ class GrainDisentangledAttention(nn.Module):
         return score
 
 
-class GrainDebertaAttention(nn.Module):
-    def __init__(self, config: GrainDebertaV2Config, index: int):
-        super().__init__()
-        self.has_heads = len(config.vo_dims[index]) > 0
-        if self.has_heads:
-            self.self = GrainDisentangledAttention(config, index)
-        self.output = ResidualOutput(config, sum(config.vo_dims[index]))
+class GrainDebertaAttention(GrainAttention):
+    self_attention_class = GrainDisentangledAttention
 
     def forward(self, hidden, attention_mask, relative_pos=None, rel_embeddings=None) -> torch.Tensor:
         if not self.has_heads:
@@ -151,15 +146,10 @@ class GrainDebertaAttention(nn.Module):
         return self.output(contexts, hidden)
 
 
-class GrainDebertaLayer(nn.Module):
+class GrainDebertaLayer(GrainLayer):
     """The compact layer, called as DebertaV2Encoder calls its layers."""
 
-    def __init__(self, config: GrainDebertaV2Config, index: int):
-        super().__init__()
-        width = config.ffn_dims[index]
-        self.attention = GrainDebertaAttention(config, index)
-        self.intermediate = GrainIntermediate(config, width) if width > 0 else None
-        self.output = ResidualOutput(config, width)
+    attention_class = GrainDebertaAttention
 
     def forward(self, hidden_states, attention_mask, query_states=None, relative_pos=None, rel_embeddings=None,
                 output_attentions=False):
@@ -229,7 +219,7 @@ class GrainDebertaV2Model(GrainDebertaV2PreTrainedModel):
         )
 
 
-class GrainDebertaV2ForSequenceClassification(GrainDebertaV2PreTrainedModel):
+class GrainDebertaV2ForSequenceClassification(Classifier, GrainDebertaV2PreTrainedModel):
     """ContextPooler (dense and activation on [CLS]), dropout and classifier, as DeBERTa's."""
 
     def __init__(self, config: GrainDebertaV2Config):
@@ -242,12 +232,8 @@ class GrainDebertaV2ForSequenceClassification(GrainDebertaV2PreTrainedModel):
         self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
-                **kwargs):
-        outputs = self.deberta(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
-        logits = self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
-        loss = classification_loss(logits, labels, self.num_labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    def logits(self, outputs) -> torch.Tensor:
+        return self.classifier(self.dropout(self.pooler(outputs.last_hidden_state)))
 
 
 class GrainDebertaV2ForTokenClassification(GrainDebertaV2PreTrainedModel, GrainBertForTokenClassification):
@@ -259,13 +245,6 @@ class GrainDebertaV2ForQuestionAnswering(GrainDebertaV2PreTrainedModel, GrainBer
 
 
 COMPACT_FAMILY = CompactFamily(
-    family="deberta-v2",
-    hf_prefixes=("DebertaV2",),
-    config=GrainDebertaV2Config,
-    model=GrainDebertaV2Model,
-    heads={
-        "ForSequenceClassification": GrainDebertaV2ForSequenceClassification,
-        "ForTokenClassification": GrainDebertaV2ForTokenClassification,
-        "ForQuestionAnswering": GrainDebertaV2ForQuestionAnswering,
-    },
+    "deberta-v2", ("DebertaV2",), GrainDebertaV2Config, GrainDebertaV2Model,
+    (GrainDebertaV2ForSequenceClassification, GrainDebertaV2ForTokenClassification, GrainDebertaV2ForQuestionAnswering),
 )

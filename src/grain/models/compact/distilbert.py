@@ -10,17 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 from transformers import DistilBertConfig
-from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.distilbert.modeling_distilbert import Embeddings
 
 from .bert import (
+    Classifier,
     CompactFamily,
     CompactStructure,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertModel,
     GrainBertPreTrainedModel,
-    classification_loss,
 )
 
 
@@ -59,7 +58,7 @@ class GrainDistilBertModel(GrainDistilBertPreTrainedModel, GrainBertModel):
         return self.embeddings(input_ids=input_ids, position_ids=position_ids)  # no token types
 
 
-class GrainDistilBertForSequenceClassification(GrainDistilBertPreTrainedModel):
+class GrainDistilBertForSequenceClassification(Classifier, GrainDistilBertPreTrainedModel):
     """pre_classifier, ReLU, dropout and classifier on [CLS], as DistilBertForSequenceClassification."""
 
     def __init__(self, config: GrainDistilBertConfig):
@@ -71,13 +70,8 @@ class GrainDistilBertForSequenceClassification(GrainDistilBertPreTrainedModel):
         self.dropout = nn.Dropout(config.seq_classif_dropout)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, output_hidden_states=False,
-                **kwargs):
-        outputs = self.distilbert(input_ids, attention_mask, output_hidden_states=output_hidden_states)
-        pooled = torch.relu(self.pre_classifier(outputs.last_hidden_state[:, 0]))
-        logits = self.classifier(self.dropout(pooled))
-        loss = classification_loss(logits, labels, self.num_labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+    def logits(self, outputs) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.relu(self.pre_classifier(outputs.last_hidden_state[:, 0]))))
 
 
 class GrainDistilBertForTokenClassification(GrainDistilBertPreTrainedModel, GrainBertForTokenClassification):
@@ -98,13 +92,6 @@ class GrainDistilBertForQuestionAnswering(GrainDistilBertPreTrainedModel, GrainB
 
 
 COMPACT_FAMILY = CompactFamily(
-    family="distilbert",
-    hf_prefixes=("DistilBert",),
-    config=GrainDistilBertConfig,
-    model=GrainDistilBertModel,
-    heads={
-        "ForSequenceClassification": GrainDistilBertForSequenceClassification,
-        "ForTokenClassification": GrainDistilBertForTokenClassification,
-        "ForQuestionAnswering": GrainDistilBertForQuestionAnswering,
-    },
+    "distilbert", ("DistilBert",), GrainDistilBertConfig, GrainDistilBertModel,
+    (GrainDistilBertForSequenceClassification, GrainDistilBertForTokenClassification, GrainDistilBertForQuestionAnswering),
 )

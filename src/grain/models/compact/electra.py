@@ -60,13 +60,6 @@ class GrainElectraForQuestionAnswering(GrainElectraPreTrainedModel, GrainBertFor
 
 
 COMPACT_FAMILY = CompactFamily(
-    family="electra",
-    hf_prefixes=("Electra",),
-    config=GrainElectraConfig,
-    model=GrainElectraModel,
-    heads={
-        "ForSequenceClassification": GrainElectraForSequenceClassification,
-        "ForTokenClassification": GrainElectraForTokenClassification,
-        "ForQuestionAnswering": GrainElectraForQuestionAnswering,
-    },
+    "electra", ("Electra",), GrainElectraConfig, GrainElectraModel,
+    (GrainElectraForSequenceClassification, GrainElectraForTokenClassification, GrainElectraForQuestionAnswering),
 )

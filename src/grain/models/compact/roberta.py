@@ -47,14 +47,8 @@ class GrainRobertaForQuestionAnswering(GrainRobertaPreTrainedModel, GrainBertFor
     base_model_class = GrainRobertaModel
 
 
+# XLM-R and CamemBERT checkpoints load as their own HF classes, with RoBERTa's modules
 COMPACT_FAMILY = CompactFamily(
-    family="roberta",
-    hf_prefixes=("Roberta", "XLMRoberta", "Camembert"),  # XLM-R and CamemBERT load as their own classes
-    config=GrainRobertaConfig,
-    model=GrainRobertaModel,
-    heads={
-        "ForSequenceClassification": GrainRobertaForSequenceClassification,
-        "ForTokenClassification": GrainRobertaForTokenClassification,
-        "ForQuestionAnswering": GrainRobertaForQuestionAnswering,
-    },
+    "roberta", ("Roberta", "XLMRoberta", "Camembert"), GrainRobertaConfig, GrainRobertaModel,
+    (GrainRobertaForSequenceClassification, GrainRobertaForTokenClassification, GrainRobertaForQuestionAnswering),
 )

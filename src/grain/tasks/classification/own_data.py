@@ -51,14 +51,6 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
     def __init__(
         self,
         task_name: str = "text_classification",
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_split: str | None = "train",
-        validation_split: str | None = "validation",
-        test_split: str | None = None,
         text_columns: list[str] = ("sentence",),
         label_column: str = "label",
         labels: list | None = None,
@@ -69,8 +61,6 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
     ):
         super().__init__(**kwargs)
         self.task_name = task_name
-        self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
-                        train_split, validation_split, test_split)
         self.text_columns = [text_columns] if isinstance(text_columns, str) else list(text_columns or [])
         self.label_column = label_column
         self.given_labels = None if labels is None else [_label_name(label) for label in labels]

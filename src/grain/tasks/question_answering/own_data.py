@@ -15,7 +15,7 @@ import datasets
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
-from grain.tasks.own_data import SPLIT_KEYS, OwnDataSource, load_hub_split, require_columns, require_rows
+from grain.tasks.own_data import OwnDataSource, load_hub_split, require_columns, require_rows, resolve_file
 from grain.tasks.question_answering.squad import read_squad_json
 from grain.tasks.question_answering.task import QuestionAnsweringTask
 
@@ -28,35 +28,15 @@ class QuestionAnsweringDataModule(OwnDataSource, QuestionAnsweringTask):
     def __init__(
         self,
         task_name: str = "question_answering",
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_split: str | None = "train",
-        validation_split: str | None = "validation",
-        test_split: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.task_name = task_name
-        self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
-                        train_split, validation_split, test_split)
         self._tables: dict[str, datasets.Dataset] = {}
 
     def _local_file(self, split: str) -> Path:
-        key, value = f"task.{SPLIT_KEYS[split]}", self.files[split]
-        if not value:
-            raise GrainError(
-                f"task={self.task_name}: no {split} data; give {key}=<SQuAD-format .json file> (or "
-                f"task.dataset_name=<hub dataset>)"
-            )
-        path = Path(str(value)).expanduser()
-        if not path.is_file():
-            raise GrainError(f"{key}={value}: no such file; give the path of your SQuAD-format {split} JSON")
-        if path.suffix.lower() != ".json":
-            raise GrainError(f"{key}={value}: expected a SQuAD-format .json file (v1.1: {{'data': [...]}})")
-        return path.resolve()
+        return resolve_file(self.task_name, split, self.files[split], formats=(".json",),
+                            kind="a SQuAD-format .json file (v1.1: {'data': [...]})")
 
     def source_signature(self, split: str) -> list:
         if self.from_hub:

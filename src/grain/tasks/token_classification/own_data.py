@@ -20,7 +20,6 @@ from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.own_data import (
     FORMATS,
-    SPLIT_KEYS,
     OwnDataSource,
     load_file,
     load_hub_split,
@@ -31,6 +30,9 @@ from grain.tasks.own_data import (
 from grain.tasks.token_classification.task import TokenClassificationTask
 
 COLUMN_FORMATS = (".txt", ".conll", ".iob", ".iob2", ".bio")
+# CoNLL column files, or rows with a token list and a tag list
+TAGGED_FORMATS = COLUMN_FORMATS + tuple(e for e in FORMATS if e != ".tsv")
+TAGGED_KIND = "a CoNLL column file (.txt, .conll, .iob, .bio) or rows of tokens and tags (.json, .jsonl, .parquet, .csv)"
 
 
 def read_column_file(path: Path) -> datasets.Dataset:
@@ -73,14 +75,6 @@ class TokenClassificationDataModule(OwnDataSource, TokenClassificationTask):
     def __init__(
         self,
         task_name: str = "token_classification",
-        train_file: str | None = None,
-        validation_file: str | None = None,
-        test_file: str | None = None,
-        dataset_name: str | None = None,
-        dataset_config: str | None = None,
-        train_split: str | None = "train",
-        validation_split: str | None = "validation",
-        test_split: str | None = None,
         tokens_column: str = "tokens",
         tags_column: str = "ner_tags",
         labels: list | None = None,
@@ -89,8 +83,6 @@ class TokenClassificationDataModule(OwnDataSource, TokenClassificationTask):
     ):
         super().__init__(**kwargs)
         self.task_name = task_name
-        self.set_source(train_file, validation_file, test_file, dataset_name, dataset_config,
-                        train_split, validation_split, test_split)
         self.tokens_column = tokens_column
         self.tags_column = tags_column
         self.given_labels = None if labels is None else [str(label).strip() for label in labels]
@@ -100,21 +92,7 @@ class TokenClassificationDataModule(OwnDataSource, TokenClassificationTask):
 
     # --- where the data is ------------------------------------------------------------------------
     def _path(self, split: str) -> Path:
-        value = self.files[split]
-        if value and Path(str(value)).suffix.lower() in COLUMN_FORMATS:
-            path = Path(str(value)).expanduser()
-            if not path.is_file():
-                raise GrainError(f"task.{SPLIT_KEYS[split]}={value}: no such file; give the path of your {split} file")
-            return path.resolve()
-        try:
-            return resolve_file(self.task_name, split, value)
-        except GrainError as err:
-            if "unknown format" in str(err):
-                raise GrainError(
-                    f"task.{SPLIT_KEYS[split]}={value}: unknown format; name CoNLL column files "
-                    f"{', '.join(COLUMN_FORMATS)}, or rows of tokens and tags {', '.join(e for e in FORMATS if e != '.tsv')}"
-                ) from None
-            raise
+        return resolve_file(self.task_name, split, self.files[split], formats=TAGGED_FORMATS, kind=TAGGED_KIND)
 
     def source_signature(self, split: str) -> list:
         if self.from_hub:
