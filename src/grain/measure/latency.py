@@ -40,8 +40,8 @@ def retain_freed_memory() -> str:
     """Make glibc malloc keep freed buffers for reuse instead of handing them back to the OS.
 
     By default glibc serves buffers of a few MB with mmap and unmaps them when freed, so every
-    forward pass page-faults its activations afresh; that costs a small compact model ~20% and the
-    dense one ~10% (measured on MiniLM, batch 32 x 128). PyTorch's CPU performance guide suggests
+    forward pass page-faults its activations afresh, which costs a small compact model more, in
+    proportion, than the dense one (docs/measurements.md). PyTorch's CPU performance guide suggests
     jemalloc or tcmalloc for the same reason. Affects this process only; returns what it did.
     """
     libc_name = ctypes.util.find_library("c")

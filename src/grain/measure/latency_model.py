@@ -23,9 +23,8 @@ The formula follows the kernel plan the compact model runs on that device (`grai
 - `head(qk, vo)`: ms per head inside a group (its share of the fused projection, its scores,
   softmax and context, the copies into the group's batch), a table over the QK slot (rows from 1;
   row 0: uniform heads) and the VO width (columns), bilinear in between; `group`: ms per call
-  (launch, reshapes, concatenation), fitted and kept at >= 0 (on MiniLM, 2 CPU threads, it fits
-  at or below 0: distinct widths cost no more than one width, and a negative call cost made
-  predictions worse on real structures, so it is refitted at 0).
+  (launch, reshapes, concatenation), fitted and kept at >= 0 (a call cost fitted below 0 is refitted
+  at 0: a negative one made predictions worse on real structures, docs/measurements.md).
 - `grouped`: what a layer pays once it runs any group (the batched output projection over the
   contexts); `uniform`: once it has uniform heads (the mean of the hidden states);
   `attention_base`: any layer with heads (the fused projection call, output bias, residual add and
@@ -41,20 +40,19 @@ The formula follows the kernel plan the compact model runs on that device (`grai
 
 How the parts are measured: every sub-layer is a real compact layer timed with
 `torch.utils.benchmark` (median of blocked runs) in `rounds` interleaved rounds, keeping each
-configuration's median round (as the compact stage keeps the median of its rounds; on a shared
-machine the least round ran ~5% below the median one and biased predictions low). The attention
+configuration's median round (as the compact stage keeps the median of its rounds; the least
+round biased predictions low). The attention
 parts are fitted by least squares (rows weighted by 1 / time) to sub-layers of n = 1, 2 and all
 heads of each grid width (per-head costs and intercepts), of single-head groups of distinct widths
 (the call cost) and of grouped plus uniform heads (the grouped and uniform parts apart), through
 the same `head_groups` the prediction uses; the table is then clamped at 0 and made non-decreasing
 in both widths. The FFN is timed at multiples of 8 (`ffn_grid`), the dense and the empty model
 whole. On CPU glibc keeps freed buffers during the measurement, as in the compact
-stage: without it every large attention buffer is page-faulted afresh (on MiniLM at 32 x 128 a
-group of 12 heads then took 3-4x the time of a group of 8).
+stage: without it every large attention buffer is page-faulted afresh (docs/measurements.md).
 
 Limits: the fused projection's padding to a multiple of 8 columns and per-head costs between grid
-widths are interpolated, not measured (odd widths run 10-20% slower than the even ones around
-them in MKL's batched matmuls, which matters only for layers of one or two tiny heads); a group's
+widths are interpolated, not measured (odd widths run slower than the even ones around them in
+MKL's batched matmuls, which matters only for layers of one or two tiny heads); a group's
 time is taken as linear in its heads; layers are timed in isolation (warm caches), so what a
 whole model adds (reading each layer's weights) falls into the error; DeBERTa's relative-position terms
 are not modelled (every family is predicted as BERT's compact layers); the GPU path follows the
@@ -397,8 +395,8 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     """Time every part of the latency model on `device` in its serving dtype (see module docstring).
 
     min_run_time: seconds of timing per sub-layer (in all its rounds); whole compact models get 10x
-    that, the dense model 30x (3 s by default, as the compact stage times it). On MiniLM at 32 x 128
-    on 2 CPU threads the defaults take about 75 s."""
+    that, the dense model 30x (3 s by default, as the compact stage times it). It prints how long the
+    measurement took."""
     started = time.perf_counter()
     dtype = serving_defaults(device)[0]
     allocator = retain_freed_memory() if device.type == "cpu" else "caching allocator"
@@ -521,7 +519,7 @@ def monotone_2d(table: list[list[float]]) -> list[list[float]]:
 def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path,
                   min_run_time: float = 0.1, progress=print, rounds: int = 5) -> LatencyModel:
     """The cached model for this device, dtype, torch version, model family, shape, batch and
-    length; measured once (about 75 s for MiniLM at 32 x 128 on 2 CPU threads)."""
+    length; measured once (the time it took is printed, docs/measurements.md)."""
     shape = EncoderShape.of(hf_config)
     key = model_key(shape, device, serving_defaults(device)[0], batch, seq_len, getattr(hf_config, "model_type", "bert"))
     path = cache_path(cache_dir, key)

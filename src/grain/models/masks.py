@@ -111,7 +111,7 @@ class MaskedProduct(torch.autograd.Function):
     """x * mask whose mask gradient is reduced in float32 whatever x's dtype.
 
     Under bf16/fp16 autocast the activations are half precision; autograd's own product would sum
-    dL/dm over all tokens in that precision (bf16 keeps 8 bits: errors near 1% per step), and the
+    dL/dm over all tokens in that precision (bf16 keeps 8 bits of mantissa), and the
     importance EMA folds these sums. Here the forward stays in x's dtype and x is saved as it is (no float32
     copy kept for the backward); only the backward's per-unit reduction runs in float32.
     x: [..., units] (half precision); mask: [units] (float32).

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 
 def round_up(width: int, multiple: int = 8) -> int:
-    """Matmul widths are padded to a multiple of 8: MKL's CPU sgemm runs ~2x slower on widths that
-    are not (MiniLM, [4096, 384] @ [384, N]: N=23 0.87 ms, N=24 0.49 ms), and GPU tensor cores and the
-    fused attention kernels want them too."""
+    """`width` rounded up to a multiple of `multiple`: matmul widths are padded to a multiple of 8, because
+    MKL's CPU sgemm runs widths that are not markedly slower (docs/measurements.md) and GPU tensor cores
+    and the fused attention kernels want them too."""
     return -(-width // multiple) * multiple
 
 
@@ -93,7 +93,8 @@ class HeadGroup:
 def plan_head_groups(qk_dims: list[int], vo_dims: list[int]) -> list[HeadGroup]:
     """Group the heads with both QK and VO units by their (QK, VO) widths, widest first: one batched
     attention per group, with no padding (padding heads to share fewer calls measured slower on CPU).
-    Only a QK width of 1 is padded to 2: that batched matmul is 4x slower than width 2 in MKL.
+    Only a QK width of 1 is padded to 2: MKL's batched matmul runs width 1 slower than width 2
+    (docs/measurements.md).
     Heads without VO units add nothing and are left out; heads without QK units attend uniformly and
     are handled apart (`GroupedLayout.uniform_vo`)."""
     widths: dict[tuple[int, int], list[int]] = {}
