@@ -7,34 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForSequenceClassification,
-    BertConfig,
-    BertForQuestionAnswering,
-    BertForSequenceClassification,
-    BertForTokenClassification,
-    CamembertConfig,
-    CamembertForSequenceClassification,
-    DebertaV2Config,
-    DebertaV2ForQuestionAnswering,
-    DebertaV2ForSequenceClassification,
-    DebertaV2ForTokenClassification,
-    DistilBertConfig,
-    DistilBertForQuestionAnswering,
-    DistilBertForSequenceClassification,
-    DistilBertForTokenClassification,
-    ElectraConfig,
-    ElectraForQuestionAnswering,
-    ElectraForSequenceClassification,
-    ElectraForTokenClassification,
-    GPT2Config,
-    RobertaConfig,
-    RobertaForQuestionAnswering,
-    RobertaForSequenceClassification,
-    RobertaForTokenClassification,
-    XLMRobertaConfig,
-    XLMRobertaForSequenceClassification,
-)
+from transformers import AutoModelForSequenceClassification, GPT2Config, XLMRobertaConfig
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
 from grain.architectures import architecture_of, find_architecture, supported_families
@@ -46,82 +19,24 @@ from grain.models.masks import EncoderShape, attach_mask_hooks, unit_weights
 from grain.models.registry import is_compact
 from grain.models.slicing import compact_from_masked
 from grain.pruning.ranking import kept_linear_params
-from tests.conftest import FIXTURES
-from tests.fake_device import ACCELERATOR, fake_accelerator, to_accelerator
-from tests.test_compact import hard_masks, masked_outputs
-from tests.test_run import run_grain, summaries
+from tests.helpers.configs import compose_config
+from tests.helpers.device_guard import DeviceGuard
+from tests.helpers.fake_device import ACCELERATOR, fake_accelerator, to_accelerator
+from tests.helpers.models import FAMILIES, hard_masks, masked_outputs, tiny_model, token_batch
+from tests.helpers.runs import run_grain, summaries
 
-SIZES = dict(
-    vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
-    initializer_range=0.2,  # logits of order 1, so that 1e-5 is a strict bound
-)
-# family -> (config, {head kind: HF class}); RoBERTa as its checkpoints are: padding id 1 (positions
-# from 2), one token type; ELECTRA with embeddings narrower than the encoder (embeddings_project);
-# DistilBERT under its own config names, without token types; DeBERTa-v3-like (disentangled
-# attention with c2p and p2c through the shared W_Q/W_K, log-bucketed positions, no token types).
-FAMILIES = {
-    "bert": (
-        lambda: BertConfig(**SIZES, max_position_embeddings=64),
-        {"sequence": BertForSequenceClassification, "token": BertForTokenClassification, "qa": BertForQuestionAnswering},
-    ),
-    "roberta": (
-        lambda: RobertaConfig(**SIZES, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1),
-        {"sequence": RobertaForSequenceClassification, "token": RobertaForTokenClassification,
-         "qa": RobertaForQuestionAnswering},
-    ),
-    "xlm-roberta": (
-        lambda: XLMRobertaConfig(**SIZES, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1),
-        {"sequence": XLMRobertaForSequenceClassification},
-    ),
-    "camembert": (
-        lambda: CamembertConfig(**SIZES, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1),
-        {"sequence": CamembertForSequenceClassification},
-    ),
-    "electra": (
-        lambda: ElectraConfig(**SIZES, embedding_size=16, max_position_embeddings=64),
-        {"sequence": ElectraForSequenceClassification, "token": ElectraForTokenClassification,
-         "qa": ElectraForQuestionAnswering},
-    ),
-    "distilbert": (
-        lambda: DistilBertConfig(vocab_size=100, dim=32, n_layers=3, n_heads=4, hidden_dim=48, initializer_range=0.2,
-                                 max_position_embeddings=64),
-        {"sequence": DistilBertForSequenceClassification, "token": DistilBertForTokenClassification,
-         "qa": DistilBertForQuestionAnswering},
-    ),
-    "deberta-v2": (
-        lambda: DebertaV2Config(**SIZES, max_position_embeddings=64, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                share_att_key=True, position_buckets=8, norm_rel_ebd="layer_norm",
-                                position_biased_input=False, type_vocab_size=0),
-        {"sequence": DebertaV2ForSequenceClassification, "token": DebertaV2ForTokenClassification,
-         "qa": DebertaV2ForQuestionAnswering},
-    ),
-}
-CASES = [(family, head) for family, (_, heads) in FAMILIES.items() for head in heads]
+# every family's tiny model (tests.helpers.models.FAMILIES) has 3 layers, hidden 32, 4 heads, FFN 48 and
+# weights drawn wider than the default: logits of order 1, so that 1e-5 is a strict bound
+INIT = 0.2
+CASES = [(family, head) for family, (_, _, heads) in FAMILIES.items() for head in heads]
 FIELDS = {"sequence": ["logits"], "token": ["logits"], "qa": ["start_logits", "end_logits"]}
-
-
-def tiny_model(family: str, head: str = "sequence"):
-    make_config, heads = FAMILIES[family]
-    config = make_config()
-    config.num_labels = 2 if head == "qa" else 3
-    torch.manual_seed(0)
-    return heads[head](config).eval()
 
 
 def family_batch(model):
     """Token ids with padding (the family's padding id where the attention mask is 0: RoBERTa's
     position ids count only the other tokens); token types only where the family has two."""
-    g = torch.Generator().manual_seed(5)
-    pad = model.config.pad_token_id
-    ids = torch.randint(3, 100, (4, 12), generator=g)
-    attention = torch.ones_like(ids)
-    attention[1, 8:] = 0
-    attention[3, 3:] = 0
-    ids[attention == 0] = pad
-    inputs = {"input_ids": ids, "attention_mask": attention}
-    if getattr(model.config, "type_vocab_size", 1) > 1:
-        inputs["token_type_ids"] = (torch.arange(12) >= 6).long().expand(4, -1).clone()
-    return inputs
+    two_types = getattr(model.config, "type_vocab_size", 1) > 1
+    return token_batch(low=3, pad_id=model.config.pad_token_id, token_types="halves" if two_types else None)
 
 
 @pytest.fixture(params=["grouped", "padded"])
@@ -133,7 +48,7 @@ def plan(request, monkeypatch):
 
 @pytest.mark.parametrize("family,head", CASES)
 def test_compact_equals_masked(family, head, plan):
-    model = tiny_model(family, head)
+    model = tiny_model(family, head, initializer_range=INIT)
     masks = hard_masks(EncoderShape.of(model))
     inputs = family_batch(model)
     expected = masked_outputs(model, masks, inputs)
@@ -150,7 +65,7 @@ def test_compact_equals_masked(family, head, plan):
 def test_hidden_states_match_the_masked_models(family):
     """Hidden-state distillation reads the same states from both (embeddings output, then each
     layer's; ELECTRA's after embeddings_project) once training has compacted the student."""
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     masks = hard_masks(EncoderShape.of(model))
     inputs = family_batch(model)
     compact, _ = compact_from_masked(model, masks)
@@ -166,7 +81,7 @@ def test_hidden_states_match_the_masked_models(family):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_compact_has_exactly_the_kept_parameters(family, seed):
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     shape = EncoderShape.of(model)
     masks = hard_masks(shape, seed)
     masks["qk"] *= masks["vo"].view(shape.num_layers, shape.num_heads, -1).amax(-1).repeat_interleave(shape.head_dim, 1)
@@ -181,7 +96,7 @@ def test_compact_has_exactly_the_kept_parameters(family, seed):
 def test_compaction_checks_itself_against_the_masked_model(family, monkeypatch):
     """Every compaction compares the compact model with the masked one where it happens and keeps the
     difference; a compaction that slices the wrong units is refused there, not found later."""
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     masks = hard_masks(EncoderShape.of(model), seed=3)
     compact, _ = compact_from_masked(model, masks)
     assert compact.compaction_max_abs_diff < 1e-5
@@ -203,7 +118,7 @@ def test_compaction_checks_itself_against_the_masked_model(family, monkeypatch):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_save_and_load_through_auto_class(family, tmp_path):
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     compact, _ = compact_from_masked(model, hard_masks(EncoderShape.of(model)))
     compact.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
@@ -221,7 +136,7 @@ def test_save_and_load_through_auto_class(family, tmp_path):
 def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
     """The families' embeddings (RoBERTa's position ids from the token ids, ELECTRA's projection,
     DistilBERT's) keep the compact forward on the device, with no host sync."""
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     masks = hard_masks(EncoderShape.of(model))
     inputs = family_batch(model)
     expected = masked_outputs(model, masks, inputs).logits
@@ -240,9 +155,7 @@ def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
 def test_compaction_and_forward_name_their_devices(family):
     """DeviceGuard: grain's code creates no tensor without a device (or *_like / new_*) and does
     not sync with the host, in compaction (but reading the masks) and in the compact forward."""
-    from tests.device_guard import DeviceGuard
-
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     masks = hard_masks(EncoderShape.of(model))
     with DeviceGuard():
         compact, _ = compact_from_masked(model, masks)
@@ -252,7 +165,7 @@ def test_compaction_and_forward_name_their_devices(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_masks_hook_the_familys_modules(family):
-    model = tiny_model(family)
+    model = tiny_model(family, initializer_range=INIT)
     shape = EncoderShape.of(model)
     arch = architecture_of(model)
     assert shape == EncoderShape(3, 32, 4, 48) and EncoderShape.of(model.config.to_dict()) == shape
@@ -280,9 +193,7 @@ def test_deberta_relative_positions_are_hfs(buckets, max_position):
 
 
 def test_deberta_with_separate_position_projections_is_refused():
-    model = DebertaV2ForSequenceClassification(DebertaV2Config(
-        **SIZES, relative_attention=True, pos_att_type=["p2c", "c2p"], share_att_key=False,
-    ))
+    model = tiny_model("deberta-v2", initializer_range=INIT, share_att_key=False)
     with pytest.raises(GrainError, match="share_att_key=false"):
         attach_mask_hooks(model, lambda layer, kind: None)
     with pytest.raises(GrainError, match="share_att_key=false"):
@@ -294,7 +205,8 @@ def test_the_registry_finds_families_and_refuses_others():
     assert architecture_of("camembert").family == "roberta"
     assert architecture_of({"model_type": "grain_electra"}).family == "electra"
     assert find_architecture(GPT2Config()) is None
-    with pytest.raises(GrainError, match="grain does not support gpt2 models; .* bert, camembert, deberta-v2, distilbert, electra, roberta"):
+    supported = "bert, camembert, deberta-v2, distilbert, electra, roberta"
+    with pytest.raises(GrainError, match=f"grain does not support gpt2 models; .* {supported}"):
         architecture_of(GPT2Config())
     assert set(supported_families()) >= {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2"}
 
@@ -306,7 +218,6 @@ def test_the_registry_finds_families_and_refuses_others():
 def test_random_models_of_each_family(name, model_type, positions, tmp_path):
     from grain.config import validate_config
     from grain.models.backbone import load_task_model
-    from tests.conftest import compose_config
 
     cfg = compose_config([f"model={name}"], tmp_path)
     validate_config(cfg)
@@ -330,7 +241,7 @@ def test_tiny_run_compacts_exactly(family, tmp_path):
     result = run_grain(
         [f"model=tiny-{family}", "task=sst2", "sparsity=0.9", "trainer.max_steps=30", "logger=csv",
          "task.max_train_samples=64", "teacher.max_steps=4"],
-        tmp_path, FIXTURES,
+        tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = summaries(tmp_path)

@@ -2,7 +2,6 @@
 reports consistent ratios."""
 
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.__main__ import main as bench_main
@@ -14,20 +13,12 @@ from grain.models.compact.kernels import round_up
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.summary import read_summary, write_summary
-from tests.conftest import all_kept_masks
+from tests.helpers.models import BENCH_BATCH, BENCH_SEQ, BENCH_VOCAB, all_kept_masks, half_ffn_compact, tiny_model
 
 HIDDEN, LAYERS, HEADS, FFN, LABELS = 32, 2, 4, 48, 3
-BATCH, SEQ = 2, 16
-
-
-def tiny_dense():
-    # vocab above 1000: grain.measure.flops.dummy_inputs draws token ids from 1000 up
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=1200, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-        intermediate_size=FFN, max_position_embeddings=64, num_labels=LABELS,
-    )
-    return BertForSequenceClassification(config).eval()
+BATCH, SEQ = BENCH_BATCH, BENCH_SEQ
+# the dense model timed here: a vocabulary the benchmark's token ids fit
+DENSE = dict(layers=LAYERS, hidden=HIDDEN, heads=HEADS, ffn=FFN, labels=LABELS, vocab=BENCH_VOCAB)
 
 
 def expected_flops(ffn_widths, qk_width=HIDDEN, vo_width=HIDDEN):
@@ -41,19 +32,12 @@ def expected_flops(ffn_widths, qk_width=HIDDEN, vo_width=HIDDEN):
     return total + 2 * BATCH * HIDDEN * HIDDEN + 2 * BATCH * HIDDEN * LABELS
 
 
-def half_ffn_compact(dense):
-    """The compact form of `dense` with the first half of every layer's FFN neurons pruned."""
-    masks = all_kept_masks(EncoderShape.of(dense))
-    masks["ffn"][:, : FFN // 2] = 0
-    return compact_from_masked(dense, masks)[0]
-
-
 def test_dense_flops_match_the_shapes():
-    assert count_flops(tiny_dense(), BATCH, SEQ) == expected_flops([FFN] * LAYERS)
+    assert count_flops(tiny_model(**DENSE), BATCH, SEQ) == expected_flops([FFN] * LAYERS)
 
 
 def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     masks = all_kept_masks(EncoderShape.of(dense))
     assert count_flops(compact_from_masked(dense, masks)[0], BATCH, SEQ) == count_flops(dense, BATCH, SEQ)
     masks["ffn"][0, :20] = 0
@@ -67,7 +51,7 @@ def test_compact_flops_shrink_by_exactly_the_removed_ffn_neurons():
 
 def test_padding_flops_of_narrow_heads():
     """A head of QK width 1 (padded to 2) and a projection padded to a multiple of 8 count as padding."""
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     shape = EncoderShape.of(dense)
     masks = all_kept_masks(shape)
     masks["qk"][0, 1 : shape.head_dim] = 0  # layer 0, head 0: QK width 1
@@ -81,10 +65,13 @@ def test_padding_flops_of_narrow_heads():
 
 
 def test_compare_models_reports_consistent_ratios():
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     compact = half_ffn_compact(dense)
     result = compare_models(dense, compact, BATCH, SEQ, min_run_time=0.05, rounds=1)
-    assert result["flops_ratio"] == result["dense_flops"] / result["kept_flops"] > 1
+    # the FLOPs by the shapes' arithmetic (the kept FFN, 24 wide, needs no padding), not by the result's own
+    dense_flops, kept_flops = expected_flops([FFN] * LAYERS), expected_flops([FFN // 2] * LAYERS)
+    assert (result["dense_flops"], result["kept_flops"]) == (dense_flops, kept_flops)
+    assert result["flops_ratio"] == dense_flops / kept_flops > 1
     assert result["kept_flops"] == result["flops"] - padding_flops(compact, BATCH, SEQ)
     assert result["speedup"] == result["dense_latency_ms"] / result["latency_ms"]
     assert result["dense_encoder_params"] - result["encoder_params"] == LAYERS * (FFN // 2) * (2 * HIDDEN + 1)
@@ -92,7 +79,7 @@ def test_compare_models_reports_consistent_ratios():
 
 
 def test_operator_profile_lists_the_compact_models_costliest_operators():
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     compact = half_ffn_compact(dense)
     dense_ops, compact_ops = op_times(dense, BATCH, SEQ), op_times(compact, BATCH, SEQ)
     assert dense_ops["aten::addmm"] > 0 and compact_ops["aten::addmm"] > 0
@@ -108,13 +95,13 @@ def test_bench_command_names_a_missing_compact_model_or_teacher(tmp_path, capsys
     write_summary(run_dir, {"teacher": {"path": str(tmp_path / "gone-teacher")}})
     assert bench_main([str(run_dir)]) == 2
     assert f"no saved model at {run_dir / 'compact'}" in capsys.readouterr().err
-    tiny_dense().save_pretrained(run_dir / "compact")
+    tiny_model(**DENSE).save_pretrained(run_dir / "compact")
     assert bench_main([str(run_dir)]) == 2
     assert f"the run's teacher {tmp_path / 'gone-teacher'} is gone" in capsys.readouterr().err
 
 
 def test_floor_keeps_one_unit_of_each_kind_per_layer(tmp_path, capsys):
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     masks = floor_masks(EncoderShape.of(dense))
     assert {kind: m.sum(1).tolist() for kind, m in masks.items()} == {kind: [1.0] * LAYERS for kind in masks}
     floor, _ = compact_from_masked(dense, masks)
@@ -132,7 +119,7 @@ def test_floor_keeps_one_unit_of_each_kind_per_layer(tmp_path, capsys):
 
 
 def test_bench_command_keeps_the_runs_speedup_and_reports_its_spread(tmp_path, capsys):
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     run_dir = tmp_path / "run"
     half_ffn_compact(dense).save_pretrained(run_dir / "compact")
     dense.save_pretrained(tmp_path / "dense")
@@ -145,11 +132,14 @@ def test_bench_command_keeps_the_runs_speedup_and_reports_its_spread(tmp_path, c
     assert "min-max over 3 rounds" in out and "speedup per round" in out
     summary = read_summary(run_dir)
     assert summary["compact"] == recorded  # never overwritten
-    assert {key for key in summary if key.startswith("bench/")} == {f"bench/cpu-float32-{BATCH}x{SEQ}", f"bench/cpu-float32-1x{SEQ}"}
+    assert {key for key in summary if key.startswith("bench/")} == {
+        f"bench/cpu-float32-{BATCH}x{SEQ}", f"bench/cpu-float32-1x{SEQ}",
+    }
     result = summary[f"bench/cpu-float32-{BATCH}x{SEQ}"]
     rounds = result["latency_rounds_ms"]
     assert len(rounds["compact"]) == 3 and "min-max" in result["latency_spread"]
-    assert result["latency_ms_min"] == min(rounds["compact"]) <= result["latency_ms"] <= result["latency_ms_max"] == max(rounds["compact"])
+    assert (result["latency_ms_min"] == min(rounds["compact"]) <= result["latency_ms"]
+            <= result["latency_ms_max"] == max(rounds["compact"]))
     assert result["dense_latency_ms_min"] <= result["dense_latency_ms"] <= result["dense_latency_ms_max"]
     assert result["speedup_min"] <= result["speedup_max"] and len(result["speedup_rounds"]) == 3
 
@@ -159,7 +149,9 @@ def test_measurement_keys_name_device_dtype_shape_and_mode():
 
     torch_cpu = {"dtype": "float32", "batch": 32, "seq_len": 128}
     assert measurement_key(torch_cpu, "cpu") == "bench/cpu-float32-32x128"
-    assert measurement_key(torch_cpu, "cpu", "reduce-overhead", True) == "bench/cpu-float32-32x128-compiled-reduce-overhead-system-allocator"
+    assert measurement_key(torch_cpu, "cpu", "reduce-overhead", True) == (
+        "bench/cpu-float32-32x128-compiled-reduce-overhead-system-allocator"
+    )
     onnx = {**torch_cpu, "runtime": "onnxruntime", "provider": "CPUExecutionProvider"}
     assert measurement_key(onnx, "cuda") == "bench/cpu-float32-32x128-onnxruntime"  # ran on the CPU provider
 
@@ -177,7 +169,7 @@ def test_compact_stage_times_the_training_device_at_its_default_shapes():
     assert bench_shapes(defaults, cuda) == [(128, 512), (32, 128)]  # the paper's shape first
     chosen = OmegaConf.create({"bench_batch": 8, "bench_seq_len": None, "bench_extra_shapes": [[1, 16], [8, 128]]})
     assert bench_shapes(chosen, cpu) == [(8, 128), (1, 16)]
-    dense = tiny_dense()
+    dense = tiny_model(**DENSE)
     result = benchmark(dense, half_ffn_compact(dense), [(BATCH, SEQ), (1, 8)], cpu)
     assert (result["dtype"], result["batch"], result["seq_len"]) == ("float32", BATCH, SEQ)
     assert result["device"].startswith("cpu")

@@ -7,22 +7,7 @@ from omegaconf import OmegaConf
 
 from grain.config import validate_config
 from grain.errors import GrainError
-from tests.conftest import CONF_DIR, FIXTURES, compose_config
-
-
-def options(group):
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-
-
-# The tasks on the user's own files check them at validation: give them the fixtures (tests/test_own_data.py).
-OWN_DATA_FILES = {
-    task: [f"task.train_file={FIXTURES / train}", f"task.validation_file={FIXTURES / dev}"]
-    for task, train, dev in (
-        ("text_classification", "own_data/sst2_train.csv", "own_data/sst2_dev.csv"),
-        ("token_classification", "conll2003/train.txt", "conll2003/valid.txt"),
-        ("question_answering", "squad/v1.1/dev.json", "squad/v1.1/dev.json"),
-    )
-}
+from tests.helpers.configs import OWN_DATA_FILES, compose_config, options
 
 
 @pytest.mark.parametrize("task", options("task"))
@@ -90,7 +75,8 @@ def test_report_names_variants_and_writes_table(tmp_path):
 
     from grain.report import main as report_main
 
-    for i, (pruner, score, metric) in enumerate([("grain", "grad", 0.83), ("random", "random", 0.78), ("grain", "magnitude", 0.8)]):
+    variants = [("grain", "grad", 0.83), ("random", "random", 0.78), ("grain", "magnitude", 0.8)]
+    for i, (pruner, score, metric) in enumerate(variants):
         run = tmp_path / "sweep" / str(i)
         run.mkdir(parents=True)
         summary = {

@@ -10,7 +10,8 @@ from grain.stages.trainer import build_datamodule
 from grain.tasks.token_classification.conll import CONLL_LABELS, ConllDataModule, read_conll
 from grain.tasks.token_classification.metrics import NEREvaluator
 from grain.tasks.token_classification.task import TokenClassificationTask, first_subtoken_labels
-from tests.conftest import FIXTURES, SHARED_DATA, compose_config
+from tests.helpers.configs import compose_config
+from tests.helpers.paths import FIXTURES, SHARED_DATA
 
 TAG = {name: i for i, name in enumerate(CONLL_LABELS)}
 

@@ -8,7 +8,8 @@ import pytest
 from grain.errors import GrainError
 from grain.stages.trainer import build_datamodule
 from grain.tasks.classification.glue import read_tsv
-from tests.conftest import FIXTURES, SHARED_DATA, compose_config
+from tests.helpers.configs import compose_config
+from tests.helpers.paths import FIXTURES, SHARED_DATA
 
 
 def glue_datamodule(task, tokenizer, tmp_path, data_dir=FIXTURES, **overrides):

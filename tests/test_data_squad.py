@@ -10,7 +10,8 @@ from grain.errors import GrainError
 from grain.stages.trainer import build_datamodule
 from grain.tasks.question_answering.metrics import QAEvaluator, postprocess_qa_predictions, squad_scores
 from grain.tasks.question_answering.squad import read_squad_json, split_by_article
-from tests.conftest import FIXTURES, SHARED_DATA, compose_config
+from tests.helpers.configs import compose_config
+from tests.helpers.paths import FIXTURES, SHARED_DATA
 
 FIXTURE_DEV = FIXTURES / "squad/v1.1/dev.json"
 

@@ -6,8 +6,8 @@ import torch
 
 from grain.modules.common import adamw_with_linear_schedule, decay_groups
 from grain.stages.prune import build_student_module
-from tests.conftest import compose_config
-from tests.test_student import make_trainer, setup_parts
+from tests.helpers.configs import compose_config
+from tests.helpers.training import make_trainer, setup_parts
 
 
 @pytest.mark.parametrize("preset", ["paper_glue", "paper_squad", "paper_conll"])

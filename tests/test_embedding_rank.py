@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
 from grain.config import validate_config
@@ -20,26 +20,16 @@ from grain.models.slicing import (
     slice_optimizer_state,
 )
 from grain.modules.common import decay_groups
-from grain.pruning.ranking import encoder_linear_params
-from tests.conftest import compose_config
-from tests.test_run import run_grain, summaries
+from grain.pruning.ranking import prunable_params
+from tests.helpers.configs import compose_config
+from tests.helpers.models import tiny_model, token_batch
+from tests.helpers.runs import run_grain, summaries
+from tests.helpers.training import make_trainer, setup_parts
 
-
-def tiny_model(hidden=32):
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=100, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
-        max_position_embeddings=64, num_labels=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    return BertForSequenceClassification(config).eval()
-
-
-def batch():
-    generator = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(1, 100, (3, 10), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 7:] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+# the tiny BERT of these tests (2 layers, hidden 32, 4 heads, FFN 48, vocabulary 100, no dropout), and its
+# batch: 3 rows of 10 tokens, row 1 padded after 7
+TINY = dict(layers=2, dropout=0.0)
+BATCH = dict(size=(3, 10), seed=1, lengths=[10, 7, 10], token_types=None)
 
 
 def half_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
@@ -51,34 +41,36 @@ def half_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
 
 
 def test_full_rank_factorized_student_computes_the_same_logits():
-    model = tiny_model()
-    factorized = factorize_input_embeddings(tiny_model(), 32)
+    model = tiny_model(**TINY)
+    factorized = factorize_input_embeddings(tiny_model(**TINY), 32)
     words = factorized.get_input_embeddings()  # HF's accessor finds the factorized module
     assert isinstance(words, FactorizedEmbedding) and factorized_rank(factorized) == 32
     assert words is factorized.bert.embeddings.word_embeddings
     names = {name for name, _ in factorized.named_parameters()}
     assert {"bert.embeddings.word_embeddings.embedding.weight", "bert.embeddings.word_embeddings.projection.weight"} <= names
-    inputs = batch()
+    inputs = token_batch(**BATCH)
     with torch.no_grad():
         torch.testing.assert_close(factorized(**inputs).logits, model(**inputs).logits, atol=1e-4, rtol=0)
 
 
 def test_factorized_student_trains_the_factors_and_counts_the_same_sparsity():
-    model = factorize_input_embeddings(tiny_model(), 8)
+    model = factorize_input_embeddings(tiny_model(**TINY), 8)
     words = model.get_input_embeddings()
     assert words.embedding.weight.requires_grad and words.projection.weight.requires_grad
-    # the sparsity is over the encoder's linear weights only: the embeddings do not enter it
-    assert encoder_linear_params(EncoderShape.of(model)) == encoder_linear_params(EncoderShape.of(tiny_model()))
+    # the sparsity is over the encoder's prunable units only: the factorized embeddings do not enter its
+    # shape, nor its parameters (by hand: 2 x (32 x 66 + 32 x 65 + 48 x 65))
+    assert EncoderShape.of(model) == EncoderShape(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=48)
+    assert prunable_params(EncoderShape.of(model)) == 14624
     decay, no_decay = decay_groups(model.named_parameters(), 0.01)
     assert {id(words.embedding.weight), id(words.projection.weight)} <= {id(p) for p in decay["params"]}
     model.train()
-    loss = model(**batch(), labels=torch.tensor([0, 1, 2])).loss
+    loss = model(**token_batch(**BATCH), labels=torch.tensor([0, 1, 2])).loss
     loss.backward()
     assert words.embedding.weight.grad.abs().sum() > 0 and words.projection.weight.grad.abs().sum() > 0
 
 
 def test_compaction_copies_the_factors_and_keeps_their_adam_state(tmp_path):
-    model = factorize_input_embeddings(tiny_model(), 8)
+    model = factorize_input_embeddings(tiny_model(**TINY), 8)
     masks = half_masks(EncoderShape.of(model))
     handles = attach_mask_hooks(model, lambda layer, kind: masks[kind][layer])
     compact, plan = compact_from_masked(model, masks)
@@ -88,7 +80,7 @@ def test_compaction_copies_the_factors_and_keeps_their_adam_state(tmp_path):
     source = model.get_input_embeddings()
     assert torch.equal(words.embedding.weight, source.embedding.weight)
     assert torch.equal(words.projection.weight, source.projection.weight)
-    inputs = batch()
+    inputs = token_batch(**BATCH)
     with torch.no_grad():
         torch.testing.assert_close(compact.eval()(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
     with pytest.raises(GrainError, match="already factorized"):
@@ -179,7 +171,7 @@ def test_every_family_factorizes_and_compacts_with_the_factors(model_name, tmp_p
     handles = attach_mask_hooks(student, lambda layer, kind: masks[kind][layer])
     compact, _ = compact_from_masked(student, masks)
     assert compact.config.embedding_rank == 16 and isinstance(compact.get_input_embeddings(), FactorizedEmbedding)
-    inputs = batch()
+    inputs = token_batch(**BATCH)
     with torch.no_grad():
         torch.testing.assert_close(compact.eval()(**inputs).logits, student(**inputs).logits, atol=1e-5, rtol=0)
     for handle in handles:
@@ -188,7 +180,6 @@ def test_every_family_factorizes_and_compacts_with_the_factors(model_name, tmp_p
 
 def test_in_training_compaction_keeps_the_factors_and_their_adam_state(tmp_path):
     from grain.stages.prune import build_student_module
-    from tests.test_student import make_trainer, setup_parts
 
     cfg, datamodule, teacher = setup_parts(tmp_path, ["student.embedding_rank=16", "pruner.end=0.3"])
     module = build_student_module(cfg, teacher, 2)

@@ -7,11 +7,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from grain.tasks.classification.metrics import ClassificationEvaluator
+from tests.helpers.training import setup_parts
 
 
 def _evaluate_on_rank0_only(rank: int, init_file: str, out_file: str) -> None:
@@ -26,6 +28,7 @@ def _evaluate_on_rank0_only(rank: int, init_file: str, out_file: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_rank0_evaluates_alone_under_an_initialized_process_group(tmp_path):
     out_file = tmp_path / "metrics.json"
     mp.spawn(_evaluate_on_rank0_only, args=(str(tmp_path / "init"), str(out_file)), nprocs=2)
@@ -45,12 +48,12 @@ class SaveValidationMetrics(pl.Callback):
         (Path(self.out_dir) / f"val_rank{trainer.global_rank}.json").write_text(json.dumps(metrics))
 
 
+@pytest.mark.slow  # two spawned processes
 def test_two_process_validation_logs_the_whole_split(tmp_path):
     """23 rows on 2 processes: before, each process logged the metric of its own half (and Lightning's
     sampler repeated a row to even the halves); now both log the single-process metric of all 23."""
     from grain.stages.prune import build_student_module
     from grain.tasks.evaluate import evaluate
-    from tests.test_student import setup_parts
 
     cfg, datamodule, teacher = setup_parts(tmp_path, ["task.max_eval_samples=23"])
     module = build_student_module(cfg, teacher, 2)
@@ -96,6 +99,7 @@ def _one_hot(ids):
     return torch.nn.functional.one_hot(torch.tensor(ids), len(_NER_TAGS)).float()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_ner_rows_gathered_from_two_processes_score_as_one(tmp_path):
     single = _ner_evaluator()
     single.update({"labels": torch.tensor(_NER_GOLD)}, SimpleNamespace(logits=_one_hot(_NER_PREDICTED)))

@@ -13,6 +13,9 @@ import torch
 from grain.models.masks import EncoderShape
 from grain.pruning.controller import PruningController
 from grain.pruning.ranking import prunable_params, removed_unit_params, unit_costs
+from tests.helpers.configs import compose_config
+from tests.helpers.models import tiny_model
+from tests.helpers.pruning import seeded_scores
 
 MINILM = EncoderShape(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536)
 BERT_BASE = EncoderShape(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072)
@@ -59,13 +62,6 @@ class OfficialSelection:
         qk_3d = self.masks["qk"].view(layers, heads, -1)
         self.masks["qk"] = (torch.any(vo_3d == 1, dim=-1, keepdim=True) * qk_3d).view(layers, -1)
         self.pre_num_zeros = sum(int((m == 0).sum()) for m in self.masks.values())
-
-
-def seeded_scores(shape: EncoderShape, seed: int, vo_scale: float = 1.0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    scores = {k: torch.rand(shape.num_layers, n, generator=generator) for k, n in shape.units_per_layer.items()}
-    scores["vo"] *= vo_scale
-    return scores
 
 
 def grain_controller(shape: EncoderShape, budget: str, scores: dict[str, torch.Tensor]) -> PruningController:
@@ -119,9 +115,9 @@ def test_selection_equals_the_official_through_a_gradual_schedule():
 
 
 def test_small_budget_removes_no_unit_past_it():
-    """By hand: 1 layer, hidden 4 (2 heads), FFN 2: QK units cost 10, VO and FFN 9; 90 in all.
-    Budget 0.3 * 90 = 27: VO(9) + FFN(9) + VO(9) = 27 reaches it, so only the first two go (as the
-    official `searchsorted`: the cost through a unit must stay below the budget)."""
+    """By hand: 1 layer, hidden 4 (2 heads), FFN 2: QK units cost 10, VO and FFN 9; 94 in all.
+    Budget 27 (a sparsity of 27 / 94): VO(9) + FFN(9) + VO(9) = 27 reaches it, so only the first two go
+    (as the official `searchsorted`: the cost through a unit must stay below the budget)."""
     shape = EncoderShape(num_layers=1, hidden_size=4, num_heads=2, intermediate_size=2)
     assert prunable_params(shape) == 4 * 10 + 4 * 9 + 2 * 9 == 94
     scores = {
@@ -174,19 +170,14 @@ def test_one_shot_lands_within_one_unit_of_the_target(score_kind):
 
 
 def test_budget_setting_composes_validates_and_reaches_the_controller(tmp_path):
-    from transformers import BertConfig, BertForSequenceClassification
-
     from grain.config import validate_config
     from grain.errors import GrainError
     from grain.stages.prune import build_controller
-    from tests.conftest import compose_config
 
     for pruner in ("grain", "magnitude", "random", "head"):
         assert compose_config([f"pruner={pruner}"], tmp_path).pruner.budget == "grain"
     cfg = compose_config(["pruner.budget=official"], tmp_path)
-    student = BertForSequenceClassification(BertConfig(
-        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8
-    ))
+    student = tiny_model(layers=1, hidden=16, heads=2, ffn=8, vocab=50, labels=2, seed=None, max_position_embeddings=512)
     assert build_controller(cfg, student).budget_mode == "official"
     with pytest.raises(GrainError, match="pruner.budget='most'"):
         validate_config(compose_config(["pruner.budget=most"], tmp_path))
@@ -258,6 +249,7 @@ def _update_scores_on_two_ranks(rank: int, init_file: str, out_file: str) -> Non
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned processes
 def test_scores_average_raw_gradients_over_ranks_before_the_absolute_value(tmp_path):
     """|mean g| as the official (DDP averages the weight gradients before gather_IS takes abs),
     not mean |g|: two ranks with opposite gradients leave a unit's score at 0."""

@@ -3,24 +3,23 @@ exact, compiles whole with CUDA graphs, and pruning runs on the device."""
 
 import pytest
 import torch
-from transformers import BertForSequenceClassification
 
 import grain  # noqa: F401
 from grain.models.masks import EncoderShape, attach_mask_hooks
 from grain.models.slicing import compact_from_masked
 from grain.pruning.controller import PruningController
-from tests.test_compact import batch, hard_masks, tiny
+from tests.helpers.models import hard_masks, tiny_model, token_batch
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
 
 def masked_and_compact(dtype=torch.float32):
-    model = tiny(BertForSequenceClassification).to(CUDA)
+    model = tiny_model().to(CUDA)
     masks = {k: m.to(CUDA) for k, m in hard_masks(EncoderShape.of(model)).items()}
     compact, _ = compact_from_masked(model, masks)
     handles = attach_mask_hooks(model, lambda layer, kind: masks[kind][layer])
-    inputs = {k: v.to(CUDA) for k, v in batch().items()}
+    inputs = {k: v.to(CUDA) for k, v in token_batch().items()}
     return model, handles, compact.to(CUDA, dtype).eval(), inputs
 
 
@@ -52,12 +51,12 @@ def test_compact_forward_captures_whole_in_cuda_graphs():
 
 @pytest.mark.parametrize("units", ["intra", "head"])
 def test_pruning_step_runs_on_the_device(units):
-    model = tiny(BertForSequenceClassification).to(CUDA)
+    model = tiny_model().to(CUDA)
     controller = PruningController(EncoderShape.of(model), 0.5, units=units, start=0.0, end=0.0).to(CUDA)
     controller.set_total_steps(1)
     controller.attach(model)
     mask_vars = controller.begin_step()
-    inputs = {k: v.to(CUDA) for k, v in batch().items()}
+    inputs = {k: v.to(CUDA) for k, v in token_batch().items()}
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = model(**inputs).logits.float().pow(2).mean()
     grads = torch.autograd.grad(loss, list(mask_vars.values()))

@@ -3,7 +3,6 @@ kept between forwards only while they are current, and a forward with no host sy
 
 import pytest
 import torch
-from transformers import BertForSequenceClassification
 
 import grain  # noqa: F401
 from grain.measure.flops import count_flops, padding_flops
@@ -11,14 +10,7 @@ from grain.models.compact import bert as compact_module
 from grain.models.compact.kernels import KeyMask, PaddedLayout
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
-from tests.test_compact import batch, hard_masks, masked_outputs, tiny
-
-
-def tiny_large_vocab():
-    """`tiny` (3 layers, the corner-case masks fit) with token ids from 1000 up, as the benchmarks draw."""
-    model = tiny(BertForSequenceClassification)
-    model.resize_token_embeddings(1200)
-    return model
+from tests.helpers.models import BENCH_VOCAB, hard_masks, masked_outputs, tiny_model, token_batch
 
 
 @pytest.fixture(params=["grouped", "padded"])
@@ -57,9 +49,10 @@ def test_padded_layout_splits_by_width_only_when_one_call_wastes_too_much():
 
 
 def test_both_plans_equal_the_masked_model_and_count_the_same_kept_flops(plan):
-    model = tiny_large_vocab()
+    model = tiny_model()  # 3 layers (the corner-case masks fit), its embeddings grown to the benchmarks' token ids
+    model.resize_token_embeddings(BENCH_VOCAB)
     masks = hard_masks(EncoderShape.of(model))
-    inputs = batch()
+    inputs = token_batch()
     expected = masked_outputs(model, masks, inputs).logits
     compact, _ = compact_from_masked(model, masks)
     with torch.no_grad():
@@ -74,7 +67,9 @@ def test_both_plans_equal_the_masked_model_and_count_the_same_kept_flops(plan):
     # Uniform heads (VO units, no QK units): the CPU plan computes V and W_o once per sequence (of the
     # mean hidden state), the GPU plan per token through the attention; nothing else differs.
     b, s, h = 2, 16, 32
-    uniform = sum(len(layer.attention.self.layout.uniform_vo) for layer in compact.bert.encoder.layer if layer.attention.has_heads)
+    uniform = sum(
+        len(layer.attention.self.layout.uniform_vo) for layer in compact.bert.encoder.layer if layer.attention.has_heads
+    )
     assert uniform > 0
     per_token = uniform * (2 * b * s * h + 2 * b * s * s + 2 * b * s * h)
     per_sequence = uniform * (2 * b * h + 2 * b * h)
@@ -84,10 +79,10 @@ def test_both_plans_equal_the_masked_model_and_count_the_same_kept_flops(plan):
 
 def test_kept_weights_follow_changed_parameters(plan):
     """Inference keeps the fused weights between forwards; a changed parameter rebuilds them."""
-    model = tiny(BertForSequenceClassification)
+    model = tiny_model()
     compact, _ = compact_from_masked(model, hard_masks(EncoderShape.of(model)))
     compact.eval()
-    inputs = batch()
+    inputs = token_batch()
     with torch.inference_mode():
         before = compact(**inputs).logits
     with torch.no_grad():
@@ -107,10 +102,10 @@ def test_kept_weights_follow_changed_parameters(plan):
 
 
 def test_training_reaches_every_parameter(plan):
-    model = tiny(BertForSequenceClassification)
+    model = tiny_model()
     compact, _ = compact_from_masked(model, hard_masks(EncoderShape.of(model)))
     compact.train()
-    compact(**batch()).logits.sum().backward()
+    compact(**token_batch()).logits.sum().backward()
     layer = compact.bert.encoder.layer[2]
     for param in (layer.attention.self.query.weight, layer.attention.self.value.weight,
                   layer.attention.output.dense.weight, compact.bert.encoder.layer[0].intermediate.dense.weight):
@@ -120,11 +115,11 @@ def test_training_reaches_every_parameter(plan):
 def test_forward_compiles_whole_and_keeps_the_attention_mask(plan):
     """No host sync in the forward: torch.compile(fullgraph=True) captures it, and a graph traced on an
     unpadded batch still applies the attention mask to a padded one (the old all-ones shortcut did not)."""
-    model = tiny(BertForSequenceClassification)
+    model = tiny_model()
     masks = hard_masks(EncoderShape.of(model))
     compact, _ = compact_from_masked(model, masks)
     compact.eval()
-    padded = batch()
+    padded = token_batch()
     unpadded = {**padded, "attention_mask": torch.ones_like(padded["attention_mask"])}
     torch._dynamo.reset()
     compiled = torch.compile(compact, fullgraph=True, backend="aot_eager", dynamic=False)
@@ -148,9 +143,9 @@ def test_key_mask_reads_the_mask_on_the_host_only_in_eager_cpu_runs():
 def test_bf16_compact_is_close_to_the_fp32_masked_model(plan):
     """Serving dtype on GPU: bf16. Stated tolerance: last hidden states (LayerNorm outputs, O(1)) within
     0.1 of the fp32 masked model's, mean difference under 0.02 (bf16 keeps 8 bits of mantissa)."""
-    model = tiny(BertForSequenceClassification)
+    model = tiny_model()
     masks = hard_masks(EncoderShape.of(model))
-    inputs = {**batch(), "output_hidden_states": True}
+    inputs = {**token_batch(), "output_hidden_states": True}
     expected = masked_outputs(model, masks, inputs).hidden_states[-1]
     compact, _ = compact_from_masked(model, masks)
     with torch.no_grad():

@@ -20,28 +20,11 @@ from grain.measure.latency_model import (
     latency_model,
     model_key,
 )
-from grain.models.compact.kernels import GroupedLayout, PaddedLayout
+from grain.models.compact.kernels import GroupedLayout
 from grain.models.masks import EncoderShape, KeptStructure, encoder_layers
-
-SHAPE = EncoderShape(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128)
-
-
-CALL = 0.03  # ms per batched attention call (group)
-
-
-def head(q, v):
-    """The known per-head cost: QK slot q (0: a uniform head), VO width v; bilinear exactly."""
-    return 0.01 * q + 0.001 * v + 0.05 if q > 0 else 0.002 * v + 0.01
-
-
-def known_model(plan: str = "grouped", shape: EncoderShape = SHAPE) -> LatencyModel:
-    rows, columns = head_grid(shape.head_dim, plan)  # [0, 2, 4, 8, 12, 16], [1, 2, 4, 8, 12, 16] (grouped, SHAPE)
-    return LatencyModel(
-        key=model_key(shape, torch.device("cpu"), torch.float32, 4, 16),
-        fixed_ms=1.0, attention_empty_ms=0.1, attention_base_ms=0.5,
-        head_widths=rows, vo_widths=columns, head_ms=[[head(q, v) for v in columns] for q in rows],
-        ffn_widths=[0, 64, 128], ffn_ms=[0.2, 0.6, 1.0], group_ms=CALL, grouped_ms=0.07, uniform_ms=0.02, plan=plan,
-    )
+from tests.helpers.latency import CALL, SHAPE, head, known_model
+from tests.helpers.models import tiny_model
+from tests.helpers.runs import readme_commands
 
 
 def test_parts_add_up_over_the_groups_of_the_plan():
@@ -73,32 +56,33 @@ def test_heads_sharing_a_width_share_one_call():
 
 
 def test_prediction_follows_the_kernel_plans_grouping():
-    """head_groups is the grouping the compact model's attention runs: GroupedLayout on CPU,
-    PaddedLayout's buckets on a GPU, for random structures."""
-    rng = random.Random(0)
+    """head_groups is the grouping the compact model's attention runs, worked out by hand: on CPU
+    (GroupedLayout) heads of equal (QK, VO) widths share a call, widest first, a QK width of 1 runs in a
+    slot of 2, heads without QK units attend uniformly apart; on a GPU (PaddedLayout) heads are padded to
+    one width, a multiple of 8, unless that more than doubles the work."""
     grouped, padded = known_model("grouped"), known_model("padded")
+    # heads: 0 (qk 3, vo 2), 1 (qk 1, vo 3), 2 (VO only, 2), 3 (qk 3, vo 2), 4 (qk 2, no VO: gone)
+    assert grouped.head_groups([3, 1, 0, 3, 2], [2, 3, 2, 2, 0]) == ([(2, 3, 2), (1, 2, 3)], [2])
+    assert grouped.head_groups([4, 16, 4, 1, 0], [2, 8, 2, 5, 3]) == ([(1, 16, 8), (2, 4, 2), (1, 2, 5)], [3])
+    assert grouped.head_groups([0, 0], [3, 16]) == ([], [3, 16]) and grouped.head_groups([4, 0], [0, 0]) == ([], [])
+    assert padded.head_groups([3, 0, 9], [2, 3, 1]) == ([(3, 16, 16)], [])  # 8, 8, 16: one call at 16
+    assert padded.head_groups([8] * 8 + [64], [8] * 8 + [64]) == ([(1, 64, 64), (8, 8, 8)], [])  # 576 > 2 x 128
+    assert padded.head_groups([24, 24, 30], [20, 24, 32]) == ([(3, 32, 32)], [])  # 96 <= 2 x 80
+    assert padded.head_groups([4, 0], [0, 0]) == ([], [])
+    # and the uniform heads are the VO columns the CPU layout sets apart, for random structures
+    rng = random.Random(0)
     for _ in range(200):
         heads = rng.randint(1, 12)
         qk = [rng.choice([0, 0, 1, 2, 3, rng.randint(0, 32)]) for _ in range(heads)]
         vo = [rng.choice([0, 1, 4, 4, rng.randint(0, 32)]) for _ in range(heads)]
-        layout = GroupedLayout.plan(qk, vo)
-        groups, uniform = grouped.head_groups(qk, vo)
-        assert groups == [(len(g.heads), g.qk_slot, g.vo_slot) for g in layout.groups]
-        assert sum(uniform) == len(layout.uniform_vo)
-        assert len(uniform) == sum(1 for q, v in zip(qk, vo) if q == 0 and v > 0)
-        buckets = PaddedLayout.plan(qk, vo).buckets
-        assert padded.head_groups(qk, vo) == ([(len(b.heads), b.width, b.width) for b in buckets], [])
+        assert sum(grouped.head_groups(qk, vo)[1]) == len(GroupedLayout.plan(qk, vo).uniform_vo)
 
 
 def test_prediction_uses_the_groups_of_a_compact_model():
     """The layouts a compact model cut from masks builds are the ones its prediction groups by."""
-    from transformers import AutoModelForSequenceClassification
-
     from grain.models.slicing import compact_from_masked
 
-    config = BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=128, max_position_embeddings=32)
-    dense = AutoModelForSequenceClassification.from_config(config)
+    dense = tiny_model(layers=2, hidden=64, heads=4, ffn=128, vocab=300, labels=2, seed=None, max_position_embeddings=32)
     model = known_model()
     masks = lm.random_masks(SHAPE, 0.7, seed=3)
     compact = compact_from_masked(dense, masks)[0]
@@ -236,7 +220,6 @@ def test_readme_latency_model_command_runs_as_written(tmp_path, capsys):
     from grain.bench.latency_model import main
     from grain.models.backbone import resolve_pretrained
     from grain.models.slicing import compact_from_masked
-    from tests.test_readme_commands import readme_commands
 
     commands = readme_commands("Comparing runs and measuring speed", "grain.bench.latency_model")
     assert len(commands) == 1

@@ -6,6 +6,7 @@ import copy
 import torch
 
 from grain.models.masks import EncoderShape, attach_mask_hooks, encoder_layers
+from tests.helpers.models import token_batch
 
 
 def random_masks(shape: EncoderShape, seed=0, keep=0.6):
@@ -74,7 +75,7 @@ def test_mask_gradients_are_summed_in_float32_under_bf16_autocast(tiny_bert):
         args[0].register_hook(lambda grad: seen.setdefault("grad", grad))
 
     encoder_layers(tiny_bert)[0].output.dense.register_forward_pre_hook(capture)
-    input_ids = torch.randint(1, 100, (8, 32), generator=torch.Generator().manual_seed(0))
+    input_ids = token_batch((8, 32), seed=0, lengths=None)["input_ids"]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = tiny_bert(input_ids=input_ids).logits.float().logsumexp(-1).sum()
     (ffn_grad,) = torch.autograd.grad(loss, [masks["ffn"]])

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import datasets
 import pytest
@@ -19,8 +16,9 @@ from grain.errors import GrainError
 from grain.stages.trainer import build_datamodule
 from grain.tasks.classification.metrics import TextClassificationEvaluator
 from grain.tasks.classification.own_data import sorted_labels
-from tests.conftest import FIXTURES, REPO, compose_config
-from tests.test_readme_commands import readme_commands
+from tests.helpers.configs import compose_config
+from tests.helpers.paths import FIXTURES, REPO
+from tests.helpers.runs import readme_commands, run_grain
 
 OWN = FIXTURES / "own_data"
 TRAIN_CSV, DEV_CSV = OWN / "sst2_train.csv", OWN / "sst2_dev.csv"
@@ -217,12 +215,8 @@ def test_unlabelled_row_and_single_label(tmp_path):
 
 
 def test_refused_on_the_command_line_in_one_line(tmp_path):
-    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), WANDB_MODE="offline")
-    result = subprocess.run(
-        [sys.executable, "-m", "grain.run", "task=text_classification", f"task.train_file={TRAIN_CSV}",
-         f"task.validation_file={DEV_CSV}", "task.text_columns=[text]", "model=tiny"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    result = run_grain(["task=text_classification", f"task.train_file={TRAIN_CSV}", f"task.validation_file={DEV_CSV}",
+                        "task.text_columns=[text]", "model=tiny"], tmp_path, data_dir=None, timeout=300)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no column 'text'" in lines[0], lines
@@ -256,12 +250,9 @@ def test_a_dataset_directory_through_dataset_name_keeps_its_class_names(tokenize
 
 
 def run_in_repo(args, tmp_path):
-    """grain.run from the repository root (the README's relative paths), its outputs and caches in tmp_path."""
-    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), WANDB_MODE="offline")
-    env.pop("GRAIN_CACHE_DIR", None)
-    env.pop("GRAIN_DATA_DIR", None)
-    return subprocess.run([sys.executable, "-m", "grain.run", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+    """grain.run from the repository root (the README's relative paths), its outputs and caches in tmp_path,
+    the config's own data directory."""
+    return run_grain(args, tmp_path, data_dir=None, cwd=REPO)
 
 
 def test_readme_own_data_commands_run_as_written(tmp_path):

@@ -10,15 +10,12 @@ from grain.pruning.controller import PruningController
 from grain.pruning.ranking import prunable_params, removed_unit_params, select_lowest, unit_costs
 from grain.pruning.regularization import regularize_updates
 from grain.pruning.schedule import CubicSchedule
+from tests.helpers.pruning import controller_for
 
-
-def controller_for(model, **kwargs):
-    defaults = dict(target_sparsity=0.5, beta=0.0, structure_reg=False, start=0.0, end=1.0)
-    defaults.update(kwargs)
-    controller = PruningController(EncoderShape.of(model), **defaults)
-    controller.attach(model)
-    controller.set_total_steps(10)
-    return controller
+# tiny_bert's units, by hand (h = 32, FFN 48, 2 layers): a QK unit is a Q row and a K row with their biases,
+# 2h + 2 = 66 parameters; VO and FFN units 2h + 1 = 65; a head (head_dim 8) 8 x (66 + 65) = 1048; all
+# prunable units 2 x (32 x 66 + 32 x 65 + 48 x 65) = 14624
+QK_UNIT, HEAD_UNIT, PRUNABLE = 66, 1048, 14624
 
 
 def mask_grads(model, controller, batch):
@@ -105,13 +102,13 @@ def test_ranking_removes_exactly_the_lowest_units(tiny_bert):
     for score in controller.scores().values():
         score.copy_(torch.rand(score.shape, generator=g) + 1.0)
     controller.prune_to(0.3)
-    costs = unit_costs(controller.shape)
     removed_scores, kept_scores = [], []
     for kind in ("vo", "ffn"):  # QK may also go with empty heads; VO/FFN follow the ranking alone
         removed_scores += controller.scores()[kind][controller.masks()[kind] == 0].tolist()
         kept_scores += controller.scores()[kind][controller.masks()[kind] == 1].tolist()
     assert max(removed_scores) < min(kept_scores)
-    assert costs["qk"] == 2 * 32 + 2
+    assert unit_costs(controller.shape) == {"qk": QK_UNIT, "vo": 65, "ffn": 65}
+    assert prunable_params(controller.shape) == PRUNABLE
 
 
 @pytest.mark.parametrize("budget_mode", ["grain", "official"])
@@ -123,15 +120,15 @@ def test_achieved_sparsity_bound(tiny_bert, target, budget_mode):
         score.copy_(torch.rand(score.shape, generator=g))
     controller.prune_to(target)
     shape = controller.shape
-    budget = target * prunable_params(shape)
+    budget = target * PRUNABLE
     removed = removed_unit_params(controller.masks(), shape)
     if budget_mode == "grain":  # within one unit below the budget, QK units of emptied heads counted
-        assert budget - unit_costs(shape)["qk"] < removed < budget
+        assert budget - QK_UNIT < removed < budget
     else:  # official: the prefix stays below the budget, the QK units of emptied heads go on top
         qk_of_empty_heads = sum(
             shape.head_dim for layer in controller.structure()["layers"] for vo in layer["vo_per_head"] if vo == 0
-        ) * unit_costs(shape)["qk"]
-        assert budget - unit_costs(shape)["qk"] < removed < budget + qk_of_empty_heads
+        ) * QK_UNIT
+        assert budget - QK_UNIT < removed < budget + qk_of_empty_heads
 
 
 def test_masks_never_turn_back_on(tiny_bert, tiny_batch):
@@ -144,8 +141,8 @@ def test_masks_never_turn_back_on(tiny_bert, tiny_batch):
         for kind, mask in controller.masks().items():
             assert torch.all(mask <= previous[kind])
             previous[kind] = mask.clone()
-    budget = 0.8 * prunable_params(controller.shape)
-    assert budget - unit_costs(controller.shape)["qk"] < removed_unit_params(controller.masks(), controller.shape) < budget
+    budget = 0.8 * PRUNABLE
+    assert budget - QK_UNIT < removed_unit_params(controller.masks(), controller.shape) < budget
 
 
 def test_head_units_remove_whole_heads(tiny_bert):
@@ -157,10 +154,8 @@ def test_head_units_remove_whole_heads(tiny_bert):
     for layer in controller.structure()["layers"]:
         for qk, vo in zip(layer["qk_per_head"], layer["vo_per_head"]):
             assert (qk, vo) in ((0, 0), (controller.shape.head_dim,) * 2)
-    shape, costs = controller.shape, unit_costs(controller.shape)
-    head_cost = shape.head_dim * (costs["qk"] + costs["vo"])  # the dearest item, ISPruner's head size
-    budget = 0.5 * prunable_params(shape)
-    assert budget - head_cost < removed_unit_params(controller.masks(), shape) < budget
+    budget = 0.5 * PRUNABLE  # within one head (the dearest item, ISPruner's head size) below it
+    assert budget - HEAD_UNIT < removed_unit_params(controller.masks(), controller.shape) < budget
 
 
 def test_empty_head_loses_its_qk_units(tiny_bert):
@@ -176,7 +171,7 @@ def test_cubic_schedule_values():
     """By hand, as airaria/GRAIN: S = int(0.2 * 100) = 20, E = 40; official batches g = 25, 30, 35
     prune (g = 20 at sparsity 0), then grain's final step at g = E; grain step s is batch s + 1."""
     schedule = CubicSchedule.from_fractions(0.9, total_steps=100, start=0.2, end=0.4, frequency=5)
-    assert (schedule.start_step, schedule.end_step) == (20, 39)
+    assert (schedule.start_batch, schedule.end_step) == (20, 39)
     assert schedule.sparsity_at(0) == 0.0
     assert schedule.sparsity_at(19) == 0.0
     assert schedule.sparsity_at(24) == pytest.approx(0.9 * (1 - 0.75**3))
@@ -184,10 +179,24 @@ def test_cubic_schedule_values():
     assert schedule.sparsity_at(39) == pytest.approx(0.9)
     assert schedule.sparsity_at(99) == pytest.approx(0.9)
     assert [s for s in range(100) if schedule.prunes_at(s)] == [24, 29, 34, 39]
-    assert schedule.is_frozen_after(40) and not schedule.is_frozen_after(39)
     truncated = CubicSchedule.from_fractions(0.9, total_steps=37, start=0.2, end=0.4, frequency=1)
     assert (truncated.start_batch, truncated.end_batch) == (7, 14)  # 7.4 and 14.8 truncated, not rounded
     assert [s for s in range(37) if truncated.prunes_at(s)] == [7, 8, 9, 10, 11, 12, 13]
+
+
+def test_masks_freeze_after_the_schedules_last_pruning_step():
+    """The schedule above, run by a controller: it prunes at steps 24, 29, 34 and 39, and its masks are
+    frozen (what compacts the student) from step 40 on."""
+    controller = PruningController(EncoderShape(1, 4, 2, 2), 0.9, start=0.2, end=0.4, frequency=5)
+    controller.set_total_steps(100)
+    pruned, frozen = [], []
+    for step in range(100):
+        frozen.append(controller.is_frozen())
+        if controller.end_step():
+            pruned.append(step)
+    assert pruned == [24, 29, 34, 39]
+    assert frozen.index(True) == 40 and all(frozen[40:])
+    assert controller.sparsity() <= 0.9 and controller.is_frozen()
 
 
 def test_short_run_still_reaches_target():

@@ -8,28 +8,13 @@ fine-tuned, the checkpoint of the last single run.
 """
 
 import json
-import re
-import shlex
 from pathlib import Path
 
-from tests.conftest import REPO
-from tests.test_run import run_grain, summaries
+import pytest
+
+from tests.helpers.runs import readme_commands, run_grain, summaries
 
 CHEAP = ["model=tiny", "trainer.max_steps=2", "logger=csv"]
-
-
-def readme_commands(section: str = "Running", module: str = "grain.run") -> list[list[str]]:
-    """The `python -m <module>` commands of a README section's bash blocks, as argument lists after
-    the module (comments dropped)."""
-    text = (REPO / "README.md").read_text()
-    body = re.search(rf"^## {re.escape(section)}\n(.*?)(?=^## )", text, flags=re.S | re.M).group(1)
-    commands = []
-    for block in re.findall(r"```bash\n(.*?)```", body, flags=re.S):
-        for line in block.splitlines():
-            words = shlex.split(line, comments=True)
-            if words[1:3] == ["-m", module]:
-                commands.append(words[3:])
-    return commands
 
 
 def test_readme_lists_the_documented_commands():
@@ -55,6 +40,7 @@ def fill_placeholders(args: list[str], runs: list[Path]) -> list[str]:
     return filled
 
 
+@pytest.mark.slow  # every command a tiny run: minutes
 def test_every_readme_run_command_runs(tmp_path):
     runs: list[Path] = []  # single runs in order, for the placeholders
     for args in readme_commands():

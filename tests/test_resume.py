@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import lightning.pytorch as pl
@@ -17,16 +16,14 @@ from torch.utils.data import DataLoader
 
 from grain.stages.prune import PeriodicCheckpoint, build_student_module
 from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
-from tests.conftest import FIXTURES
-from tests.test_student import setup_parts
+from tests.helpers.configs import compose_config
+from tests.helpers.runs import RESUMABLE_RUN, start_grain
+from tests.helpers.training import make_trainer, setup_parts
 
 
 def trainer_with(tmp_path, callbacks, max_epochs=3, max_steps=-1):
-    return pl.Trainer(
-        accelerator="cpu", devices=1, max_epochs=max_epochs, max_steps=max_steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=str(tmp_path),
-        callbacks=list(callbacks),
-    )
+    """make_trainer with checkpointing on (the stage's PeriodicCheckpoint is a ModelCheckpoint)."""
+    return make_trainer(tmp_path, max_epochs, max_steps, callbacks, enable_checkpointing=True)
 
 
 class CopyCheckpointAt(pl.Callback):
@@ -106,28 +103,18 @@ def test_the_loader_hands_out_a_plain_loaders_batches_and_resumes_at_its_positio
     assert [b.tolist() for b in other][0] == [8, 9, 10, 11]
 
 
-def grain_run(args, tmp_path, **popen):
-    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(FIXTURES), WANDB_MODE="offline")
-    env.pop("GRAIN_CACHE_DIR", None)
-    return subprocess.Popen([sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env, text=True, **popen)
-
-
-RUN = ["task=sst2", "model=tiny", "logger=none", "stages=[teacher,prune]", "teacher.max_steps=2", "student.epochs=3",
-       "student.batch_size=8", "student.init=teacher", "pruner.start=0.2", "pruner.end=0.6", "student.checkpoint_every_n_steps=2"]
-
-
 @pytest.mark.slow
 def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp_path):
     whole = tmp_path / "whole"
     whole.mkdir()
-    done = grain_run(RUN, whole, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = start_grain(RESUMABLE_RUN, whole, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, stderr = done.communicate(timeout=300)
     assert done.returncode == 0, stderr[-3000:]
     [want] = whole.glob("outputs/**/masks.safetensors")
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    proc = grain_run(RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_grain(RESUMABLE_RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while True:
@@ -150,7 +137,7 @@ def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp
     assert 9 <= step < 24
     print(f"killed after the checkpoint of step {step}")
 
-    resumed = grain_run([*RUN, f"ckpt_path={checkpoint}"], killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    resumed = start_grain([*RESUMABLE_RUN, f"ckpt_path={checkpoint}"], killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     got = [p for p in killed.glob("outputs/**/masks.safetensors")]
@@ -256,7 +243,6 @@ def test_checkpoint_settings_are_validated_and_free_on_resume(tmp_path):
     from grain.config import validate_sizes
     from grain.errors import GrainError
     from grain.stages.resume import resume_settings
-    from tests.conftest import compose_config
 
     for bad in ("student.checkpoint_every_n_steps=0", "student.checkpoint_every_n_steps=1.5",
                 "student.checkpoint_every_minutes=0", "student.checkpoint_every_minutes=-1"):

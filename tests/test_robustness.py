@@ -11,9 +11,11 @@ from transformers import AutoModelForSequenceClassification
 
 from grain.config import validate_config
 from grain.errors import GrainError
+from grain.models.masks import EncoderShape
 from grain.stages.resume import CHECKPOINT_SETTINGS_KEY, resume_settings
-from tests.conftest import compose_config
-from tests.test_run import lowest_sparsity
+from tests.helpers.configs import compose_config
+from tests.helpers.models import all_kept_masks, tiny_model
+from tests.helpers.pruning import sparsity_bound
 
 TINY = ["model=tiny", "trainer.max_steps=2", "logger=none"]
 
@@ -174,15 +176,13 @@ def test_an_unsupported_family_is_refused_naming_the_supported_ones(tmp_path, to
 def test_a_local_roberta_runs_masked(tmp_path, tokenizer):
     """A (tiny, local) RoBERTa run without compaction prunes to the target, masked; its position
     offset counts against max_length."""
-    from transformers import RobertaConfig, RobertaForMaskedLM
+    from transformers import RobertaForMaskedLM
 
     from grain.pipeline import run_pipeline
 
-    config = RobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
-    )
-    roberta = saved_model_dir(RobertaForMaskedLM(config), tokenizer, tmp_path / "roberta")
+    model = tiny_model("roberta", RobertaForMaskedLM, layers=2, ffn=64, vocab=len(tokenizer), labels=2, seed=None,
+                       max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id, type_vocab_size=2)
+    roberta = saved_model_dir(model, tokenizer, tmp_path / "roberta")
     overrides = ["model=roberta-base", f"model.pretrained={roberta}", "task.datamodule.max_length=64", *TINY]
     with pytest.raises(GrainError, match=r"max_length=200 is longer than .* \(128 positions\)"):
         validate_config(compose_config([*overrides, "stages=[teacher,prune]", "pruner.compact_after_end=false",
@@ -192,7 +192,8 @@ def test_a_local_roberta_runs_masked(tmp_path, tokenizer):
         del cfg["hydra"]
     summary = run_pipeline(cfg, tmp_path / "run", validate_config(cfg))
     assert summary["status"] == "completed"
-    assert lowest_sparsity(0.9, summary["student"], hidden=32) <= summary["student"]["sparsity"] < 0.91
+    shape = EncoderShape(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64)
+    assert sparsity_bound(0.9, shape) <= summary["student"]["sparsity"] <= 0.9
 
 
 MNLI = ["entailment", "neutral", "contradiction"]
@@ -251,11 +252,9 @@ def test_a_given_teacher_with_other_labels_is_refused(id2label, tmp_path, tokeni
 
 def test_saved_models_carry_the_tasks_label_names(tmp_path, tokenizer):
     from grain.models.compact.bert import GrainBertPreTrainedModel
-    from grain.models.masks import EncoderShape
     from grain.models.slicing import compact_from_masked
     from grain.stages.prune import run_prune_stage
     from grain.stages.teacher import run_teacher_stage
-    from tests.conftest import all_kept_masks
 
     cfg = compose_config(["task=mnli", *TINY, "stages=[teacher,prune]"], tmp_path)
     teacher = run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)

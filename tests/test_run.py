@@ -1,34 +1,14 @@
 """`python -m grain.run` end to end on model=tiny, and its refusals of bad input."""
 
 import json
-import os
+import signal
 import subprocess
-import sys
-from pathlib import Path
+import time
 
-from tests.conftest import FIXTURES
+import pytest
 
-
-def run_grain(args, tmp_path, data_dir=FIXTURES):
-    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(data_dir), WANDB_MODE="offline")
-    env.pop("GRAIN_CACHE_DIR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-
-
-def summaries(tmp_path):
-    return sorted(Path(tmp_path).glob("**/summary.json"))
-
-
-def lowest_sparsity(target: float, student: dict, hidden: int = 64, layers: int = 2) -> float:
-    """The least sparsity a run may report for `target` (model=tiny's shape by default): the pruner's
-    budget is target x the prunable-unit parameters (W_O and W_2 output biases left out) and it stops
-    within one unit (at most 2h + 2 parameters) below it, as airaria/GRAIN; the reported sparsity is of
-    all encoder linear parameters, biases included."""
-    dense = student["encoder_params_dense"]
-    prunable = dense - layers * 2 * hidden
-    return (target * prunable - (2 * hidden + 2)) / dense
+from tests.helpers.pruning import sparsity_bound
+from tests.helpers.runs import TINY_RUN_SHAPE, run_grain, start_grain, summaries
 
 
 def test_tiny_run_writes_summary(tmp_path):
@@ -46,7 +26,11 @@ def test_tiny_run_writes_summary(tmp_path):
     assert set(summary["versions"]) >= {"torch", "transformers", "lightning"}
     assert summary["timing"]["total_seconds"] > 0
     student = summary["student"]
-    assert student["target_sparsity"] == 0.9 and lowest_sparsity(0.9, student) <= student["sparsity"] < 0.91
+    assert student["target_sparsity"] == 0.9 and sparsity_bound(0.9, TINY_RUN_SHAPE) <= student["sparsity"] <= 0.9
+    # the same masks in the paper's measure: the removed parameters over all encoder linear weights
+    removed = student["sparsity"] * 66176  # model=tiny's prunable-unit parameters: 2 x (64 x 130 + 64 x 129 + 128 x 129)
+    assert student["encoder_params_dense"] == 66432  # plus the 2 x 2 x 64 output biases of W_O and W_2
+    assert student["encoder_linear_sparsity"] == pytest.approx(removed / 66432)
     assert len(student["layers"]) == 2 and student["heads_total"] == 8
     assert (path.parent / "masks.safetensors").exists() and (path.parent / "structure.png").exists()
     assert (path.parent / ".hydra" / "config.yaml").exists()
@@ -110,23 +94,15 @@ def test_sweep_runs_the_valid_job_past_a_bad_value_and_exits_non_zero(tmp_path):
     assert set(by_sparsity) == {1.5, 0.5}
     assert by_sparsity[1.5]["status"] == "failed" and "sparsity=1.5" in by_sparsity[1.5]["error"]
     assert by_sparsity[0.5]["status"] == "completed"
-    assert lowest_sparsity(0.5, by_sparsity[0.5]["student"]) <= by_sparsity[0.5]["student"]["sparsity"] < 0.51
+    assert sparsity_bound(0.5, TINY_RUN_SHAPE) <= by_sparsity[0.5]["student"]["sparsity"] <= 0.5
     assert all(p.parent.parent.parent.name == "multirun" for p in summaries(tmp_path))
     failures = [line for line in result.stderr.splitlines() if line.startswith("grain: error: sweep job 0")]
     assert len(failures) == 1 and "sparsity=1.5" in failures[0]
 
 
 def test_sigterm_stops_a_run_with_a_non_zero_status(tmp_path):
-    import signal
-    import time
-
-    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(FIXTURES), WANDB_MODE="offline")
-    env.pop("GRAIN_CACHE_DIR", None)
     args = ["model=tiny", "logger=csv", "teacher.epochs=100000", "teacher.batch_size=4"]  # trains until stopped
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
+    proc = start_grain(args, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not list(tmp_path.glob("outputs/**/logs/*")):  # the teacher's Trainer is up

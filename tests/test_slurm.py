@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from grain.slurm import run_stamp, slurm_job_label
-from tests.test_resume import RUN, grain_run
+from tests.helpers.runs import RESUMABLE_RUN, start_grain
 
 
 def test_the_run_directory_of_a_slurm_job_is_named_by_the_job(monkeypatch):
@@ -43,8 +43,8 @@ def slurm_env(tmp_path):
 def test_a_requeued_job_resumes_in_its_run_dir_from_the_requeue_checkpoint(tmp_path, monkeypatch):
     for name, value in slurm_env(tmp_path).items():
         monkeypatch.setenv(name, value)
-    run = [*RUN, "student.checkpoint_every_n_steps=null", "student.epochs=6"]
-    first = grain_run(run, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = [*RESUMABLE_RUN, "student.checkpoint_every_n_steps=null", "student.epochs=6"]
+    first = start_grain(run, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 240
         student_dir = None
@@ -71,7 +71,7 @@ def test_a_requeued_job_resumes_in_its_run_dir_from_the_requeue_checkpoint(tmp_p
     assert run_dir.name == "slurm-4242"
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "stopped"
 
-    requeued = grain_run(run, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # the same job again
+    requeued = start_grain(run, tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # the same job again
     _, stderr = requeued.communicate(timeout=300)
     assert requeued.returncode == 0, stderr[-3000:]
     assert [p.parent for p in tmp_path.glob("outputs/**/summary.json")] == [run_dir], "the first attempt's run dir"

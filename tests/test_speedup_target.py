@@ -7,10 +7,10 @@ import pytest
 from grain.config import validate_config
 from grain.errors import GrainError
 from grain.pruning.controller import PruningController
-from tests.conftest import compose_config
-from tests.test_latency_model import SHAPE, known_model
-from tests.test_latency_ranking import seeded_scores
-from tests.test_run import run_grain, summaries
+from tests.helpers.configs import compose_config
+from tests.helpers.latency import SHAPE, known_model
+from tests.helpers.pruning import seeded_scores
+from tests.helpers.runs import run_grain, summaries
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -36,7 +36,7 @@ def test_controller_reaches_the_predicted_speedup(cost):
                                    start=0.0, end=0.0)
     controller.set_total_steps(1)
     assert controller.active and controller.schedule_target == pytest.approx(1 / 3)
-    for kind, score in seeded_scores().items():
+    for kind, score in seeded_scores(SHAPE).items():
         getattr(controller, f"score_{kind}").copy_(score)
     assert controller.end_step()  # one-shot, to the target
     dense = model.dense_ms()
@@ -55,7 +55,7 @@ def test_predicted_speedup_divides_the_measured_dense_model(cost):
     controller = PruningController(SHAPE, 0.0, score="random", cost=cost, target_speedup=1.5, latency_model=model,
                                    start=0.0, end=0.0)
     controller.set_total_steps(1)
-    for kind, score in seeded_scores().items():
+    for kind, score in seeded_scores(SHAPE).items():
         getattr(controller, f"score_{kind}").copy_(score)
     assert controller.end_step()
     predicted = model.predict_masks(controller.masks(), SHAPE)
@@ -71,7 +71,7 @@ def test_latency_cost_keeps_more_importance_at_equal_predicted_latency():
     kept = {}
     for cost in ("params", "latency"):
         controller = PruningController(SHAPE, 0.0, score="grad", cost=cost, target_speedup=1.4, latency_model=model)
-        for kind, score in seeded_scores(1).items():
+        for kind, score in seeded_scores(SHAPE, 1).items():
             getattr(controller, f"score_{kind}").copy_(score)
         controller.prune_to_latency(model.dense_ms() / 1.4)
         kept[cost] = sum(float((s * m).sum()) for s, m in zip(controller.scores().values(), controller.masks().values()))

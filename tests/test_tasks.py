@@ -12,8 +12,8 @@ from grain.config import validate_config
 from grain.errors import GrainError
 from grain.stages.trainer import build_datamodule
 from grain.tasks.base import Task, task_class
-from tests.conftest import CONF_DIR, REPO, compose_config
-from tests.test_config import OWN_DATA_FILES, options
+from tests.helpers.configs import OWN_DATA_FILES, compose_config, options
+from tests.helpers.paths import CONF_DIR, REPO
 
 SRC = REPO / "src" / "grain"
 HEADS = {AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForTokenClassification}

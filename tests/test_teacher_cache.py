@@ -11,7 +11,7 @@ from grain.models.backbone import load_task_model
 from grain.stages.teacher import META_FILE, run_teacher_stage, save_teacher, teacher_cache_dir
 from grain.stages.trainer import build_datamodule
 from grain.tasks.evaluate import evaluate
-from tests.conftest import compose_config
+from tests.helpers.configs import compose_config
 
 
 def teacher_cfg(tmp_path, *overrides):

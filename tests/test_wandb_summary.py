@@ -2,9 +2,6 @@
 `run.summary`), structure.png as an image, the compact model as an artifact when asked."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -13,8 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from grain.wandb_summary import publish, summary_scalars  # noqa: E402
-
-FIXTURES = Path(__file__).parent / "fixtures"
+from tests.helpers.runs import run_grain  # noqa: E402
 
 SUMMARY = {
     "status": "completed", "task": "sst2", "model": "tiny", "pruner": "grain", "sparsity": 0.9,
@@ -101,18 +97,16 @@ def test_publish_writes_summary_image_and_optional_artifact(tmp_path):
 
 
 def test_a_tiny_offline_run_puts_its_results_in_the_wandb_summary(tmp_path):
-    env = dict(os.environ, PROJECT_ROOT=str(tmp_path), GRAIN_DATA_DIR=str(FIXTURES), WANDB_MODE="offline")
-    env.pop("GRAIN_CACHE_DIR", None)
     args = ["task=sst2", "model=tiny", "trainer.max_steps=3", "logger=wandb", "logger.log_model_artifact=true"]
-    result = subprocess.run([sys.executable, "-m", "grain.run", *args], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = run_grain(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = sorted(tmp_path.glob("**/summary.json"))
     summary = json.loads(path.read_text())
     [run_file] = sorted(path.parent.glob("wandb/offline-run-*/run-*.wandb"))
     logged, artifacts = offline_run_summary(run_file)
     assert logged["student/metric"] == summary["student"]["metric"]
-    assert logged["student/sparsity"] == summary["student"]["sparsity"] and logged["teacher/metric"] == summary["teacher"]["metric"]
+    assert logged["student/sparsity"] == summary["student"]["sparsity"]
+    assert logged["teacher/metric"] == summary["teacher"]["metric"]
     assert logged["compact/speedup"] == summary["compact"]["speedup"]
     assert logged["compact/params"] == summary["compact"]["params"] and logged["compact/flops"] == summary["compact"]["flops"]
     assert logged["structure"]["_type"] == "image-file"

@@ -214,7 +214,7 @@ def plot_metric(rows: list[dict], x: str, xlabel: str, name: str, out: Path) -> 
 
 def plot_tasks(rows: list[dict], out: Path) -> list[Path]:
     """`<task>_sparsity_vs_metric` and, for runs with a measured speedup, `<task>_speedup_vs_metric`."""
-    return plot_metric(rows, "sparsity", "achieved sparsity (encoder linear weights removed)", "sparsity", out) + plot_metric(
+    return plot_metric(rows, "sparsity", "achieved sparsity (prunable units' parameters removed)", "sparsity", out) + plot_metric(
         rows, "speedup", "measured speedup of the compact model (dense / compact latency)", "speedup", out
     )
 

@@ -47,11 +47,19 @@ def remove_empty_run_dir(run_dir: Path, root_dir: Path) -> None:
 
 
 def single_log_handler() -> None:
-    """The `lightning` logger prints to its own console handler and also passes each record on to the
-    root logger that Hydra set up (console and run.log): every Lightning INFO line came out twice.
-    Keep Hydra's."""
-    if logging.getLogger().handlers:
-        logging.getLogger("lightning").removeHandler(getattr(lightning, "_console", None))
+    """Lightning's log lines through the root logger Hydra set up (console and run.log), once each.
+
+    `lightning` prints to its own console handler and also passes each record on (every Lightning INFO
+    line came out twice); `lightning.pytorch` and `lightning.fabric`, imported before Hydra configured
+    logging, found no root handler and print only to their own (nothing reached run.log). Keep Hydra's."""
+    if not logging.getLogger().handlers:
+        return
+    logging.getLogger("lightning").removeHandler(getattr(lightning, "_console", None))
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> None:

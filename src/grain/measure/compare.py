@@ -14,8 +14,9 @@ from grain.models.slicing import compact_from_masked
 
 
 def encoder_linear_param_count(model) -> int:
-    """Parameters of the encoder layers' linear maps, LayerNorms excluded (the quantity sparsity is
-    measured over); a compact sub-layer with no kept units counts its remaining output bias."""
+    """Parameters of the encoder layers' linear maps, LayerNorms excluded (the quantity
+    `student.encoder_linear_sparsity` is measured over); a compact sub-layer with no kept units counts
+    its remaining output bias."""
     layers = encoder_layers(model)
     norms = {id(p) for m in layers.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()}
     return sum(p.numel() for p in layers.parameters() if id(p) not in norms)

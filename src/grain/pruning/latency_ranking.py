@@ -52,36 +52,6 @@ def removed_widths(qk: list[int], vo: list[int], head: int, kind: str, count: in
     return qk, vo
 
 
-def head_unit_cost(model, qk: list[int], vo: list[int], head: int, kind: str, count: int = 1) -> float:
-    """ms saved by removing `count` units of `kind` ("qk" or "vo") from `head` of a layer whose heads
-    have widths `qk`, `vo` (exact under the model; negative where the removal costs time)."""
-    return model.attention_cost(qk, vo) - model.attention_cost(*removed_widths(qk, vo, head, kind, count))
-
-
-def marginal_costs(masks: dict[str, torch.Tensor], shape: EncoderShape, model) -> dict[str, torch.Tensor]:
-    """Per unit, the predicted ms saved by removing it alone now: {"qk"|"vo": [layers, hidden], "ffn": [layers, ffn]}
-    (float64 on the CPU; removed units, and units of heads without VO units, get 0; negative where
-    the removal costs time, e.g. a head leaving a shared width group)."""
-    layers, heads, d = shape.num_layers, shape.num_heads, shape.head_dim
-    qk_m = masks["qk"].detach().cpu().view(layers, heads, d) > 0
-    vo_m = masks["vo"].detach().cpu().view(layers, heads, d) > 0
-    ffn_m = masks["ffn"].detach().cpu() > 0
-    costs = {kind: torch.zeros(layers, n, dtype=torch.float64, device="cpu") for kind, n in shape.units_per_layer.items()}
-    for layer in range(layers):
-        q_widths, v_widths = qk_m[layer].sum(-1).tolist(), vo_m[layer].sum(-1).tolist()
-        for h in range(heads):
-            if v_widths[h] == 0:
-                continue
-            span = slice(h * d, (h + 1) * d)
-            if q_widths[h] > 0:
-                costs["qk"][layer, span][qk_m[layer, h]] = head_unit_cost(model, q_widths, v_widths, h, "qk")
-            costs["vo"][layer, span][vo_m[layer, h]] = head_unit_cost(model, q_widths, v_widths, h, "vo")
-        w = int(ffn_m[layer].sum())
-        if w > 0:
-            costs["ffn"][layer][ffn_m[layer]] = model.ffn_cost(w) - model.ffn_cost(w - 1)
-    return costs
-
-
 class _State:
     """The structure on the host while units are removed: per head the kept QK and VO units in
     increasing score order, per layer the kept FFN neurons; widths follow the removals."""

@@ -36,11 +36,6 @@ class CubicSchedule:
         return cls(float(target), start_batch, end_batch, max(1, int(frequency)), total_steps)
 
     @property
-    def start_step(self) -> int:
-        """First 0-based step that may prune (official batch S + 1)."""
-        return self.start_batch
-
-    @property
     def end_step(self) -> int:
         """Last 0-based pruning step (official batch E), within the run; masks frozen after it."""
         return max(0, min(self.end_batch - 1, self.total_steps - 1))
@@ -62,7 +57,3 @@ class CubicSchedule:
         if step == self.end_step:
             return True
         return self.start_batch < batch < self.end_batch and batch % self.frequency == 0 and step < self.end_step
-
-    def is_frozen_after(self, step: int) -> bool:
-        """True once `step` is past the last pruning step."""
-        return step > self.end_step

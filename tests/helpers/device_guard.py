@@ -22,7 +22,7 @@ A violation raises `DeviceGuardError` naming the grain file and line, and is kep
 so a violation that some `except` swallowed still fails the block when it exits.
 
 Why a rule checked by a `TorchFunctionMode`, next to the device simulation of
-tests/fake_device.py: `FakeTensorMode` has no data, and a training step ranks units by value; a
+tests/helpers/fake_device.py: `FakeTensorMode` has no data, and a training step ranks units by value; a
 stand-in device (fake_device.py) reproduces the mismatch itself, but only where the code under test
 runs whole on it: Lightning moves batches and models to its own root device, and code that branches
 on `device.type == "cuda"` calls a CUDA runtime this build lacks. A function mode sees every

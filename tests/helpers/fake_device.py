@@ -1,7 +1,7 @@
 """A second device on a CPU-only machine: tensors that live on an accelerator while their data
 stays on the CPU, so that device mixing fails in a CPU test as it does on a GPU.
 
-`DeviceGuard` (tests/device_guard.py) checks a rule, that grain's factories name their device. This
+`DeviceGuard` (tests/helpers/device_guard.py) checks a rule, that grain's factories name their device. This
 checks the device semantics themselves, on code small enough to run whole on stand-in tensors:
 inside `fake_accelerator()`, `to_accelerator(module)`, `tensor.to(ACCELERATOR)` and factories given
 `device=ACCELERATOR` hand out `AcceleratorTensor`s, wrappers that report the accelerator as their
