@@ -1,10 +1,11 @@
 """Pruning to a speed: `speedup=` as the target, `pruner.cost=latency`, and their refusals."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from grain.config import validate_config
+from grain.config import validate_config, validate_target
 from grain.errors import GrainError
 from grain.pruning.controller import PruningController
 from tests.helpers.configs import compose_config
@@ -79,15 +80,32 @@ def test_latency_cost_keeps_more_importance_at_equal_predicted_latency():
 
 
 def test_tiny_run_to_a_speed(tmp_path):
-    # a small benchmark shape: the latency model is measured (and the compact model timed) at 4 x 32
-    result = run_grain(["model=tiny", "speedup=1.5", "pruner.cost=latency", "trainer.max_steps=8", "logger=csv",
-                        "compact.bench_batch=4", "compact.bench_seq_len=32"], tmp_path)
+    # a small benchmark shape: the latency model is measured (and the compact model timed) at 4 x 32;
+    # the default sparsity dropped ('~sparsity'): nothing of the run needs it
+    result = run_grain(["model=tiny", "speedup=1.5", "~sparsity", "pruner.cost=latency", "trainer.max_steps=8",
+                        "logger=csv", "compact.bench_batch=4", "compact.bench_seq_len=32"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = summaries(tmp_path)
     assert path.parent.parent.name == "x1.5"
     summary = json.loads(path.read_text())
+    assert (summary["speedup"], summary["sparsity"]) == (1.5, None)
+    card = (path.parent / "compact" / "README.md").read_text()
+    assert "pruned with GRAIN to speedup 1.5x" in card and "target / achieved speedup | 1.5 /" in card
+    assert "sparsity 0.9" not in card and "| 0.9 /" not in card  # the unused default sparsity nowhere
     student, compact = summary["student"], summary["compact"]
     assert student["target_speedup"] == 1.5 and student["cost"] == "latency" and student["target_sparsity"] is None
     assert 1.5 - 1e-9 <= student["predicted_speedup"] <= 1.7  # at the target, past it by at most a unit or two
     assert compact["predicted_speedup"] == student["predicted_speedup"] and compact["speedup"] > 0
     assert (compact["batch"], compact["seq_len"]) == (4, 32)
+
+
+def test_the_target_names_the_run_dir_the_wandb_run_and_its_tag(tmp_path):
+    """One target object: with speedup=2 the run dir, the W&B run name and tag say x2, whatever the
+    (unused) default sparsity; with a sparsity they say s<sparsity>; no target at all is one line."""
+    for overrides, label in ((["speedup=2"], "x2"), (["speedup=2", "~sparsity"], "x2"), (["sparsity=0.95"], "s0.95")):
+        cfg = compose_config(["logger=wandb", *overrides], tmp_path)
+        assert str(validate_target(cfg)) == (f"speedup {label[1:]}x" if label[0] == "x" else f"sparsity {label[1:]}")
+        assert Path(cfg.hydra.run.dir).parent.name == label
+        assert cfg.logger.name.endswith(f"-{label}") and label in cfg.logger.tags
+    with pytest.raises(GrainError, match=r"no target: give sparsity=<fraction> .* or speedup=<x>"):
+        validate_target(compose_config(["~sparsity"], tmp_path))
