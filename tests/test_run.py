@@ -1,6 +1,7 @@
 """`python -m grain.run` end to end on model=tiny, and its refusals of bad input."""
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -42,6 +43,17 @@ def test_tiny_run_writes_summary(tmp_path):
     block = result.stdout[result.stdout.index("grain: sst2 tiny sparsity 0.9: completed"):]
     assert f"student  accuracy {student['metric']:.4f}" in block and f"summary  {path}" in block
     assert str(path.parent / "compact") in block
+    # what a user sees (issue 24): no progress-bar redraws where the output is a file, no library advert or
+    # warnings that do not apply, metrics to 4 significant digits, the dataset's label names
+    log = (path.parent / "run.log").read_text()
+    for text in (output, log):
+        assert "\r" not in text and max(len(line) for line in text.splitlines()) < 400
+        for noise in ("💡 Tip", "LeafSpec", "in eval mode at the start of training", "zero-element tensors"):
+            assert noise not in text, noise
+    assert f"teacher accuracy = {summary['teacher']['metric']:.4g} (" in log
+    assert re.search(r"accuracy = 0\.\d{1,4} ", log) and not re.search(r"accuracy = 0\.\d{5,}", log)
+    saved = json.loads((path.parent / "compact" / "config.json").read_text())
+    assert saved["id2label"] == {"0": "negative", "1": "positive"}
 
     # a second run reuses the cached teacher
     again = run_grain(["task=sst2", "model=tiny", "trainer.max_steps=5", "logger=none", "stages=[teacher]"], tmp_path)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from grain.stages.prune import build_student_module
+from grain.stages.trainer import StepProgressBar, build_trainer
 from tests.helpers.pruning import sparsity_bound
 from tests.helpers.training import make_trainer, setup_parts
 
@@ -126,3 +127,17 @@ def test_resume_after_compaction(tmp_path):
     assert resumed.compacted and int(resumed.controller.step) == 24
     for kind, mask in first.controller.masks().items():
         assert torch.equal(mask, resumed.controller.masks()[kind])
+
+
+def test_the_terminal_bar_counts_the_steps_that_will_run(tmp_path, capsys):
+    """trainer.progress=bar: one bar over the optimizer steps the stage runs (6 here, a step cap under 20
+    epochs), titled by the stage, not Lightning's per-epoch bar (`Epoch 0`, an epoch count the cap never
+    reaches)."""
+    cfg, datamodule, teacher = setup_parts(tmp_path, ["trainer.progress=bar", "student.max_steps=6", "student.epochs=20"])
+    module = build_student_module(cfg, teacher, datamodule.num_labels)
+    trainer = build_trainer(cfg, cfg.student, tmp_path / "student", logger=None, limit_val_batches=0)
+    [bar] = [c for c in trainer.callbacks if isinstance(c, StepProgressBar)]
+    trainer.fit(module, datamodule=datamodule)
+    shown = capsys.readouterr().out  # where Lightning draws its bars
+    assert "student: 100%" in shown and " 6/6 " in shown
+    assert "Epoch" not in shown and bar.train_progress_bar.n == 6

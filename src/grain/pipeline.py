@@ -45,6 +45,11 @@ def finish_wandb() -> None:
         wandb.finish()
 
 
+def significant(value, digits: int = 4) -> str:
+    """A number as logs show it: `digits` significant digits (0.5274999737739563 -> 0.5275), else n/a."""
+    return f"{value:.{digits}g}" if isinstance(value, (int, float)) else "n/a"
+
+
 def run_status(err: BaseException) -> str:
     """`stopped` for a run a signal or Ctrl-C ended (Lightning exits those with SystemExit), else `failed`."""
     return "stopped" if isinstance(err, (RunStopped, KeyboardInterrupt, SystemExit)) else "failed"
@@ -110,7 +115,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, target: Target) -> dict:
             "cached": teacher.cached,
         }
         summary["timing"]["teacher_seconds"] = time.perf_counter() - stage_start
-        log.info("teacher %s = %s (%s)", cfg.task.metric, summary["teacher"]["metric"], teacher.path)
+        log.info("teacher %s = %s (%s)", cfg.task.metric, significant(summary["teacher"]["metric"]), teacher.path)
 
         if "prune" in cfg.stages:
             stage_start = time.perf_counter()
@@ -119,7 +124,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, target: Target) -> dict:
             summary["student"] = pruned.summary
             summary["timing"]["prune_seconds"] = time.perf_counter() - stage_start
             log.info(
-                "student %s = %s at sparsity %.4f (%d/%d heads)", cfg.task.metric, pruned.summary["metric"],
+                "student %s = %s at sparsity %.4f (%d/%d heads)", cfg.task.metric, significant(pruned.summary["metric"]),
                 pruned.summary["sparsity"], pruned.summary["heads_kept"], pruned.summary["heads_total"],
             )
             if "compact" in cfg.stages and rank_zero_only.rank == 0:  # other DDP ranks are done

@@ -24,6 +24,7 @@ from grain.conf import CONFIG_DIR
 from grain.config import validate_config
 from grain.errors import GrainError
 from grain.pipeline import results_block, run_pipeline, write_failed_summary
+from grain.quiet import quiet_libraries
 from grain.stopping import RunStopped, stop_on_signals
 from grain.sweep import record_failure
 
@@ -74,6 +75,7 @@ def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> N
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    quiet_libraries()
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig
 
 from grain.stopping import StopCallback
@@ -67,14 +67,10 @@ class ProgressLog(pl.Callback):
 
     def line(self, trainer, now: float) -> str:
         step, elapsed = trainer.global_step, max(now - self.started, 1e-9)
-        total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        try:
-            total = int(trainer.estimated_stepping_batches) if math.isfinite(trainer.estimated_stepping_batches) else total
-        except Exception:  # no estimate (an iterable without a length)
-            pass
+        total = planned_steps(trainer)
         parts = [f"{self.stage}: step {step}" + (f"/{total} ({100 * step / total:.0f}%)" if total else "")]
-        if trainer.max_epochs and trainer.max_epochs > 0:
-            parts.append(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")
+        if trainer.max_epochs and trainer.max_epochs > 0 and not (trainer.max_steps and trainer.max_steps > 0):
+            parts.append(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}")  # epochs bind, not a step cap
         for name, value in sorted(trainer.progress_bar_metrics.items()):
             if "loss" in name:
                 parts.append(f"{name} {float(value):.4f}")
@@ -84,6 +80,43 @@ class ProgressLog(pl.Callback):
         return ", ".join(parts)
 
 
+def planned_steps(trainer) -> int | None:
+    """The optimizer steps the fit will run: Lightning's estimate (max_steps, or epochs x batches), None
+    where it has none (an iterable without a length)."""
+    try:
+        total = trainer.estimated_stepping_batches
+    except Exception:  # no estimate
+        return None
+    return int(total) if math.isfinite(total) else None
+
+
+class StepProgressBar(TQDMProgressBar):
+    """Lightning's progress bar over the optimizer steps the stage will run (`student: 12/30`), instead
+    of one bar per epoch whose title counts epochs the step cap never reaches (`Epoch 0/19`)."""
+
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.train_progress_bar.reset(total=planned_steps(trainer))
+        self.train_progress_bar.set_description(self.stage)
+
+    def on_train_epoch_start(self, trainer, *_) -> None:
+        pass  # one bar for the whole stage
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        bar = self.train_progress_bar
+        if not bar.disable and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not self.train_progress_bar.disable:
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+
 def progress_settings(trainer_cfg: DictConfig, stage: str) -> dict:
     """A progress bar on a terminal; elsewhere (or with trainer.progress=log) a log line every
     trainer.progress_seconds."""
@@ -91,7 +124,7 @@ def progress_settings(trainer_cfg: DictConfig, stage: str) -> dict:
     if mode == "auto":
         mode = "bar" if sys.stdout.isatty() else "log"
     if mode == "bar":
-        return {"enable_progress_bar": True, "callbacks": []}
+        return {"enable_progress_bar": True, "callbacks": [StepProgressBar(stage)]}
     callbacks = [ProgressLog(stage, trainer_cfg.get("progress_seconds", 30))] if mode == "log" else []
     return {"enable_progress_bar": False, "callbacks": callbacks}
 

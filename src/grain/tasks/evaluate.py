@@ -17,7 +17,8 @@ def evaluate(model: torch.nn.Module, datamodule, desc: str = "eval") -> dict[str
     with eval_mode(model):
         for split in datamodule.eval_splits:
             evaluator = datamodule.make_evaluator(split)
-            for batch in tqdm(datamodule.eval_dataloader(split), desc=f"{desc} {split}", leave=False):
+            batches = datamodule.eval_dataloader(split)
+            for batch in tqdm(batches, desc=f"{desc} {split}", leave=False, disable=None):  # None: off where not a terminal
                 inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
                 evaluator.update(batch, model(**inputs))
             results.update({f"{split}/{name}": value for name, value in evaluator.compute().items()})

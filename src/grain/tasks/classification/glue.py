@@ -44,7 +44,11 @@ def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datase
 
 
 class GlueDataModule(ClassificationTask):
-    """A GLUE task's splits: the TSV files under `data_dir/local_subdir`, or the hub's glue/`hub_name`."""
+    """A GLUE task's splits: the TSV files under `data_dir/local_subdir`, or the hub's glue/`hub_name`.
+
+    labels: the label values of the TSV files, in id order (SST-2's "0", "1"); label_names: the dataset's
+    names of those labels (the hub's ClassLabel names: "negative", "positive"), which the saved models'
+    `id2label` carry (default: the values)."""
 
     def __init__(
         self,
@@ -56,6 +60,7 @@ class GlueDataModule(ClassificationTask):
         local_columns: list[str | None],
         hub_columns: list[str | None],
         labels: list[str],
+        label_names: list[str] | None = None,
         optional_splits: list[str] | None = None,
         **kwargs,
     ):
@@ -67,7 +72,9 @@ class GlueDataModule(ClassificationTask):
         self.hub_splits = dict(hub_splits)
         self.local_columns = list(local_columns)
         self.hub_columns = list(hub_columns)
-        self.labels = [str(label) for label in labels]
+        self.file_labels = [str(label) for label in labels]  # as the TSV files write them, in id order
+        # as the dataset names them (the hub's ClassLabel names), for the models' id2label
+        self.labels = [str(name) for name in (label_names or labels)]
         self.optional_splits = list(optional_splits or [])
 
     @property
@@ -105,7 +112,7 @@ class GlueDataModule(ClassificationTask):
 
     def load_split(self, split: str) -> datasets.Dataset:
         if self.data_dir is not None:
-            return read_tsv(self._local_file(split), self.local_columns, self.labels)
+            return read_tsv(self._local_file(split), self.local_columns, self.file_labels)
         raw = datasets.load_dataset("glue", self.hub_name, split=self.hub_splits[split])
         text_a, text_b, label = self.hub_columns
         return datasets.Dataset.from_dict({
