@@ -131,3 +131,22 @@ def test_sigterm_stops_a_run_with_a_non_zero_status(tmp_path):
     summary = json.loads(path.read_text())
     assert summary["status"] == "stopped" and "SIGTERM" in summary["error"]
     assert not list((tmp_path / ".cache" / "grain").glob("teachers/*")), "no teacher cached from a stopped run"
+
+
+@pytest.mark.parametrize("hub", [
+    {"HF_ENDPOINT": "http://127.0.0.1:9"},  # no hub answers (what a machine without network sees), no flag set
+    {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},  # told to stay offline, with nothing cached
+])
+def test_offline_without_a_data_directory_is_one_line_before_anything_trains(tmp_path, monkeypatch, hub):
+    """The quickstart's own command with no GRAIN_DATA_DIR and no hub (an empty HF cache): one line naming
+    GRAIN_DATA_DIR / paths.data_dir and the hub, exit 2, no run dir left (it was a 55-67 line ConnectionError
+    traceback from the teacher stage, after half a minute of logged retries)."""
+    for name, value in {**hub, "HF_HOME": str(tmp_path / "hf")}.items():
+        monkeypatch.setenv(name, value)
+    result = run_grain([], tmp_path, data_dir=None)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "glue/sst2 from the Hugging Face hub" in lines[0] and "GRAIN_DATA_DIR or paths.data_dir" in lines[0]
+    assert "glue/SST-2/train.tsv, glue/SST-2/dev.tsv" in lines[0]
+    assert not summaries(tmp_path) and not (tmp_path / "outputs").exists()

@@ -11,12 +11,15 @@ auto_model_class`, `datamodule.prediction_logits(outputs)`, ...) and never branc
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 import datasets
 import lightning.pytorch as pl
 import torch
+from huggingface_hub import constants
 from hydra.utils import get_class
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +39,21 @@ def model_inputs(batch: dict[str, Any], with_labels: bool = False) -> dict[str, 
     """The entries of `batch` a model's forward takes: its inputs, and with `with_labels` its labels."""
     keys = MODEL_INPUT_KEYS + (LABEL_KEYS if with_labels else ())
     return {k: batch[k] for k in keys if k in batch}
+
+
+def hub_offline() -> bool:
+    """Whether the hub libraries are told to stay offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)."""
+    return bool(constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) answers a TCP connection within `timeout` seconds."""
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def seeded_subset(dataset: datasets.Dataset, max_samples: int | None, seed: int) -> datasets.Dataset:
@@ -131,9 +149,35 @@ class Task(pl.LightningDataModule):
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
-        """Read and check the data the run `cfg` would use (files, columns, labels) before anything
-        trains; raises GrainError naming the file and the fix. Nothing to check here (the data
-        modules of the user's own files check theirs)."""
+        """Check the data the run `cfg` would use before anything trains; raises GrainError naming the
+        file or source and the fix. Here: without a data directory, that the hub dataset the data module
+        reads (`hub_source`) can be reached; the data modules of the user's own files check theirs."""
+        source = cls.hub_source(cfg)
+        if source is None or cfg.paths.get("data_dir"):
+            return
+        name, config = source
+        try:
+            if not (hub_offline() or hub_reachable()):  # else datasets retries for half a minute, logging each try
+                raise ConnectionError(f"no connection to {urlparse(constants.ENDPOINT).hostname}")
+            datasets.load_dataset_builder(name, config)  # offline: from the local cache, if there
+        except Exception as err:  # no network, no such dataset: datasets raises many kinds
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            where = f"{name}/{config}" if config else name
+            raise GrainError(
+                f"task={cfg.task.name} reads {where} from the Hugging Face hub, which cannot be reached from here "
+                f"({type(err).__name__}: {reason}); set GRAIN_DATA_DIR or paths.data_dir to a directory with its "
+                f"files ({cls.local_files_hint(cfg)}), or run where the hub is reachable"
+            ) from None
+
+    @classmethod
+    def hub_source(cls, cfg: DictConfig) -> tuple[str, str | None] | None:
+        """(hub dataset, config) the data module reads when no data directory is set; None: none."""
+        return None
+
+    @classmethod
+    def local_files_hint(cls, cfg: DictConfig) -> str:
+        """The files, under the data directory, the data module reads from there (for error messages)."""
+        return "see the data module's files"
 
     @property
     def eval_splits(self) -> list[str]:

@@ -77,6 +77,15 @@ class GlueDataModule(ClassificationTask):
         self.labels = [str(name) for name in (label_names or labels)]
         self.optional_splits = list(optional_splits or [])
 
+    @classmethod
+    def hub_source(cls, cfg) -> tuple[str, str]:
+        return "glue", cfg.task.datamodule.hub_name
+
+    @classmethod
+    def local_files_hint(cls, cfg) -> str:
+        module = cfg.task.datamodule
+        return ", ".join(f"{module.local_subdir}/{name}" for name in module.local_files.values())
+
     @property
     def num_labels(self) -> int:
         return len(self.labels)

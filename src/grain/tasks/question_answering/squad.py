@@ -80,6 +80,18 @@ class SquadDataModule(QuestionAnsweringTask):
         self.offline_split = offline_split
         self.offline_eval_fraction = offline_eval_fraction
 
+    @classmethod
+    def hub_source(cls, cfg) -> tuple[str, None]:
+        return "squad", None
+
+    @classmethod
+    def local_files_hint(cls, cfg) -> str:
+        module = cfg.task.datamodule
+        files = [module.get("local_file_validation", "squad/v1.1/dev.json")]
+        if not module.get("offline_split"):
+            files.insert(0, module.get("local_file_train", "squad/v1.1/train.json"))
+        return ", ".join(files)
+
     def cache_signature(self) -> Any:
         # max_length, seed and the source file are already in the base fingerprint
         return [self.doc_stride, self.offline_split, self.offline_eval_fraction if self.offline_split else None]

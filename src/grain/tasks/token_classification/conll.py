@@ -66,6 +66,16 @@ class ConllDataModule(TokenClassificationTask):
         super().__init__(**kwargs)
         self.local_files = {"train": local_file_train, "validation": local_file_validation}
 
+    @classmethod
+    def hub_source(cls, cfg) -> tuple[str, None]:
+        return "conll2003", None
+
+    @classmethod
+    def local_files_hint(cls, cfg) -> str:
+        module = cfg.task.datamodule
+        return ", ".join([module.get("local_file_train", "conll2003/train.txt"),
+                          module.get("local_file_validation", "conll2003/valid.txt")])
+
     def source_signature(self, split: str) -> list:
         if self.data_dir is None:
             return ["hub", "conll2003", split]
