@@ -187,3 +187,14 @@ def test_steptime_writes_its_ratios(tmp_path):
     result = json.loads(out.read_text())
     assert result["scoring_ratio"] == result["scoring_step_ms"] / result["kd_step_ms"]
     assert result["device"] == "cpu" and abs(result["achieved_sparsity"] - 0.9) < 0.02
+
+
+def test_the_commands_name_a_path_that_does_not_exist(tmp_path, capsys):
+    """grain.bench and grain.export on a directory that is not there say so (grain.bench said "give --dense")."""
+    from grain.export import main as export_main
+
+    missing = tmp_path / "no-such-run"
+    assert bench_main([str(missing)]) == 2
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    assert export_main([str(missing)]) == 2
+    assert f"{missing} does not exist" in capsys.readouterr().err

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from grain.stages.prune import PeriodicCheckpoint, build_student_module
+from grain.stages.prune import build_student_module
+from grain.stages.trainer import PeriodicCheckpoint
 from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
 from tests.helpers.configs import compose_config
 from tests.helpers.runs import RESUMABLE_RUN, start_grain
@@ -237,6 +238,27 @@ def test_an_interrupted_save_leaves_the_previous_last_ckpt(tmp_path, monkeypatch
         callback._save_checkpoint(trainer, str(last))
     assert last.read_bytes() == before
     assert torch.load(last, weights_only=True)["global_step"] == 1
+
+
+def test_a_killed_saves_temporary_file_goes_at_the_next_start(tmp_path):
+    """A kill during a checkpoint write leaves `.last.ckpt.<pid>.tmp` (as large as the checkpoint) beside
+    last.ckpt: the next start of that checkpoint directory deletes it, and only temporaries whose
+    process is gone."""
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its pid is free now
+    directory = tmp_path / "c"
+    directory.mkdir()
+    stale = directory / f".last.ckpt.{finished.pid}.tmp"
+    stale.write_bytes(b"x" * 1000)
+    running = directory / f".last.ckpt.{os.getppid()}.tmp"  # a save still under way in another process
+    running.write_bytes(b"x")
+    other = directory / ".notes.tmp"  # not a save's temporary
+    other.write_text("kept")
+    cfg, datamodule, teacher = setup_parts(tmp_path)
+    trainer_with(tmp_path, [PeriodicCheckpoint(directory, every_n_steps=1)], max_steps=1).fit(
+        build_student_module(cfg, teacher, 2), datamodule=datamodule)
+    assert not stale.exists() and running.exists() and other.exists()
+    assert (directory / "last.ckpt").exists()
 
 
 def test_checkpoint_settings_are_validated_and_free_on_resume(tmp_path):

@@ -2,6 +2,7 @@
 before anything trains, or handled right."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,30 @@ def test_a_damaged_teacher_path_is_refused_before_training(damage, tmp_path, tin
     assert one_line(err).startswith(f"teacher.path={teacher}")
     if damage in ("truncated", "garbage"):
         assert "model.safetensors is damaged" in str(err.value)
+
+
+class RunsCode:
+    """A pickle that runs `touch <marker>` when loaded without weights_only: a malicious weights file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_malicious_pickle_in_teacher_path_is_one_line_and_never_runs(tmp_path, tiny_bert, tokenizer):
+    """teacher.path with a pytorch_model.bin that holds code: refused at validation in one line, without
+    torch's advice to load it with weights_only=False (which would run it); the code never runs."""
+    teacher = saved_model_dir(tiny_bert, tokenizer, tmp_path / "teacher")
+    (teacher / "model.safetensors").unlink()
+    marker = tmp_path / "ran"
+    torch.save({"bert.embeddings.word_embeddings.weight": RunsCode(marker)}, teacher / "pytorch_model.bin")
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config([*TINY, f"teacher.path={teacher}"], tmp_path))
+    message = one_line(err)
+    assert message.startswith(f"teacher.path={teacher}: pytorch_model.bin holds objects other than tensors")
+    assert "weights_only=False" not in str(err.value) and not marker.exists()
 
 
 def test_a_damaged_model_file_fails_to_load_in_one_line(tmp_path, tiny_bert, tokenizer):

@@ -4,12 +4,13 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from tests.helpers.pruning import sparsity_bound
-from tests.helpers.runs import TINY_RUN_SHAPE, run_grain, start_grain, summaries
+from tests.helpers.runs import TINY_RUN_SHAPE, grain_env, run_grain, start_grain, summaries
 
 
 def test_tiny_run_writes_summary(tmp_path):
@@ -150,3 +151,24 @@ def test_offline_without_a_data_directory_is_one_line_before_anything_trains(tmp
     assert "glue/sst2 from the Hugging Face hub" in lines[0] and "GRAIN_DATA_DIR or paths.data_dir" in lines[0]
     assert "glue/SST-2/train.tsv, glue/SST-2/dev.tsv" in lines[0]
     assert not summaries(tmp_path) and not (tmp_path / "outputs").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_being_written(tmp_path):
+    """Every weights file written with safetensors fails as a full disk does (ENOSPC): the run ends
+    non-zero with one line naming what it was writing (the teacher's cache dir), not a traceback."""
+    program = (
+        "import errno, runpy, sys, safetensors.torch\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "safetensors.torch.save_file = full\n"
+        "sys.argv = ['grain.run', *sys.argv[1:]]\n"
+        "runpy.run_module('grain.run', run_name='__main__')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program, "model=tiny", "trainer.max_steps=2", "logger=none"],
+                            cwd=tmp_path, env=grain_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("[")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert lines[0].startswith("grain: error: no space left on the device writing ") and "/teachers/sst2-tiny-" in lines[0]
+    [summary] = summaries(tmp_path)
+    assert json.loads(summary.read_text())["status"] == "failed"

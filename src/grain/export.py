@@ -39,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = Path(args.path)
+    if not path.exists():
+        print(f"grain.export: error: {path} does not exist; give a run dir (with summary.json) or a compact model dir",
+              file=sys.stderr)
+        return 2
     model_dir = model_dir_of(path)
     if not (model_dir / "config.json").exists():
         hint = " (did the run reach its compact stage? see run.log beside summary.json)" if model_dir != path else ""

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from grain.conf import CONFIG_DIR
 from grain.config import validate_config
-from grain.errors import GrainError
+from grain.errors import GrainError, disk_full, free_space
 from grain.pipeline import results_block, run_pipeline, write_failed_summary
 from grain.quiet import quiet_libraries
 from grain.stopping import RunStopped, stop_on_signals
@@ -109,6 +109,13 @@ def main(cfg: DictConfig) -> float | None:
         print(f"grain: error: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)
     except Exception as err:
+        if disk_full(err):  # where no `writing` block named the file: the error's, or the run dir
+            err = GrainError(f"no space left on the device writing {getattr(err, 'filename', None) or run_dir} "
+                             f"({free_space(run_dir)}); free some space, or write elsewhere")
+            if sweeping:
+                return job_failed(hydra_cfg, err)
+            print(f"grain: error: {err}", file=sys.stderr)
+            sys.exit(1)
         if sweeping:
             return job_failed(hydra_cfg, err, with_traceback=True)
         raise

@@ -13,6 +13,8 @@ import lightning
 import torch
 import transformers
 
+from grain.errors import writing
+
 SUMMARY_FILE = "summary.json"
 
 
@@ -31,8 +33,9 @@ def write_summary(run_dir: Path, summary: dict) -> Path:
     """Write atomically (temp file + rename), so a reader never sees half a summary."""
     path = Path(run_dir) / SUMMARY_FILE
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    with writing(path):
+        tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+        os.replace(tmp, path)
     return path
 
 

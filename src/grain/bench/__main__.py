@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     seq_len = args.seq_len or (512 if on_gpu else 128)
 
     path = Path(args.path)
+    if not path.exists():
+        print(f"grain.bench: error: {path} does not exist; give a run dir (with summary.json) or a compact model dir",
+              file=sys.stderr)
+        return 2
     summary = read_summary(path) if (path / SUMMARY_FILE).exists() else None
     compact_dir = model_dir_of(path)
     dense_ref = args.dense or (summary or {}).get("teacher", {}).get("path")

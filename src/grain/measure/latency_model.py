@@ -79,6 +79,7 @@ import torch
 from torch.utils import benchmark
 from transformers import AutoModelForSequenceClassification
 
+from grain.errors import writing
 from grain.measure.compare import device_name, serving_defaults
 from grain.measure.latency import measure_latency, retain_freed_memory
 from grain.models.compact.bert import GrainBertConfig, GrainBertForSequenceClassification, GrainLayer
@@ -178,8 +179,9 @@ class LatencyModel:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        with writing(path):
+            tmp.write_text(json.dumps(asdict(self), indent=2))
+            tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> "LatencyModel":

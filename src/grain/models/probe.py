@@ -5,8 +5,10 @@ random model; and the model family its config says."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
+import torch
 from huggingface_hub import try_to_load_from_cache
 from omegaconf import DictConfig, OmegaConf
 from safetensors import safe_open
@@ -45,7 +47,28 @@ def local_model_dir(setting: str, value: str, fix: str) -> Path | None:
                 raise GrainError(
                     f"{setting}={value}: {weight_file.name} is damaged or not a safetensors file ({reason}); {fix}"
                 ) from None
+        else:
+            check_pickled_weights(setting, value, weight_file)
     return path
+
+
+def check_pickled_weights(setting: str, value: str, weight_file: Path) -> None:
+    """A PyTorch pickle of weights (pytorch_model.bin) must load with `weights_only=True`, as transformers
+    loads it: a file that holds other objects (code to run, a malicious pickle) is refused in one line.
+    torch's own message advises `weights_only=False`, which would run that code: it is not repeated."""
+    try:
+        try:
+            torch.load(weight_file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # a legacy (not zip) file cannot be memory-mapped: read it whole
+            if "mmap" not in str(err):
+                raise
+            torch.load(weight_file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        kind = "holds objects other than tensors" if isinstance(err, pickle.UnpicklingError) else "cannot be read"
+        raise GrainError(
+            f"{setting}={value}: {weight_file.name} {kind} ({type(err).__name__}), and grain loads weights only; "
+            f"give a model saved as safetensors (save_pretrained's default) or from a source you trust"
+        ) from None
 
 
 def read_model_config(setting: str, directory: Path) -> dict:

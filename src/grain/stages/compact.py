@@ -14,6 +14,7 @@ import torch
 from huggingface_hub import ModelCard
 from omegaconf import DictConfig
 
+from grain.errors import writing
 from grain.measure.compare import bench_shapes, compare_models, format_table, serving_defaults, serving_device
 from grain.models.registry import is_compact
 from grain.models.slicing import compact_from_masked, factorized_copy
@@ -51,8 +52,9 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     }
     result["metric"] = result["metrics"].get(f"validation/{cfg.task.metric}")
     out_dir = run_dir / "compact"
-    compact.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
+    with writing(out_dir):
+        compact.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
     result["path"] = str(out_dir)
 
     rank = cfg.compact.embedding_rank
@@ -66,8 +68,9 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
             "params": sum(p.numel() for p in factorized.parameters()),
             "path": str(run_dir / "compact_factorized"),
         }
-        factorized.save_pretrained(run_dir / "compact_factorized")
-        tokenizer.save_pretrained(run_dir / "compact_factorized")
+        with writing(run_dir / "compact_factorized"):
+            factorized.save_pretrained(run_dir / "compact_factorized")
+            tokenizer.save_pretrained(run_dir / "compact_factorized")
 
     seconds = float(cfg.compact.get("bench_seconds", 3.0))
     result.update(benchmark(teacher.eval(), compact, bench_shapes(cfg.compact, device), device, seconds))
@@ -122,7 +125,8 @@ Load with `import grain` (registers the compact classes), then
 |---|---|---|---|
 {rows}
 """
-    ModelCard(content).save(out_dir / "README.md")
+    with writing(out_dir / "README.md"):
+        ModelCard(content).save(out_dir / "README.md")
 
 
 def _number(value) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from safetensors.torch import save_file
 
-from grain.errors import GrainError
+from grain.errors import GrainError, writing
 from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import latency_model
 from grain.models.backbone import load_task_model, name_labels
@@ -20,7 +20,7 @@ from grain.models.slicing import factorize_input_embeddings
 from grain.modules.student import StudentModule
 from grain.pruning.controller import PruningController
 from grain.stages.resume import RecordSettings, resume_settings
-from grain.stages.trainer import PeriodicCheckpoint, build_datamodule, build_trainer
+from grain.stages.trainer import PeriodicCheckpoint, build_datamodule, build_trainer, remove_stale_temporaries
 from grain.target import Target
 from grain.tasks.base import task_class
 from grain.tasks.evaluate import evaluate
@@ -113,6 +113,8 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
         every_n_steps=cfg.student.get("checkpoint_every_n_steps"),
         every_minutes=cfg.student.get("checkpoint_every_minutes"),
     )
+    if cfg.ckpt_path:  # the run it resumes may have been killed while saving: its leftovers go
+        remove_stale_temporaries(Path(str(cfg.ckpt_path)).expanduser().parent)
     callbacks = [checkpoints, RecordSettings(resume_settings(cfg))]
     trainer = build_trainer(cfg, cfg.student, run_dir / "student", logger, callbacks=callbacks)
     started = time.perf_counter()
@@ -136,10 +138,12 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
         summary.update(target_speedup=controller.target_speedup, predicted_speedup=controller.predicted_speedup(),
                        cost=controller.cost)
     if trainer.is_global_zero:
-        save_file({k: v.contiguous().cpu() for k, v in controller.masks().items()}, str(run_dir / "masks.safetensors"))
-        plot_structure(
-            {**structure, "head_dim": controller.shape.head_dim},
-            run_dir / "structure.png",
-            title=f"{cfg.task.name} {cfg.model.name} {Target.of(cfg)}, sparsity {summary['sparsity']:.3f}",
-        )
+        with writing(run_dir / "masks.safetensors"):
+            save_file({k: v.contiguous().cpu() for k, v in controller.masks().items()}, str(run_dir / "masks.safetensors"))
+        with writing(run_dir / "structure.png"):
+            plot_structure(
+                {**structure, "head_dim": controller.shape.head_dim},
+                run_dir / "structure.png",
+                title=f"{cfg.task.name} {cfg.model.name} {Target.of(cfg)}, sparsity {summary['sparsity']:.3f}",
+            )
     return PruneResult(student, controller, summary, datamodule)

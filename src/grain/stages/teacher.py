@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
-from grain.errors import GrainError
+from grain.errors import GrainError, writing
 from grain.models.backbone import load_task_model, name_labels
 from grain.modules.teacher import TeacherModule
 from grain.stages.trainer import build_datamodule, build_trainer, stage_steps
@@ -159,9 +159,10 @@ def save_teacher(model, tokenizer, cache_dir: Path, meta: dict) -> None:
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{cache_dir.name}.tmp-", dir=cache_dir.parent))
     try:
-        model.save_pretrained(tmp)  # safetensors
-        tokenizer.save_pretrained(tmp)
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        with writing(cache_dir):
+            model.save_pretrained(tmp)  # safetensors
+            tokenizer.save_pretrained(tmp)
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         try:
             os.rename(tmp, cache_dir)  # atomic; fails if cache_dir exists and is not empty
         except OSError:

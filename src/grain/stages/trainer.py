@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 import time
 import weakref
@@ -16,6 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from omegaconf import DictConfig
 
+from grain.errors import writing
 from grain.stopping import StopCallback
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,33 @@ def build_trainer(cfg: DictConfig, stage_cfg: DictConfig, run_dir: Path, logger,
     return pl.Trainer(**kwargs)
 
 
+STALE_TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp$")  # `.<file>.<pid>.tmp`, as PeriodicCheckpoint writes them
+
+
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporary files a killed save left in `directory` (`.<file>.<pid>.tmp` whose process is
+    gone: a kill during a checkpoint write leaves one as large as the checkpoint); returns them."""
+    removed = []
+    for path in sorted(Path(directory).glob(".*.tmp")):
+        match = STALE_TEMPORARY.match(path.name)
+        if match is None or int(match.group(1)) == os.getpid() or process_alive(int(match.group(1))):
+            continue
+        path.unlink(missing_ok=True)
+        removed.append(path)
+        log.info("removed %s, left by a save that was interrupted", path)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class PeriodicCheckpoint(ModelCheckpoint):
     """`checkpoints/last.ckpt`, rewritten every `every_n_steps` optimizer steps and/or every `every_minutes`
     minutes of training, and at the end of the stage; a resume from it continues the run exactly (the
@@ -191,19 +220,25 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and self.dirpath:
+            remove_stale_temporaries(Path(self.dirpath))
+
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         path = Path(filepath)
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        trainer.save_checkpoint(temporary, self.save_weights_only)  # every rank calls; rank 0 writes
-        if trainer.is_global_zero:
-            with open(temporary, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-            directory = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+        with writing(path):
+            trainer.save_checkpoint(temporary, self.save_weights_only)  # every rank calls; rank 0 writes
+            if trainer.is_global_zero:
+                with open(temporary, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.replace(temporary, path)
+                directory = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(directory)
+                finally:
+                    os.close(directory)
         trainer.strategy.barrier("PeriodicCheckpoint.replace")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = str(path)

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import datasets
 
+from grain.errors import writing
+
 
 def fingerprint(*parts: Any) -> str:
     """A 16-hex-digit key of `parts` (anything json can write, other objects by `str`)."""
@@ -48,7 +50,8 @@ def cached_dataset(cache_dir: Path | None, key: str, build: Callable[[], dataset
         return datasets.load_from_disk(str(target))
     dataset = build()
     tmp = target.with_name(f"{key}.tmp{os.getpid()}")
-    dataset.save_to_disk(str(tmp))
+    with writing(target):
+        dataset.save_to_disk(str(tmp))
     try:
         tmp.rename(target)
     except OSError:  # another process finished first
