@@ -5,12 +5,16 @@ predicts (no timing assertions)."""
 
 import random
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 from transformers import BertConfig
 
 import grain.measure.latency_model as lm
+from grain.errors import GrainError
 from grain.measure.latency_model import (
     LatencyModel,
     attention_configs,
@@ -206,7 +210,7 @@ def test_measured_model_is_cached_and_reused(tmp_path, monkeypatch):
     assert all(a <= b for column in zip(*model.head_ms[1:]) for a, b in zip(column, column[1:]))
     assert all(a <= b for a, b in zip(model.ffn_ms, model.ffn_ms[1:]))
     # the dense reference: the HF dense model timed by measure_latency (the median round, as the compact stage)
-    assert timed_dense and model.dense_latency_ms == statistics.median(timed_dense)
+    assert timed_dense and model.dense_latency_ms == statistics.median(timed_dense[-5:])  # its last measurement's rounds
     assert model.dense_ms() == model.dense_latency_ms
     again = latency_model(config, torch.device("cpu"), 2, 8, tmp_path, progress=lines.append)
     assert again == model and lines[-1].startswith("latency model from")
@@ -234,3 +238,53 @@ def test_readme_latency_model_command_runs_as_written(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "predicted ms" in out and "dense (measured)" in out
     assert str(tmp_path / "compact") in out and "random, sparsity 0.9" in out and "largest |error|" in out
+
+
+SMALL = dict(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+             max_position_embeddings=64)
+
+
+def test_a_busy_measurement_is_taken_again_then_refused_and_never_cached(tmp_path, monkeypatch):
+    """Timed while another process had half the cores (its CPU share 50%), a latency model was trusted and
+    cached; now it is measured again and, busy twice, refused in one line naming the share."""
+    monkeypatch.setattr(lm.CpuShare, "share", property(lambda self: 0.5))
+    lines = []
+    with pytest.raises(GrainError) as err:
+        latency_model(BertConfig(**SMALL), torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.005, progress=lines.append)
+    message = str(err.value)
+    assert "\n" not in message and "cannot be trusted: it had 50% of the CPU its threads asked for (bound 80%)" in message
+    assert "twice" in message and "--remeasure" in message
+    assert sum("measuring again" in line for line in lines) == 1
+    assert not list(tmp_path.glob("latency_models/*"))
+
+
+def test_a_busy_spell_in_the_first_measurement_is_measured_again_and_cached(tmp_path, monkeypatch):
+    real = lm.CpuShare.share.fget
+    reads = []
+
+    def busy_once(self):
+        reads.append(1)
+        return 0.5 if len(reads) == 1 else real(self)
+
+    monkeypatch.setattr(lm.CpuShare, "share", property(busy_once))
+    model = latency_model(BertConfig(**SMALL), torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.005, progress=print)
+    assert len(reads) == 2 and lm.measurement_problems(model) is None
+    m = model.measurement
+    assert m["cpu_share"] >= lm.SHARE_BOUND and m["spread"] <= lm.SPREAD_BOUND and m["fit_error"] <= lm.FIT_BOUND
+    assert m["on"].endswith("cpu (2 threads)") or "cpu" in m["on"]
+    assert LatencyModel.load(next(tmp_path.glob("latency_models/*.json"))).measurement == m
+
+
+BURNER = "import torch, time\ntorch.set_num_threads(2)\na = torch.randn(1500, 1500)\nwhile True:\n    a @ a\n"
+
+
+@pytest.mark.slow  # ~1 min: a latency model timed beside a process that saturates the cores
+def test_a_latency_model_measured_beside_a_cpu_burner_is_refused(tmp_path):
+    burner = subprocess.Popen([sys.executable, "-c", BURNER])
+    try:
+        time.sleep(2)
+        with pytest.raises(GrainError, match=r"cannot be trusted: it had \d+% of the CPU"):
+            latency_model(BertConfig(**SMALL), torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.005, progress=print)
+    finally:
+        burner.kill()
+    assert not list(tmp_path.glob("latency_models/*"))

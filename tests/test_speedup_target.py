@@ -7,7 +7,10 @@ import pytest
 
 from grain.config import validate_config, validate_target
 from grain.errors import GrainError
+from grain.measure.latency_model import cache_path, check_reachable
+from grain.pipeline import results_block, target_outcome
 from grain.pruning.controller import PruningController
+from grain.target import Target
 from tests.helpers.configs import compose_config
 from tests.helpers.latency import SHAPE, known_model
 from tests.helpers.pruning import seeded_scores
@@ -25,9 +28,9 @@ def test_targets_are_refused_in_one_line(overrides, message):
         validate_config(compose_config(overrides))
 
 
-def test_speedup_alone_and_with_latency_cost_validate():
-    validate_config(compose_config(["speedup=8"]))
-    validate_config(compose_config(["speedup=8", "pruner.cost=latency"]))
+def test_speedup_alone_and_with_latency_cost_validate(tmp_path):
+    validate_config(compose_config(["speedup=8"], tmp_path))
+    validate_config(compose_config(["speedup=8", "pruner.cost=latency"], tmp_path))
 
 
 @pytest.mark.parametrize("cost", ["params", "latency"])
@@ -89,6 +92,11 @@ def test_tiny_run_to_a_speed(tmp_path):
     assert path.parent.parent.name == "x1.5"
     summary = json.loads(path.read_text())
     assert (summary["speedup"], summary["sparsity"]) == (1.5, None)
+    # where the latency model was measured and how well it checked out; whether the target was met
+    measurement = summary["student"]["latency_model"]
+    assert {"cpu_share", "spread", "fit_error", "on", "at"} <= set(measurement) and measurement["fit_error"] <= 0.25
+    assert summary["target_measure"] == "compact.speedup" and summary["target_reached"] == summary["compact"]["speedup"]
+    assert summary["target_missed"] == (summary["compact"]["speedup"] < 0.9 * 1.5)
     card = (path.parent / "compact" / "README.md").read_text()
     assert "pruned with GRAIN to speedup 1.5x" in card and "target / achieved speedup | 1.5 /" in card
     assert "sparsity 0.9" not in card and "| 0.9 /" not in card  # the unused default sparsity nowhere
@@ -109,3 +117,51 @@ def test_the_target_names_the_run_dir_the_wandb_run_and_its_tag(tmp_path):
         assert cfg.logger.name.endswith(f"-{label}") and label in cfg.logger.tags
     with pytest.raises(GrainError, match=r"no target: give sparsity=<fraction> .* or speedup=<x>"):
         validate_target(compose_config(["~sparsity"], tmp_path))
+
+
+@pytest.mark.parametrize("cost", ["params", "latency"])
+def test_a_speed_target_never_prunes_the_model_to_nothing(cost):
+    """Asked for less than the fixed part (a poisoned latency model made 4x look so on model=tiny), the
+    pruner used to remove every head and FFN neuron; the most important VO unit and FFN neuron stay."""
+    model = known_model()
+    controller = PruningController(SHAPE, 0.0, score="grad", cost=cost, target_speedup=1.5, latency_model=model)
+    scores = seeded_scores(SHAPE)
+    for kind, score in scores.items():
+        getattr(controller, f"score_{kind}").copy_(score)
+    controller.prune_to_latency(0.5 * model.fixed_ms)  # below what any structure costs
+    masks = controller.masks()
+    assert int(masks["vo"].sum()) == 1 and int(masks["ffn"].sum()) == 1 and controller.structure()["heads_kept"] == 1
+    assert masks["vo"].flatten().argmax() == scores["vo"].flatten().argmax()
+    assert masks["ffn"].flatten().argmax() == scores["ffn"].flatten().argmax()
+
+
+def test_an_unreachable_speed_target_is_refused_from_the_latency_models_floor(tmp_path):
+    """speedup=1000 (beyond one head and one FFN neuron per layer) ran to a near-empty model without a
+    word; the floor's predicted speedup bounds what a target may ask, checked before training (at
+    validation when the device's latency model is cached)."""
+    model = known_model()
+    ceiling = model.dense_ms() / model.predict([[1], [1]], [[1], [1]], [1, 1])
+    assert model.max_speedup() == pytest.approx(ceiling)
+    check_reachable(model, 0.99 * ceiling)
+    with pytest.raises(GrainError, match=rf"speedup=1000 is beyond .* at most {ceiling:.1f}x, .* give speedup="):
+        check_reachable(model, 1000)
+
+    cfg = compose_config(["model=tiny", "speedup=1000", "compact.bench_batch=4", "compact.bench_seq_len=16"], tmp_path)
+    validate_config(cfg)  # no latency model cached yet: the prune stage measures and checks it
+    model.save(cache_path(tmp_path / "cache", model.key))  # known_model: model=tiny's shape, CPU, 4 x 16
+    with pytest.raises(GrainError, match="speedup=1000 is beyond"):
+        validate_config(cfg)
+
+
+def test_a_missed_target_is_said_in_the_summary_and_the_results_block():
+    """A run short of its target by more than 10% says so (target_missed), where it ended (target_reached)
+    and in which measure, in summary.json and the results block."""
+    speed = Target("speedup", 4.0)
+    summary = {"task": "sst2", "model": "tiny", "speedup": 4.0, "status": "completed",
+               "student": {"predicted_speedup": 4.02}, "compact": {"speedup": 2.91}}
+    summary.update(target_outcome(speed, summary))
+    assert (summary["target_missed"], summary["target_reached"], summary["target_measure"]) == (True, 2.91, "compact.speedup")
+    assert "MISSED: speedup 4.0 asked, 2.91 reached (compact.speedup, more than 10% short)" in results_block(summary)
+    assert target_outcome(speed, {"student": {"predicted_speedup": 3.7}})["target_missed"] is False  # within 10%
+    assert target_outcome(Target("sparsity", 0.9), {"student": {"sparsity": 0.8986}}) == {
+        "target_reached": 0.8986, "target_measure": "student.sparsity", "target_missed": False}

@@ -3,12 +3,16 @@ line that names the setting and the fix (GrainError)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from grain.architectures import find_architecture, supported_families
 from grain.checks import check_choice, check_count, check_range, is_int, show
 from grain.errors import GrainError
+from grain.measure.compare import bench_shapes, serving_device
+from grain.measure.latency_model import cached_latency_model, check_reachable
 from grain.models.probe import local_model_dir, model_config, model_family, read_model_config
 from grain.pruning.controller import COST_KINDS, SCORE_KINDS, UNIT_MODES
 from grain.pruning.ranking import BUDGET_MODES
@@ -67,7 +71,9 @@ def validate_config(cfg: DictConfig) -> Target:
         raise GrainError("stages has 'prune' without 'teacher': add the teacher stage or give teacher.path=...")
     validate_sizes(cfg)
     task.validate_settings(cfg)  # the settings only the task knows (sizes, counts)
-    validate_models(cfg)
+    config = validate_models(cfg)
+    if target.speedup is not None and config is not None:
+        check_cached_speed_target(cfg, config, target.speedup)
     check_checkpoint(cfg)
     task.check_data(cfg)  # the data this run reads (files, columns, labels), before anything trains
     return target
@@ -133,10 +139,21 @@ def validate_sizes(cfg: DictConfig) -> None:
         )
 
 
-def validate_models(cfg: DictConfig) -> None:
+def check_cached_speed_target(cfg: DictConfig, config: dict, speedup: float) -> None:
+    """A speedup target beyond the cached latency model's ceiling (of the backbone's `config`) is refused
+    here, before the teacher trains (without a cached model the prune stage measures one and checks it
+    before the student trains)."""
+    device = serving_device(cfg.trainer)
+    batch, seq_len = bench_shapes(cfg.compact, device)[0]
+    model = cached_latency_model(config, device, batch, seq_len, Path(cfg.paths.cache_dir))
+    if model is not None:
+        check_reachable(model, speedup)
+
+
+def validate_models(cfg: DictConfig) -> dict | None:
     """model.pretrained, model.tokenizer and teacher.path: existing, loadable, of a family grain can
     compact, with a word embedding wider than student.embedding_rank and long enough for the task's
-    max_length and the benchmark length."""
+    max_length and the benchmark length. Returns the backbone's config.json (None: only on the hub)."""
     config = model_config(cfg)
     tokenizer = str(cfg.model.tokenizer)
     if tokenizer not in ("random", str(cfg.model.pretrained)):
@@ -176,3 +193,4 @@ def validate_models(cfg: DictConfig) -> None:
                     f"{key}={value} is longer than model={cfg.model.name} can read ({limit} positions); "
                     f"give at most {key}={limit}"
                 )
+    return config

@@ -50,6 +50,25 @@ def significant(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, (int, float)) else "n/a"
 
 
+# A target missed by more than this fraction is flagged (`target_missed`, the results block, a warning).
+MISS_TOLERANCE = 0.10
+
+
+def target_outcome(target: Target, summary: dict) -> dict:
+    """Where the run got in its target's measure: `target_reached` (the compact model's measured speedup,
+    else the predicted one; or the student's sparsity), `target_measure` (which of them) and
+    `target_missed` (short of the target by more than MISS_TOLERANCE of it)."""
+    student, compact = summary.get("student") or {}, summary.get("compact") or {}
+    if target.speedup is not None:
+        measure = "compact.speedup" if compact.get("speedup") is not None else "student.predicted_speedup"
+    else:
+        measure = "student.sparsity"
+    section, key = measure.split(".")
+    reached = (summary.get(section) or {}).get(key)
+    missed = reached is not None and reached < (1 - MISS_TOLERANCE) * target.value
+    return {"target_reached": reached, "target_measure": measure, "target_missed": bool(missed)}
+
+
 def run_status(err: BaseException) -> str:
     """`stopped` for a run a signal or Ctrl-C ended (Lightning exits those with SystemExit), else `failed`."""
     return "stopped" if isinstance(err, (RunStopped, KeyboardInterrupt, SystemExit)) else "failed"
@@ -132,6 +151,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, target: Target) -> dict:
                 summary["compact"] = run_compact_stage(cfg, tokenizer, pruned, teacher.model, summary, run_dir)
                 check_stop()
                 summary["timing"]["compact_seconds"] = time.perf_counter() - stage_start
+        summary.update(target_outcome(target, summary))
+        if summary["target_missed"]:
+            log.warning("target %s missed: reached %s (%s)", target, significant(summary["target_reached"]),
+                        summary["target_measure"])
         summary["status"] = "completed"
         if logger is not None:
             logger.log_metrics(flat_metrics(summary))
@@ -178,6 +201,11 @@ def results_block(summary: dict) -> str:
             f"  student  {metric} {value(student.get('metric'))}   sparsity {value(student.get('sparsity'))}, "
             f"predicted speedup {value(student.get('predicted_speedup'), '.2f')}x (target {summary['speedup']}x, "
             f"cost {student.get('cost')}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
+        )
+    if summary.get("target_missed"):
+        lines.append(
+            f"  target   MISSED: {target} asked, {value(summary.get('target_reached'), '.3g')} reached "
+            f"({summary.get('target_measure')}, more than {MISS_TOLERANCE:.0%} short)"
         )
     compact = summary.get("compact") or {}
     if compact:

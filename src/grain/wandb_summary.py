@@ -31,7 +31,10 @@ SCALARS = {
     ),
     "timing": ("teacher_seconds", "prune_seconds", "compact_seconds", "total_seconds"),
 }
-TOP_LEVEL = ("task", "model", "pruner", "distillation", "metric_name", "sparsity", "status", "eval_split")
+TOP_LEVEL = (
+    "task", "model", "pruner", "distillation", "metric_name", "sparsity", "speedup", "status", "eval_split",
+    "target_reached", "target_missed",
+)
 
 
 def is_scalar(value) -> bool:

@@ -65,9 +65,11 @@ models (`--compact DIR ...`), timed interleaved in one process.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import json
 import os
+import platform
 import random
 import statistics
 import time
@@ -79,7 +81,7 @@ import torch
 from torch.utils import benchmark
 from transformers import AutoModelForSequenceClassification
 
-from grain.errors import writing
+from grain.errors import GrainError, writing
 from grain.measure.compare import device_name, serving_defaults
 from grain.measure.latency import measure_latency, retain_freed_memory
 from grain.models.compact.bert import GrainBertConfig, GrainBertForSequenceClassification, GrainLayer
@@ -87,7 +89,18 @@ from grain.models.compact.kernels import KeyMask, PaddedLayout, plan_head_groups
 from grain.models.masks import EncoderShape, KeptStructure
 from grain.models.slicing import compact_from_masked
 
-MODEL_VERSION = 3  # in the cache key: older models (1: additive heads, no dense measurement; 2: an earlier fit) are re-measured
+# In the cache key: older models are measured again (1: additive heads, no dense measurement; 2: an earlier
+# fit; 3: no self-check).
+MODEL_VERSION = 4
+# The self-check of a measurement (`measurement_problems`): on CPU the process had at least SHARE_BOUND of
+# the CPU time its threads asked for while timing (another process on the cores halves it); the whole
+# models' repeat rounds agree within SPREAD_BOUND of their median (the inner rounds: one odd round is
+# dropped by the median anyway); each whole compact model's time is predicted within FIT_BOUND of the
+# dense model's time. Tiny models at tiny shapes (sub-millisecond parts) vary up to about half the
+# bounds on an idle machine here (docs/measurements.md).
+SHARE_BOUND = 0.8
+SPREAD_BOUND = 0.5
+FIT_BOUND = 0.25
 
 
 @dataclass
@@ -108,6 +121,8 @@ class LatencyModel:
     plan: str = "grouped"         # the device's kernel plan: "grouped" (CPU) or "padded" (GPU)
     dense_latency_ms: float | None = None  # the dense HF model as the compact stage measures it
     vo_widths: list[int] | None = None     # table columns: the VO widths measured (None: head_widths[1:])
+    # how far to trust it (`Measurement`): the whole models' round spread, the fit error, where and when
+    measurement: dict | None = None
 
     def __post_init__(self):
         if self.vo_widths is None:
@@ -168,6 +183,16 @@ class LatencyModel:
         heads, d = k["num_heads"], k["hidden_size"] // k["num_heads"]
         layers = k["num_layers"]
         return self.predict([[d] * heads] * layers, [[d] * heads] * layers, [k["intermediate_size"]] * layers)
+
+    def floor_ms(self) -> float:
+        """Predicted ms of the least compact model pruning leaves: one head (QK 1, VO 1) and one FFN neuron
+        per layer (embeddings, LayerNorms, residual adds and the task head do not shrink)."""
+        layers = self.key["num_layers"]
+        return self.predict([[1]] * layers, [[1]] * layers, [1] * layers)
+
+    def max_speedup(self) -> float:
+        """The speedup over the dense model no pruning gets past on this device and shape: dense / floor."""
+        return self.dense_ms() / self.floor_ms()
 
     def dense_ms(self) -> float:
         """ms of the dense model as the compact stage measures it (its `compact.dense_latency_ms`), the
@@ -386,6 +411,35 @@ def interleaved_ms(parts: dict, rounds: int, min_run_time: float, device: torch.
     return {name: statistics.median(values) for name, values in rounds_ms.items()}
 
 
+def spread(values: list[float]) -> float:
+    """How far repeat rounds disagree, relative to their median: the second largest less the second least
+    (from 4 rounds on; the largest less the least before), so that one odd round does not count."""
+    ordered = sorted(values)
+    low, high = (ordered[1], ordered[-2]) if len(ordered) >= 4 else (ordered[0], ordered[-1])
+    return (high - low) / max(statistics.median(ordered), 1e-9)
+
+
+class CpuShare:
+    """The CPU time a process used while timing, over the wall time x its threads (`share`): about 1 when
+    its threads had the cores to themselves, 0.5 when another process took half of them."""
+
+    def __init__(self):
+        self.cpu = self.wall = 0.0
+
+    @contextlib.contextmanager
+    def counting(self):
+        cpu, wall = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.cpu += time.process_time() - cpu
+            self.wall += time.perf_counter() - wall
+
+    @property
+    def share(self) -> float:
+        return self.cpu / max(self.wall * torch.get_num_threads(), 1e-9)
+
+
 def dense_model(hf_config, device: torch.device, dtype: torch.dtype):
     """The dense model the compact stage compares against, built from the config (weights do not
     change its time): a sequence classifier of the config's family, in the serving dtype, eval mode."""
@@ -432,7 +486,9 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     parts = {("attention", i): attention(qk, vo) for i, (qk, vo) in enumerate(configs)}
     parts["attention_empty"] = attention([], [])
     parts.update({("ffn", w): ffn(w) for w in model.ffn_widths})
-    timed = interleaved_ms(parts, rounds, min_run_time, device)
+    cpu = CpuShare()
+    with cpu.counting():
+        timed = interleaved_ms(parts, rounds, min_run_time, device)
     del parts
     attention_ms = [timed[("attention", i)] for i in range(len(configs))]
     fitted_group_ms = fit_attention(model, configs, attention_ms)
@@ -464,15 +520,59 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     for name, m in whole.items():
         if name not in layers_ms and name != "dense":
             layers_ms[name] = model.predict(m.config.qk_dims, m.config.vo_dims, m.config.ffn_dims)  # fixed is 0 yet
-    timed = interleaved_models_ms(whole, batch, seq_len, rounds, min_run_time * 10, {"dense": min_run_time * 30})
+    with cpu.counting():
+        rounds_ms = interleaved_models_ms(whole, batch, seq_len, rounds, min_run_time * 10, {"dense": min_run_time * 30},
+                                          statistic=list)
+    timed = {name: statistics.median(values) for name, values in rounds_ms.items()}
     estimates = {name: timed[name] - layers_ms[name] for name in layers_ms}
     model.fixed_ms = statistics.median(estimates.values())
     model.dense_latency_ms = timed["dense"]
+    # each whole compact model's miss, relative to the dense model's time (the denominator of predicted
+    # speedups: a sub-millisecond model's own time is too noisy a yardstick)
+    misses = {name: abs(model.fixed_ms + layers_ms[name] - timed[name]) / timed["dense"] for name in layers_ms}
+    model.measurement = {
+        "cpu_share": round(cpu.share, 3) if device.type == "cpu" else None,  # host time means nothing on a GPU
+        "cpu_share_bound": SHARE_BOUND,
+        "spread": max(spread(values) for values in rounds_ms.values()),
+        "spread_bound": SPREAD_BOUND,
+        "fit_error": max(misses.values()),
+        "fit_bound": FIT_BOUND,
+        "on": f"{platform.node()}, {device_name(device)}",
+        "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     progress(f"  fixed {model.fixed_ms:.2f} ms (the median of whole compact models less their sub-layers: "
              + ", ".join(f"{name} {ms:.2f}" for name, ms in estimates.items()) + ")")
     progress(f"  dense model (measured) {model.dense_latency_ms:.1f} ms, its compact form (predicted) "
-             f"{model.compact_dense_ms():.1f} ms; measured in {time.perf_counter() - started:.0f} s")
+             f"{model.compact_dense_ms():.1f} ms; measured in {model.measurement['seconds']:.0f} s; "
+             f"self-check: {measurement_summary(model)}")
     return model
+
+
+def measurement_problems(model: LatencyModel) -> str | None:
+    """What makes a measured model untrustworthy, in words (None: it passed its self-check): whole models'
+    repeat rounds disagreeing beyond SPREAD_BOUND, or the parts missing whole models beyond FIT_BOUND
+    (a busy machine: another process, a shared GPU, thermal throttling)."""
+    m = model.measurement or {}
+    problems = []
+    if m.get("cpu_share") is not None and m["cpu_share"] < SHARE_BOUND:
+        problems.append(f"it had {m['cpu_share']:.0%} of the CPU its threads asked for (bound {SHARE_BOUND:.0%})")
+    if m.get("spread", 0.0) > SPREAD_BOUND:
+        problems.append(f"whole models timed in repeat rounds differ by {m['spread']:.0%} (bound {SPREAD_BOUND:.0%})")
+    if m.get("fit_error", 0.0) > FIT_BOUND:
+        problems.append(f"its parts miss whole models by {m['fit_error']:.0%} of the dense model's time "
+                        f"(bound {FIT_BOUND:.0%})")
+    return " and ".join(problems) or None
+
+
+def measurement_summary(model: LatencyModel) -> str:
+    """The self-check's numbers in words, e.g. `CPU share 99%, repeat rounds within 12%, whole models
+    predicted within 6%` (each with its bound)."""
+    m = model.measurement or {}
+    parts = [] if m.get("cpu_share") is None else [f"CPU share {m['cpu_share']:.0%} (bound {SHARE_BOUND:.0%})"]
+    parts.append(f"repeat rounds within {m.get('spread', float('nan')):.0%} (bound {SPREAD_BOUND:.0%})")
+    parts.append(f"whole models predicted within {m.get('fit_error', float('nan')):.0%} (bound {FIT_BOUND:.0%})")
+    return ", ".join(parts)
 
 
 def calibration_models(hf_config, shape: EncoderShape, device, dtype, sparsities=(0.9, 0.95, 0.97)) -> dict:
@@ -518,10 +618,34 @@ def monotone_2d(table: list[list[float]]) -> list[list[float]]:
     return [list(row) for row in zip(*columns)]
 
 
+def check_reachable(model: LatencyModel, speedup: float) -> None:
+    """Refuse (GrainError) a speedup target no pruning reaches on this device and shape: above the
+    model's `max_speedup`, pruning would run on to an empty model and still miss it."""
+    ceiling = model.max_speedup()
+    if speedup > ceiling:
+        raise GrainError(
+            f"speedup={speedup:g} is beyond what pruning reaches on {model.key['device']} at {model.key['batch']} x "
+            f"{model.key['seq_len']}: the latency model predicts at most {ceiling:.1f}x, for one head (QK 1, VO 1) and "
+            f"one FFN neuron per layer (embeddings, LayerNorms and the task head do not shrink); give speedup="
+            f"{0.9 * ceiling:.1f} or less, or a sparsity"
+        )
+
+
+def cached_latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path) -> LatencyModel | None:
+    """The cached latency model of `hf_config` (an HF config object or config.json dict) at this device and
+    shape, or None where none is cached (nothing is measured)."""
+    model_type = hf_config.get("model_type", "bert") if isinstance(hf_config, dict) else getattr(hf_config, "model_type", "bert")
+    key = model_key(EncoderShape.of(hf_config), device, serving_defaults(device)[0], batch, seq_len, model_type)
+    path = cache_path(cache_dir, key)
+    return LatencyModel.load(path) if path.exists() else None
+
+
 def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path,
                   min_run_time: float = 0.1, progress=print, rounds: int = 5) -> LatencyModel:
     """The cached model for this device, dtype, torch version, model family, shape, batch and
-    length; measured once (the time it took is printed, docs/measurements.md)."""
+    length; measured once (the time it took is printed, docs/measurements.md). A measurement that fails
+    its self-check (`measurement_problems`) is taken again; failing twice, it raises GrainError naming
+    the spread and is not cached."""
     shape = EncoderShape.of(hf_config)
     key = model_key(shape, device, serving_defaults(device)[0], batch, seq_len, getattr(hf_config, "model_type", "bert"))
     path = cache_path(cache_dir, key)
@@ -529,6 +653,17 @@ def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cac
         progress(f"latency model from {path}")
         return LatencyModel.load(path)
     model = measure_model(hf_config, device, batch, seq_len, min_run_time, progress, rounds)
+    problems = measurement_problems(model)
+    if problems:  # a busy spell: once more
+        progress(f"latency model: {problems}; measuring again")
+        model = measure_model(hf_config, device, batch, seq_len, min_run_time, progress, rounds)
+        problems = measurement_problems(model)
+    if problems:
+        raise GrainError(
+            f"the latency model measured on {device_name(device)} cannot be trusted: {problems}, twice; the machine is "
+            f"busy (other processes, a shared device): measure it when it is idle (python -m grain.bench.latency_model "
+            f"--remeasure) or prune to a sparsity instead of a speedup"
+        )
     model.save(path)
     progress(f"latency model saved to {path}")
     return model

@@ -279,6 +279,7 @@ class PruningController(nn.Module):
         masks, model = self.masks(), self.latency_model
         if self.cost == "latency":
             prune_to_latency(self._ranking_scores(), masks, self.shape, model, target_ms)
+            self._keep_one_head_and_neuron(masks)
             return
         lo, hi, best = 0.0, 1.0 - 1e-6, None
         for _ in range(20):
@@ -294,6 +295,17 @@ class PruningController(nn.Module):
             self._select_by_params(hi, best)
         for kind, mask in masks.items():
             mask.copy_(best[kind])
+        self._keep_one_head_and_neuron(masks)
+
+    def _keep_one_head_and_neuron(self, masks: dict[str, torch.Tensor]) -> None:
+        """A speed target never prunes the model to nothing: where no VO unit (no head) or no FFN neuron is
+        left in the whole model, its most important one comes back (a target that asks for less than one
+        head and one FFN neuron per layer is refused before training: `LatencyModel.max_speedup`).
+        Reads the masks on the host: a pruning step, rare."""
+        scores = self._ranking_scores()
+        for kind in ("vo", "ffn"):
+            if not bool(masks[kind].any()):
+                masks[kind].view(-1)[scores[kind].flatten().argmax()] = 1.0
 
     def predicted_speedup(self) -> float | None:
         """Measured dense latency (`dense_ms()`) / predicted compact latency of the current masks: what

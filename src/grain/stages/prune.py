@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from grain.errors import GrainError, writing
 from grain.measure.compare import bench_shapes, serving_device
-from grain.measure.latency_model import latency_model
+from grain.measure.latency_model import check_reachable, latency_model
 from grain.models.backbone import load_task_model, name_labels
 from grain.models.masks import EncoderShape
 from grain.models.slicing import factorize_input_embeddings
@@ -44,7 +44,9 @@ def build_latency_model(cfg: DictConfig, student):
         return None
     device = serving_device(cfg.trainer)
     batch, seq_len = bench_shapes(cfg.compact, device)[0]
-    return latency_model(student.config, device, batch, seq_len, Path(cfg.paths.cache_dir), progress=log.info)
+    model = latency_model(student.config, device, batch, seq_len, Path(cfg.paths.cache_dir), progress=log.info)
+    check_reachable(model, Target.of(cfg).speedup)  # before the student trains
+    return model
 
 
 def build_controller(cfg: DictConfig, student) -> PruningController:
@@ -136,7 +138,7 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
     }
     if controller.latency_model is not None:
         summary.update(target_speedup=controller.target_speedup, predicted_speedup=controller.predicted_speedup(),
-                       cost=controller.cost)
+                       cost=controller.cost, latency_model=controller.latency_model.measurement)
     if trainer.is_global_zero:
         with writing(run_dir / "masks.safetensors"):
             save_file({k: v.contiguous().cpu() for k, v in controller.masks().items()}, str(run_dir / "masks.safetensors"))
