@@ -240,6 +240,49 @@ def test_an_interrupted_save_leaves_the_previous_last_ckpt(tmp_path, monkeypatch
     assert torch.load(last, weights_only=True)["global_step"] == 1
 
 
+TEACHER_RUN = ["task=sst2", "model=tiny", "logger=none", "stages=[teacher]", "teacher.epochs=3", "teacher.batch_size=8",
+               "teacher.checkpoint_every_n_steps=2"]
+
+
+@pytest.mark.slow  # ~1 min: three tiny teacher fine-tunings, one killed with SIGKILL
+def test_kill_9_in_the_teacher_stage_then_the_same_run_resumes_to_the_uninterrupted_teacher(tmp_path):
+    """A teacher fine-tuning killed with SIGKILL (no handler runs) leaves its last checkpoint beside the
+    teacher cache; the same command again resumes from it and caches the uninterrupted run's weights."""
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    done = start_grain(TEACHER_RUN, whole, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert done.wait(timeout=300) == 0, done.stderr.read()[-3000:]
+    [want] = whole.glob(".cache/grain/teachers/*/model.safetensors")
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    proc = start_grain(TEACHER_RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            found = list(killed.glob(".cache/grain/teachers/*.partial/last.ckpt"))
+            if found and torch.load(found[0], weights_only=True, map_location="cpu")["global_step"] >= 10:
+                break  # mid second epoch (8 steps an epoch, 24 in all)
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline, "no teacher checkpoint past step 10"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert not list(killed.glob(".cache/grain/teachers/*/model.safetensors")), "killed before the teacher was cached"
+
+    again = start_grain(TEACHER_RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert again.wait(timeout=300) == 0, again.stderr.read()[-3000:]
+    [got] = killed.glob(".cache/grain/teachers/*/model.safetensors")
+    assert not list(killed.glob(".cache/grain/teachers/*.partial"))
+    want_weights, got_weights = load_file(str(want)), load_file(str(got))
+    assert want_weights.keys() == got_weights.keys()
+    assert all(torch.equal(want_weights[k], got_weights[k]) for k in want_weights)
+    log = next(p for p in killed.glob("outputs/**/run.log") if "resuming its fine-tuning" in p.read_text())
+    assert "Restored all states from the checkpoint" in log.read_text()
+
+
 def test_a_killed_saves_temporary_file_goes_at_the_next_start(tmp_path):
     """A kill during a checkpoint write leaves `.last.ckpt.<pid>.tmp` (as large as the checkpoint) beside
     last.ckpt: the next start of that checkpoint directory deletes it, and only temporaries whose

@@ -79,3 +79,21 @@ def test_a_requeued_job_resumes_in_its_run_dir_from_the_requeue_checkpoint(tmp_p
     assert summary["status"] == "completed"
     assert abs(summary["student"]["sparsity"] - 0.9) < 0.02
     assert f"Restored all states from the checkpoint at {checkpoint}" in (run_dir / "run.log").read_text()
+
+
+def test_a_requeued_teacher_stage_resumes_from_the_requeue_checkpoint(tmp_path, monkeypatch):
+    """Under SLURM the teacher stage leaves the choice to Lightning (its newest hpc_ckpt_<n>.ckpt, saved on
+    the requeue signal in the run's teacher dir) over the periodic checkpoint beside the teacher cache;
+    elsewhere, or before any requeue, it resumes from that periodic checkpoint."""
+    from grain.stages.teacher import resume_from
+
+    run_dir, partial = tmp_path / "slurm-4242", tmp_path / "cache" / "teachers" / "sst2-tiny-key.partial"
+    partial.mkdir(parents=True)
+    (partial / "last.ckpt").write_bytes(b"periodic")
+    assert resume_from(run_dir, partial) == str(partial / "last.ckpt")
+    for name, value in slurm_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    assert resume_from(run_dir, partial) == str(partial / "last.ckpt")  # no requeue yet
+    (run_dir / "teacher").mkdir(parents=True)
+    (run_dir / "teacher" / "hpc_ckpt_1.ckpt").write_bytes(b"requeue")
+    assert resume_from(run_dir, partial) is None  # Lightning takes hpc_ckpt_1 (ckpt_path=None under SLURM)

@@ -2,12 +2,15 @@
 
 import json
 import threading
+from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
 from grain.errors import GrainError
 from grain.models.backbone import load_task_model
+from grain.stages import teacher as stages_teacher
 from grain.stages.teacher import META_FILE, run_teacher_stage, save_teacher, teacher_cache_dir
 from grain.stages.trainer import build_datamodule
 from grain.tasks.evaluate import evaluate
@@ -87,3 +90,60 @@ def test_a_damaged_cached_teacher_is_named_with_the_fix(damage, tmp_path, tokeni
         run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)
     message = str(err.value)
     assert str(cache_dir) in message and "rm -r" in message and "\n" not in message
+
+
+class StopAt(pl.Callback):
+    """Stands for a kill: an error at the start of optimizer step `step` (after the checkpoints before it)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("killed")
+
+
+def teacher_weights(result) -> dict:
+    return {name: value.detach().clone() for name, value in result.model.state_dict().items()}
+
+
+def test_a_killed_teachers_fine_tuning_resumes_from_its_checkpoint_to_the_same_weights(tmp_path, tokenizer,
+                                                                                       monkeypatch):
+    """The teacher stage checkpoints its fine-tuning (every 2 steps here) beside its cache entry; a run with the
+    same settings after a kill resumes there (data position, optimizer, schedule, dropout) and ends with the
+    uninterrupted run's weights, then caches the teacher and drops the checkpoint."""
+    settings = ["trainer.max_steps=-1", "teacher.max_steps=12", "teacher.epochs=3", "teacher.batch_size=8",
+                "teacher.checkpoint_every_n_steps=2"]
+    whole = run_teacher_stage(teacher_cfg(tmp_path / "whole", *settings), tokenizer, tmp_path / "whole" / "run", None)
+
+    cfg = teacher_cfg(tmp_path / "killed", *settings)
+    real_build = stages_teacher.build_trainer
+    monkeypatch.setattr(stages_teacher, "build_trainer",
+                        lambda *args, callbacks=(), **kwargs: real_build(*args, callbacks=[*callbacks, StopAt(11)], **kwargs))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_teacher_stage(cfg, tokenizer, tmp_path / "killed" / "run1", None)
+    monkeypatch.setattr(stages_teacher, "build_trainer", real_build)
+    partial = next((tmp_path / "killed").glob("cache/teachers/*.partial"))
+    assert torch.load(partial / "last.ckpt", weights_only=True, map_location="cpu")["global_step"] == 10  # in the second epoch
+
+    resumed = run_teacher_stage(cfg, tokenizer, tmp_path / "killed" / "run2", None)  # the same settings, a new run
+    assert not resumed.cached and not partial.exists() and Path(resumed.path).name == partial.name[: -len(".partial")]
+    expected, got = teacher_weights(whole), teacher_weights(resumed)
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert resumed.metrics == whole.metrics
+
+
+def test_another_model_saved_at_the_same_path_is_another_teacher(tmp_path, tokenizer, tiny_bert):
+    """The teacher cache is keyed by the backbone's content: a model saved over the first at the same path
+    fine-tunes (and caches) its own teacher instead of reusing the first one's."""
+    backbone = tmp_path / "backbone"
+    tiny_bert.save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    cfg = teacher_cfg(tmp_path, "model=bert-base", f"model.pretrained={backbone}", f"model.tokenizer={backbone}")
+    datamodule = build_datamodule(cfg, tokenizer, 8, None)
+    first = teacher_cache_dir(cfg, datamodule)
+    assert teacher_cache_dir(cfg, datamodule) == first  # the same content, the same teacher
+    with torch.no_grad():
+        tiny_bert.classifier.weight.add_(1.0)
+    tiny_bert.save_pretrained(backbone)
+    assert teacher_cache_dir(cfg, datamodule) != first

@@ -93,10 +93,11 @@ def validate_sizes(cfg: DictConfig) -> None:
         check_range(cfg, f"{stage}.warmup_ratio", 0.0, 1.0, f"{stage}.warmup_ratio=0.1", high_open=True)
     if cfg.student.get("max_grad_norm") is not None:
         check_range(cfg, "student.max_grad_norm", 0.0, float("inf"), "student.max_grad_norm=1.0", low_open=True)
-    check_count(cfg, "student.checkpoint_every_n_steps", "student.checkpoint_every_n_steps=200", null="off")
-    if cfg.student.get("checkpoint_every_minutes") is not None:
-        check_range(cfg, "student.checkpoint_every_minutes", 0.0, float("inf"), "student.checkpoint_every_minutes=30",
-                    low_open=True)
+    for stage in ("teacher", "student"):
+        check_count(cfg, f"{stage}.checkpoint_every_n_steps", f"{stage}.checkpoint_every_n_steps=200", null="off")
+        if cfg[stage].get("checkpoint_every_minutes") is not None:
+            check_range(cfg, f"{stage}.checkpoint_every_minutes", 0.0, float("inf"),
+                        f"{stage}.checkpoint_every_minutes=30", low_open=True)
     check_count(cfg, "trainer.max_steps", "trainer.max_steps=5", null="no cap", unlimited="no cap")
     check_count(cfg, "trainer.log_every_n_steps", "trainer.log_every_n_steps=10")
     check_count(cfg, "trainer.num_workers", "trainer.num_workers=0", minimum=0)

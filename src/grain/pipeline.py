@@ -58,9 +58,9 @@ def target_outcome(target: Target, summary: dict) -> dict:
     """Where the run got in its target's measure: `target_reached` (the compact model's measured speedup,
     else the predicted one; or the student's sparsity), `target_measure` (which of them) and
     `target_missed` (short of the target by more than MISS_TOLERANCE of it)."""
-    student, compact = summary.get("student") or {}, summary.get("compact") or {}
     if target.speedup is not None:
-        measure = "compact.speedup" if compact.get("speedup") is not None else "student.predicted_speedup"
+        measured = (summary.get("compact") or {}).get("speedup") is not None
+        measure = "compact.speedup" if measured else "student.predicted_speedup"
     else:
         measure = "student.sparsity"
     section, key = measure.split(".")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -12,18 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig
 
 from grain.errors import GrainError, writing
-from grain.models.backbone import load_task_model, name_labels
+from grain.models.backbone import load_task_model, name_labels, resolve_pretrained
+from grain.models.probe import WEIGHT_FILES
 from grain.modules.teacher import TeacherModule
-from grain.stages.trainer import build_datamodule, build_trainer, stage_steps
-from grain.tasks.cache import fingerprint
+from grain.stages.trainer import PeriodicCheckpoint, build_datamodule, build_trainer, stage_steps
+from grain.tasks.cache import file_signature, fingerprint
 from grain.tasks.evaluate import evaluate
 
 META_FILE = "grain_teacher.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,19 +39,51 @@ class TeacherResult:
     cached: bool
 
 
+# Teacher settings that do not change the fine-tuned weights: left out of the cache key.
+KEY_FREE_SETTINGS = ("checkpoint_every_n_steps", "checkpoint_every_minutes")
+
+
 def teacher_cache_dir(cfg: DictConfig, datamodule) -> Path:
-    """Cache key: everything that changes the fine-tuned weights (model, task data, settings, seed)."""
+    """Cache key: everything that changes the fine-tuned weights (the backbone's content, not only its
+    name or path; task data; settings; seed)."""
+    teacher = {k: v for k, v in OmegaConf.to_container(cfg.teacher, resolve=True).items() if k not in KEY_FREE_SETTINGS}
     key = fingerprint(
         cfg.model.pretrained,
+        backbone_signature(str(cfg.model.pretrained)),
         OmegaConf.to_container(cfg.model, resolve=True),
         OmegaConf.to_container(cfg.task.datamodule, resolve=True),
         datamodule.source_signature("train"),
-        OmegaConf.to_container(cfg.teacher, resolve=True),
+        teacher,
         stage_steps(cfg.teacher, cfg.trainer),
         cfg.trainer.precision,
         cfg.seed,
     )
     return Path(cfg.paths.cache_dir) / "teachers" / f"{cfg.task.name}-{cfg.model.name}-{key}"
+
+
+def backbone_signature(pretrained: str) -> list:
+    """What identifies a backbone's weights: the content hashes of a local model directory's config and
+    weight files (another model saved at the same path is another teacher), or [] for a hub name or a
+    random model (a hub name identifies its weights)."""
+    directory = Path(resolve_pretrained(pretrained)).expanduser() if pretrained != "random" else None
+    if directory is None or not (directory / "config.json").is_file():
+        return []
+    files = [directory / "config.json", *(f for pattern in WEIGHT_FILES for f in sorted(directory.glob(pattern)))]
+    return [file_signature(f) for f in files]
+
+
+def partial_dir(cache_dir: Path) -> Path:
+    """Where a teacher's fine-tuning keeps its checkpoint until it is cached (beside its cache dir)."""
+    return cache_dir.with_name(cache_dir.name + ".partial")
+
+
+def resume_from(run_dir: Path, partial: Path) -> str | None:
+    """The checkpoint a teacher's fine-tuning resumes from: none under SLURM when a requeue saved one in
+    the run's stage dir (Lightning resumes from it, the newest), else the partial dir's last.ckpt."""
+    if SLURMEnvironment.detect() and any((run_dir / "teacher").glob("hpc_ckpt_*.ckpt")):
+        return None
+    last = partial / "last.ckpt"
+    return str(last) if last.is_file() else None
 
 
 def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> TeacherResult:
@@ -76,13 +112,23 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
 
     model = load_task_model(cfg.model, head, num_labels)
     name_labels(model, labels)  # the cached teacher and the models made from it carry the task's names
-    module = TeacherModule(model, cfg.teacher.lr, cfg.teacher.weight_decay, cfg.teacher.warmup_ratio)
-    trainer = build_trainer(cfg, cfg.teacher, run_dir / "teacher", logger)
+    module = TeacherModule(model, cfg.teacher.lr, cfg.teacher.weight_decay, cfg.teacher.warmup_ratio, seed=cfg.seed)
+    partial = partial_dir(cache_dir)
+    checkpoints = PeriodicCheckpoint(
+        partial, every_n_steps=cfg.teacher.get("checkpoint_every_n_steps"),
+        every_minutes=cfg.teacher.get("checkpoint_every_minutes"),
+    )
+    trainer = build_trainer(cfg, cfg.teacher, run_dir / "teacher", logger, callbacks=[checkpoints])
+    ckpt_path = resume_from(run_dir, partial)
+    if ckpt_path:
+        log.info("teacher: resuming its fine-tuning from %s", ckpt_path)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
     metrics = evaluate(model, datamodule, "teacher")
     save_teacher(model, tokenizer, cache_dir, {"metrics": metrics, "train_seconds": train_seconds})
+    if trainer.is_global_zero:
+        shutil.rmtree(partial, ignore_errors=True)  # cached now: its checkpoint has done its job
     return TeacherResult(model, str(cache_dir), metrics, train_seconds, cached=False)
 
 
