@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grain.architectures import find_architecture, supported_families
 from grain.checks import check_choice, check_count, check_range, is_int, show
+from grain.conf import CONFIG_DIR
 from grain.errors import GrainError
 from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import cached_latency_model, check_reachable
@@ -22,6 +23,16 @@ from grain.target import Target
 from grain.tasks.base import task_class
 
 STAGES = ("teacher", "prune", "compact")
+# The Lightning Trainer settings grain passes on (conf/trainer/cpu.yaml; gpu.yaml and ddp.yaml change values)
+TRAINER_SETTINGS = tuple(OmegaConf.load(CONFIG_DIR / "trainer" / "cpu.yaml"))
+# Lightning Trainer options people reach for, and what grain has instead
+TRAINER_HINTS = {
+    "accumulate_grad_batches": "grain does not accumulate gradients (the student's pruning schedule and "
+                               "checkpoints count optimizer steps); raise teacher.batch_size / student.batch_size",
+    "gradient_clip_val": "student.max_grad_norm clips the student's gradients",
+    "max_epochs": "set teacher.epochs / student.epochs",
+    "val_check_interval": "grain validates at the end of each epoch",
+}
 STUDENT_INITS = ("pretrained", "teacher")
 
 
@@ -79,8 +90,21 @@ def validate_config(cfg: DictConfig) -> Target:
     return target
 
 
+def unknown_trainer_setting(key: str, given: str | None = None) -> GrainError:
+    """The error for a Lightning option grain does not pass on (`given`: as the user wrote it)."""
+    hint = TRAINER_HINTS.get(key.removeprefix("trainer."), "")
+    known = ", ".join(f"trainer.{name}" for name in TRAINER_SETTINGS)
+    return GrainError(
+        f"{given or key} is not a setting grain passes to Lightning" + (f": {hint}" if hint else "")
+        + f" (the trainer settings: {known})"
+    )
+
+
 def validate_sizes(cfg: DictConfig) -> None:
     """Counts, sizes and rates: each a one-line error naming the setting, before anything trains."""
+    unknown = [key for key in cfg.trainer if key not in TRAINER_SETTINGS]
+    if unknown:  # `+trainer.<option>=...` composes, and Lightning would never see it
+        raise unknown_trainer_setting(f"trainer.{unknown[0]}", f"+trainer.{unknown[0]}={cfg.trainer[unknown[0]]}")
     check_count(cfg, "task.max_train_samples", "task.max_train_samples=1000", null="all")
     check_count(cfg, "task.max_eval_samples", "task.max_eval_samples=500", null="all")
     for stage in ("teacher", "student"):

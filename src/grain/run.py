@@ -8,6 +8,8 @@ input (one line on stderr); 1 for an error (traceback); 128 + signal number when
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -15,13 +17,13 @@ from pathlib import Path
 import hydra
 import lightning
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException, OverrideParseException
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from grain.conf import CONFIG_DIR
-from grain.config import validate_config
+from grain.config import unknown_trainer_setting, validate_config
 from grain.errors import GrainError, disk_full, free_space
 from grain.pipeline import results_block, run_pipeline, write_failed_summary
 from grain.quiet import quiet_libraries
@@ -125,5 +127,42 @@ def main(cfg: DictConfig) -> float | None:
     return student.get("metric", summary.get("teacher", {}).get("metric"))
 
 
+def composition_error(err: HydraException, argv: list[str]) -> str:
+    """Hydra's multi-line message for a command line it could not compose, as one line naming the
+    override the user wrote and the fix."""
+    text = str(err)
+    cause = str(err.__cause__).strip().splitlines()[0] if err.__cause__ is not None and str(err.__cause__).strip() else ""
+    overridden = re.match(r"Could not override '([^']+)'", text)
+    if overridden:
+        key = overridden.group(1)
+        given = next((arg for arg in argv if arg.split("=", 1)[0].lstrip("+~") == key), key)
+        if "not in struct" in cause and key.startswith("trainer."):
+            return str(unknown_trainer_setting(key, given))
+        if "not in struct" in cause:
+            return f"{given}: there is no setting {key} (`python -m grain.run --cfg job` lists them all)"
+        return f"{given}: {cause or text.splitlines()[0]}"
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        options = re.findall(r"^\t(\S+)$", text, flags=re.M)
+        return f"{group}={option} is not an option of {group}; choose one of {', '.join(options)}"
+    if isinstance(err, OverrideParseException):  # its message does not say which override
+        override = getattr(err, "override", None) or " ".join(argv)
+        return f"{override}: {text.splitlines()[0]} (Hydra's override syntax: key=value, +key=value, ~key)"
+    return " ".join(line.strip() for line in [*text.splitlines(), cause] if line.strip())
+
+
+def cli() -> None:
+    """`python -m grain.run`: a command line Hydra cannot compose (an unknown setting or option, a bad
+    override) is one line and exit 2, as any bad input, instead of Hydra's message with a hint about
+    HYDRA_FULL_ERROR."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")  # Hydra raises instead of printing: reported here
+    try:
+        main()
+    except HydraException as err:
+        print(f"grain: error: {composition_error(err, sys.argv[1:])}", file=sys.stderr)
+        sys.exit(BAD_INPUT_EXIT)
+
+
 if __name__ == "__main__":
-    main()
+    cli()
