@@ -18,6 +18,8 @@ SILENCED_WARNINGS = (
      "the student's LightningModule holds the frozen teacher in eval mode on purpose"),
     (r"Initializing zero-element tensors is a no-op", "compact layers whose sub-layer kept no unit are empty on purpose"),
     (r".*does not have many workers", "tokenized splits live in memory: trainer.num_workers=0 is grain's default"),
+    (r"It is recommended to use `self\.log\(.*sync_dist=True\)`",
+     "under DDP grain's evaluators gather every process's rows before computing: the metrics are the whole split's"),
 )
 ADVERT_PREFIX = "💡 Tip:"  # Lightning's advertisement for its cloud logger, printed at every Trainer start
 

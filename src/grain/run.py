@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from grain.conf import CONFIG_DIR
 from grain.config import unknown_trainer_setting, validate_config
 from grain.errors import GrainError, disk_full, free_space
+from grain.launch import start_ranks_in_the_sweep_dir
 from grain.pipeline import results_block, run_pipeline, write_failed_summary
 from grain.quiet import quiet_libraries
 from grain.stopping import RunStopped, stop_on_signals
@@ -78,6 +79,7 @@ def job_failed(hydra_cfg, err: BaseException, with_traceback: bool = False) -> N
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     quiet_libraries()
+    start_ranks_in_the_sweep_dir()
     hydra_cfg = HydraConfig.get()
     sweeping = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = Path(hydra_cfg.runtime.output_dir)
