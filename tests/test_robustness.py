@@ -13,7 +13,7 @@ from transformers import AutoModelForSequenceClassification
 from grain.config import validate_config
 from grain.errors import GrainError
 from grain.models.masks import EncoderShape
-from grain.stages.resume import CHECKPOINT_SETTINGS_KEY, resume_settings
+from grain.stages.resume import CHECKPOINT_SETTINGS_KEY, RecordSettings, resume_settings
 from tests.helpers.configs import compose_config
 from tests.helpers.models import all_kept_masks, tiny_model
 from tests.helpers.pruning import sparsity_bound
@@ -84,6 +84,29 @@ def test_resume_with_other_settings_is_refused_naming_them(tmp_path):
         validate_config(with_ckpt(tmp_path, ckpt, "sparsity=0.5", "pruner=head"))
 
 
+def test_a_resume_on_another_number_of_processes_is_refused_naming_the_counts(tmp_path):
+    """Each process reads its own share of the data: a checkpoint of 2 processes resumed on 1 (accepted
+    before, ending with other masks than the uninterrupted run) is refused at validation, or, where the
+    count is `auto`, when Lightning loads it."""
+    cfg = compose_config(TINY, tmp_path)
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"controller.mask_ffn": torch.ones(2, 4)}, "global_step": 3,
+                CHECKPOINT_SETTINGS_KEY: {**resume_settings(cfg), "processes": 2}}, ckpt)
+    with pytest.raises(GrainError) as err:
+        validate_config(with_ckpt(tmp_path, ckpt))
+    assert one_line(err) == (
+        f"ckpt_path={ckpt} was written by a run on 2 process(es) and this run has 1: each process reads its own "
+        f"share of the data, so the run would not continue as it was; resume with trainer.devices=2")
+    validate_config(with_ckpt(tmp_path, ckpt, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"))
+    validate_config(with_ckpt(tmp_path, ckpt, "trainer.devices=auto"))  # known only when Lightning starts:
+
+    class OneProcess:
+        world_size = 1
+
+    with pytest.raises(GrainError, match="on 2 process"):
+        RecordSettings({}).on_load_checkpoint(OneProcess(), None, torch.load(ckpt, weights_only=True))
+
+
 def test_ckpt_path_needs_the_prune_stage(tmp_path):
     ckpt = prune_checkpoint(tmp_path / "last.ckpt", None)
     with pytest.raises(GrainError, match="add it"):
@@ -99,7 +122,7 @@ def test_the_prune_stage_records_its_settings_and_refuses_another_runs_checkpoin
     run_pipeline(cfg, tmp_path / "run", validate_config(cfg))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, map_location="cpu", weights_only=True)[CHECKPOINT_SETTINGS_KEY]
-    assert saved == resume_settings(cfg) and saved["sparsity"] == 0.5
+    assert saved == {**resume_settings(cfg), "processes": 1} and saved["sparsity"] == 0.5
     validate_config(with_ckpt(tmp_path, ckpt, "sparsity=0.5", "stages=[teacher,prune]"))
     with pytest.raises(GrainError, match=r"sparsity=0\.5 \(this run: 0\.9\)"):
         validate_config(with_ckpt(tmp_path, ckpt, "sparsity=0.9", "stages=[teacher,prune]"))

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 # Where the prune stage's checkpoints keep the settings of the run that wrote them.
 CHECKPOINT_SETTINGS_KEY = "grain_settings"
+PROCESSES = "processes"  # among them: the processes that trained it
 # Settings a resumed run may change: they do not change what the run computes.
 RESUME_FREE_KEYS = ("student.checkpoint_every_n_steps", "student.checkpoint_every_minutes")
 # Settings a checkpoint does not know were added to grain after it was written: compared only where the
@@ -55,14 +56,38 @@ def _flatten(node, prefix: str) -> dict:
 
 
 class RecordSettings(pl.Callback):
-    """Stores the run's settings in every checkpoint, so that a resume from another run's checkpoint is
-    refused (`check_checkpoint` compares them)."""
+    """Stores the run's settings in every checkpoint, with the number of processes that trained it, so that
+    a resume from another run's checkpoint is refused (`check_checkpoint` compares them), and a resume on
+    another number of processes too (checked again here once Lightning knows the count: `devices=auto`)."""
 
     def __init__(self, settings: dict):
         self.settings = settings
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_SETTINGS_KEY] = dict(self.settings)
+        checkpoint[CHECKPOINT_SETTINGS_KEY] = {**self.settings, PROCESSES: trainer.world_size}
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        saved = (checkpoint.get(CHECKPOINT_SETTINGS_KEY) or {}).get(PROCESSES)
+        if saved is not None and saved != trainer.world_size:
+            raise GrainError(other_process_count("the checkpoint", saved, trainer.world_size))
+
+
+def other_process_count(what: str, saved: int, current: int) -> str:
+    return (
+        f"{what} was written by a run on {saved} process(es) and this run has {current}: each process reads its "
+        f"own share of the data, so the run would not continue as it was; resume with trainer.devices={saved}"
+    )
+
+
+def planned_processes(cfg: DictConfig) -> int | None:
+    """The processes `cfg` trains on when its settings say (a count or a list of devices; None: `auto`/-1,
+    known only once Lightning starts)."""
+    devices = cfg.trainer.devices
+    if isinstance(devices, int) and devices >= 1:
+        return devices
+    if OmegaConf.is_list(devices):
+        return len(devices)
+    return None
 
 
 def check_checkpoint(cfg: DictConfig) -> None:
@@ -98,6 +123,10 @@ def check_checkpoint(cfg: DictConfig) -> None:
             "that they match this run's", ckpt_path,
         )
         return
+    saved = dict(saved)
+    processes, planned = saved.pop(PROCESSES, None), planned_processes(cfg)
+    if processes is not None and planned is not None and processes != planned:
+        raise GrainError(other_process_count(f"ckpt_path={ckpt_path}", processes, planned))
     current = resume_settings(cfg)
     if current["speedup"] is not None:  # a speedup target: the sparsity default plays no part
         saved = {k: v for k, v in saved.items() if k != "sparsity"}
