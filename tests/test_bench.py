@@ -10,6 +10,7 @@ from grain.measure.flops import count_flops, padding_flops
 from grain.measure.profile import format_op_table, op_times
 from grain.measure.structures import floor_masks
 from grain.models.compact.kernels import round_up
+from grain.models.inputs import random_batch
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.summary import read_summary, write_summary
@@ -198,3 +199,14 @@ def test_the_commands_name_a_path_that_does_not_exist(tmp_path, capsys):
     assert f"{missing} does not exist" in capsys.readouterr().err
     assert export_main([str(missing)]) == 2
     assert f"{missing} does not exist" in capsys.readouterr().err
+
+
+def test_a_small_vocabulary_is_timed_with_ids_inside_it():
+    """The benchmarks drew token ids from 1000 up: a model of at most 1,000 tokens trained, then crashed in
+    the compact stage (randint's low above its high). The ids are drawn inside the vocabulary now."""
+    dense = tiny_model(vocab=100)
+    compact = half_ffn_compact(dense)
+    result = compare_models(dense, compact, 2, 16, min_run_time=0.01, rounds=1)
+    assert result["speedup"] > 0 and count_flops(compact, 2, 16) > 0
+    ids = random_batch(dense.config, 4, 16)["input_ids"]
+    assert 0 < ids.min() and ids.max() < 100

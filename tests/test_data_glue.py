@@ -53,6 +53,17 @@ def test_unknown_label_names_file_line_and_label(tmp_path):
         read_tsv(bad, ["sentence", None, "label"], ["0", "1"])
 
 
+def test_a_line_without_text_and_a_file_in_another_encoding(tmp_path):
+    empty = tmp_path / "train.tsv"
+    empty.write_text("sentence\tlabel\ngood film \t1\n\t0\n")
+    with pytest.raises(GrainError, match=r"train.tsv, line 3: no text in column 'sentence'; fill it in or drop the line"):
+        read_tsv(empty, ["sentence", None, "label"], ["0", "1"])
+    latin = tmp_path / "dev.tsv"
+    latin.write_bytes("sentence\tlabel\nun film très réussi\t1\n".encode("latin-1"))
+    with pytest.raises(GrainError, match=r"dev.tsv is not UTF-8 text \(byte 0xe8 at offset \d+; it looks like"):
+        read_tsv(latin, ["sentence", None, "label"], ["0", "1"])
+
+
 def test_missing_train_split_says_what_to_do(tokenizer, tmp_path):
     dm = glue_datamodule("qnli", tokenizer, tmp_path)
     with pytest.raises(GrainError, match=r"no 'train' split at .*QNLI/train.tsv.*unset GRAIN_DATA_DIR"):

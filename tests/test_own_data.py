@@ -207,6 +207,24 @@ def test_dev_label_the_training_split_lacks(tmp_path):
     assert "task.labels" in refused(own_config(tmp_path, "task.labels=[0,1]", dev=dev))
 
 
+def test_a_row_without_text_is_refused_naming_file_and_row(tmp_path):
+    """An empty text cell was trained on as an empty sentence; refused, naming the file, row and column."""
+    train = write_csv(tmp_path / "train.csv", ["sentence", "label"], [["good", "1"], ["", "0"], ["bad", "0"]])
+    message = refused(own_config(tmp_path, train=train))
+    assert message == f"{train}: row 2 has no text in column 'sentence' (task.text_columns[0]); fill it in or drop the row"
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_a_file_in_another_encoding_names_it(tmp_path, suffix):
+    """A cp1252 file (an accented word in it) got a message about its header, or a decode traceback; named
+    instead, with the encoding it likely has and how to convert it."""
+    train = tmp_path / f"train{suffix}"
+    sep = "," if suffix == ".csv" else "\t"
+    train.write_bytes(f"sentence{sep}label\nun film très réussi{sep}1\nle pire film de l'année{sep}0\n".encode("cp1252"))
+    message = refused(own_config(tmp_path, train=train))
+    assert message.startswith(f"{train} is not UTF-8 text (byte 0xe8 at offset") and "iconv -f" in message
+
+
 def test_unlabelled_row_and_single_label(tmp_path):
     train = write_csv(tmp_path / "train.csv", ["sentence", "label"], [["good", "1"], ["bad", ""]])
     assert "row 2 has no label" in refused(own_config(tmp_path, train=train))

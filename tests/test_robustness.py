@@ -17,6 +17,7 @@ from grain.stages.resume import CHECKPOINT_SETTINGS_KEY, RecordSettings, resume_
 from tests.helpers.configs import compose_config
 from tests.helpers.models import all_kept_masks, tiny_model
 from tests.helpers.pruning import sparsity_bound
+from tests.helpers.runs import run_grain
 
 TINY = ["model=tiny", "trainer.max_steps=2", "logger=none"]
 
@@ -186,6 +187,35 @@ def test_a_malicious_pickle_in_teacher_path_is_one_line_and_never_runs(tmp_path,
     assert "weights_only=False" not in str(err.value) and not marker.exists()
 
 
+def test_a_model_directory_without_tokenizer_files_is_refused(tmp_path, tiny_bert):
+    """A model saved without its tokenizer: transformers builds a 5-token tokenizer from its config and every
+    word became [UNK]; refused at validation (model.tokenizer defaults to model.pretrained), and on load."""
+    from grain.models.backbone import load_tokenizer
+
+    bare = tmp_path / "bare"
+    tiny_bert.save_pretrained(bare)
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config(["model=bert-base", f"model.pretrained={bare}", *TINY[1:]], tmp_path))
+    assert one_line(err).startswith(f"model.tokenizer={bare} holds no tokenizer files")
+    with pytest.raises(GrainError, match=r"has \d tokens \(no tokenizer files: every word would be \[UNK\]\)"):
+        load_tokenizer(str(bare))
+
+
+def test_a_tokenizer_that_pads_on_the_left_pads_on_the_right_in_grain(tmp_path, tokenizer):
+    """padding_side=left in a tokenizer's config shifted [CLS] and the positions of every padded row; grain
+    pads on the right, where its encoders read the first token and count positions."""
+    from grain.models.backbone import load_tokenizer
+
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(tmp_path / "left")
+    tokenizer.padding_side = "right"
+    loaded = load_tokenizer(str(tmp_path / "left"))
+    assert loaded.padding_side == "right"
+    batch = loaded(["a short one", "a rather longer sentence than that"], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][0].tolist()[:4] == [1, 1, 1, 1] and batch["attention_mask"][0, -1] == 0
+    assert batch["input_ids"][0, 0] == loaded.cls_token_id
+
+
 def test_a_damaged_model_file_fails_to_load_in_one_line(tmp_path, tiny_bert, tokenizer):
     """Where validation cannot look (a model swapped after it), loading still names the model."""
     from grain.models.backbone import load_task_model, load_tokenizer
@@ -296,6 +326,33 @@ def test_a_given_teacher_with_other_labels_is_refused(id2label, tmp_path, tokeni
         run_teacher_stage(cfg, tokenizer, tmp_path / "run", logger=None)
     message = one_line(err)
     assert message.startswith(f"teacher.path={teacher} predicts the labels") and "entailment" in message
+
+
+def test_a_given_teacher_with_named_other_labels_is_one_line_at_validation_leaving_nothing(tmp_path, tokenizer,
+                                                                                         tiny_bert):
+    """Refused in the teacher stage before (three lines, and a run dir); now at validation: one line, exit 2,
+    no run dir."""
+    tiny_bert.config.id2label = {0: "positive", 1: "negative", 2: "other"}
+    tiny_bert.config.label2id = {v: k for k, v in tiny_bert.config.id2label.items()}
+    teacher = saved_model_dir(tiny_bert, tokenizer, tmp_path / "teacher")
+    result = run_grain(["task=mnli", *TINY, f"teacher.path={teacher}"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"grain: error: teacher.path={teacher} predicts the labels")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_given_teacher_with_another_head_is_refused(tmp_path, tokenizer):
+    """A token classifier given as the teacher of a sentence task was accepted with a new, untrained
+    sequence head when its labels were unnamed; refused at validation by the class its config names."""
+    tagger = tiny_model(head="token", labels=2)
+    teacher = saved_model_dir(tagger, tokenizer, tmp_path / "tagger")
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config(["task=sst2", *TINY, f"teacher.path={teacher}"], tmp_path))
+    assert one_line(err) == (
+        f"teacher.path={teacher} is a BertForTokenClassification (a TokenClassification head) and task=sst2 needs a "
+        f"SequenceClassification head; give a teacher fine-tuned for this kind of task, or drop teacher.path to "
+        f"fine-tune one")
 
 
 def test_saved_models_carry_the_tasks_label_names(tmp_path, tokenizer):

@@ -14,10 +14,11 @@ from grain.conf import CONFIG_DIR
 from grain.errors import GrainError
 from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import cached_latency_model, check_reachable
-from grain.models.probe import local_model_dir, model_config, model_family, read_model_config
+from grain.models.probe import check_tokenizer_dir, local_model_dir, model_config, model_family, read_model_config
 from grain.pruning.controller import COST_KINDS, SCORE_KINDS, UNIT_MODES
 from grain.pruning.ranking import BUDGET_MODES
 from grain.stages.resume import check_checkpoint
+from grain.stages.teacher import check_given_teacher
 from grain.stages.trainer import PROGRESS_MODES, stage_steps
 from grain.target import Target
 from grain.tasks.base import task_class
@@ -87,6 +88,9 @@ def validate_config(cfg: DictConfig) -> Target:
         check_cached_speed_target(cfg, config, target.speedup)
     check_checkpoint(cfg)
     task.check_data(cfg)  # the data this run reads (files, columns, labels), before anything trains
+    if cfg.teacher.path and "teacher" in cfg.stages and local_model_dir(
+            "teacher.path", str(cfg.teacher.path), "give a fine-tuned model directory or a hub name") is not None:
+        check_given_teacher(str(cfg.teacher.path), task.auto_model_class, task.label_names(cfg), cfg.task.name)
     return target
 
 
@@ -181,8 +185,10 @@ def validate_models(cfg: DictConfig) -> dict | None:
     max_length and the benchmark length. Returns the backbone's config.json (None: only on the hub)."""
     config = model_config(cfg)
     tokenizer = str(cfg.model.tokenizer)
-    if tokenizer not in ("random", str(cfg.model.pretrained)):
-        local_model_dir("model.tokenizer", tokenizer, "give a local tokenizer directory or a hub name")
+    if tokenizer != "random":
+        tokenizer_dir = local_model_dir("model.tokenizer", tokenizer, "give a local tokenizer directory or a hub name")
+        if tokenizer_dir is not None:
+            check_tokenizer_dir("model.tokenizer", tokenizer_dir)
     if cfg.teacher.path and "teacher" in cfg.stages:
         fix = (
             "give a directory saved with save_pretrained (config.json and weights), a hub name, or drop "

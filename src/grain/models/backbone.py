@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 from pathlib import Path
 
 import torch
@@ -13,6 +14,8 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
 from grain.architectures import DEFAULT_MODEL_TYPE, architecture_of
 from grain.errors import GrainError
+
+log = logging.getLogger(__name__)
 
 # Seed of the random "pre-trained" weights of model=tiny: the same for teacher and student.
 RANDOM_MODEL_SEED = 1234
@@ -44,9 +47,16 @@ def resolve_pretrained(name: str) -> str:
     return str(Path(module.get_model_path()))
 
 
+# A vocabulary this small is what transformers builds from a directory without tokenizer files (its
+# special tokens only): every word would become [UNK].
+LEAST_VOCABULARY = 100
+
+
 def load_tokenizer(name: str):
+    """The tokenizer `name` (model.tokenizer: a hub name, a local directory, `package:<module>`), padding on
+    the right. Raises GrainError where it cannot be loaded or is no real vocabulary."""
     try:
-        return AutoTokenizer.from_pretrained(resolve_pretrained(name))
+        tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(name))
     except GrainError:
         raise
     except (OSError, ValueError) as err:  # missing files, no network, a malformed hub name
@@ -54,6 +64,18 @@ def load_tokenizer(name: str):
             f"could not load the tokenizer '{name}' (model.tokenizer): {_first_line(err)}. Give a local model "
             f"directory, a hub name reachable from this machine, or model=minilm (offline)."
         ) from err
+    if len(tokenizer) < LEAST_VOCABULARY:
+        raise GrainError(
+            f"model.tokenizer={name} has {len(tokenizer)} tokens (no tokenizer files: every word would be "
+            f"{tokenizer.unk_token}); give model.tokenizer=<the directory or hub name of the model's tokenizer>"
+        )
+    if tokenizer.padding_side != "right":
+        # grain's encoders read the first token ([CLS], <s>) and count positions from the left: a batch
+        # padded on the left would shift both in every padded row
+        log.info("model.tokenizer=%s pads on the %s; grain pads on the right, as its encoders expect",
+                 name, tokenizer.padding_side)
+        tokenizer.padding_side = "right"
+    return tokenizer
 
 
 def _first_line(err: BaseException) -> str:

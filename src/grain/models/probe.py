@@ -18,6 +18,20 @@ from grain.errors import GrainError
 from grain.models.backbone import resolve_pretrained
 
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+# What a directory needs to be a tokenizer (one of them: fast, WordPiece, BPE, SentencePiece)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model", "spm.model")
+
+
+def check_tokenizer_dir(setting: str, directory: Path) -> None:
+    """A local directory used as the tokenizer must hold tokenizer files: without them transformers builds
+    a tokenizer of its special tokens only, and every word becomes [UNK]."""
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise GrainError(
+            f"{setting}={directory} holds no tokenizer files (one of {', '.join(TOKENIZER_FILES)}): its words would "
+            f"all be [UNK]; save the tokenizer there (tokenizer.save_pretrained) or give model.tokenizer=<a tokenizer "
+            f"directory or hub name>"
+        )
 
 
 def local_model_dir(setting: str, value: str, fix: str) -> Path | None:

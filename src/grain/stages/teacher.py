@@ -91,7 +91,7 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
     head, num_labels = datamodule.auto_model_class, datamodule.num_labels
     labels = datamodule.labels  # the task's label names, where its head has named outputs
     if cfg.teacher.path:
-        order = teacher_label_order(str(cfg.teacher.path), labels, cfg.task.name) if labels else None
+        order = check_given_teacher(str(cfg.teacher.path), head, labels, cfg.task.name)
         try:
             model = load_task_model(cfg.model, head, num_labels, path=str(cfg.teacher.path))
         except GrainError as err:
@@ -138,16 +138,38 @@ def _label_key(name) -> str:
     return key[len("label_"):] if re.fullmatch(r"label_\d+", key) else key
 
 
-def teacher_label_order(path: str, labels: list[str], task_name: str) -> list[int] | None:
-    """The row of the given teacher's classifier for each of the task's labels, matched by name
-    (None: already in the task's order). Names that say nothing (LABEL_0.., or a task whose labels
-    are codes such as SST-2's 0/1) are taken in order when the counts agree; otherwise refused."""
+def check_given_teacher(path: str, auto_model_class: type, labels: list[str] | None, task_name: str) -> list[int] | None:
+    """A given teacher (teacher.path) must have the task's head (`auto_model_class`, by the class its config
+    names: a token classifier loaded for a sentence task got a new, untrained head) and its labels
+    (`teacher_label_order`); returns the row order of its classifier for the task's labels (None: as is).
+    Raises GrainError naming the path, what it has and what the task needs."""
+    config = teacher_config(path)
+    needed = auto_model_class.__name__.removeprefix("AutoModel")  # e.g. ForSequenceClassification
+    heads = [name for name in (config.architectures or []) if "For" in name]
+    if heads and not any(name.endswith(needed) for name in heads):
+        has = heads[0][heads[0].index("For"):]
+        raise GrainError(
+            f"teacher.path={path} is a {heads[0]} (a {has[3:]} head) and task={task_name} needs a {needed[3:]} head; "
+            f"give a teacher fine-tuned for this kind of task, or drop teacher.path to fine-tune one"
+        )
+    return teacher_label_order(path, labels, task_name, config) if labels else None
+
+
+def teacher_config(path: str):
+    """The given teacher's HF config; GrainError where it cannot be loaded."""
     try:
-        config = AutoConfig.from_pretrained(path)
+        return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GrainError(f"teacher.path={path}: its config cannot be loaded ({reason}); give a directory saved "
                          f"with save_pretrained or a hub name") from None
+
+
+def teacher_label_order(path: str, labels: list[str], task_name: str, config=None) -> list[int] | None:
+    """The row of the given teacher's classifier for each of the task's labels, matched by name
+    (None: already in the task's order). Names that say nothing (LABEL_0.., or a task whose labels
+    are codes such as SST-2's 0/1) are taken in order when the counts agree; otherwise refused."""
+    config = config if config is not None else teacher_config(path)
     saved = [str(config.id2label.get(i, f"LABEL_{i}")) for i in range(config.num_labels)]
     saved_keys, task_keys = [_label_key(n) for n in saved], [_label_key(n) for n in labels]
     if sorted(saved_keys) == sorted(task_keys) and len(set(saved_keys)) == len(saved_keys):

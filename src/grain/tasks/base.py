@@ -170,6 +170,12 @@ class Task(pl.LightningDataModule):
             ) from None
 
     @classmethod
+    def label_names(cls, cfg: DictConfig) -> list[str] | None:
+        """The task's label names in the head's output order, read from the config (or the user's data)
+        before anything trains; None: the head has no labels to name (QA), or they are not known yet."""
+        return None
+
+    @classmethod
     def hub_source(cls, cfg: DictConfig) -> tuple[str, str | None] | None:
         """(hub dataset, config) the data module reads when no data directory is set; None: none."""
         return None

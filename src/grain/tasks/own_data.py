@@ -15,6 +15,7 @@ import datasets
 from omegaconf import DictConfig, OmegaConf
 
 from grain.errors import GrainError
+from grain.tasks.text_files import check_utf8
 
 # extension -> (datasets builder, its keyword arguments)
 FORMATS = {
@@ -75,6 +76,7 @@ def resolve_file(task: str, split: str, value: str | None, formats=tuple(FORMATS
 
 def load_file(path: Path, cache_dir: Path | None, json_field: str | None = None) -> datasets.Dataset:
     """All rows of one local file as a Dataset (read with `datasets`, cached as Arrow under cache_dir)."""
+    check_utf8(path)
     builder, kwargs = FORMATS[path.suffix.lower()]
     kwargs = dict(kwargs)
     if builder == "json" and json_field:
@@ -182,6 +184,12 @@ class OwnDataSource:
         """Load and check every split the run `cfg` reads (`check`); raises GrainError naming the
         file or setting and the fix."""
         cls.unloaded(cfg).check(needs_train=cls.trains(cfg))
+
+    @classmethod
+    def label_names(cls, cfg: DictConfig) -> list[str] | None:
+        """The labels of the user's data (`labels`: from its training split unless task.labels lists
+        them; checked by `check_data` before)."""
+        return getattr(cls.unloaded(cfg), "labels", None)
 
     def where(self, split: str) -> str:
         """How the errors name a split: its file, or the hub dataset and split."""

@@ -14,6 +14,7 @@ import datasets
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.classification.task import ClassificationTask
+from grain.tasks.text_files import check_utf8
 
 
 def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datasets.Dataset:
@@ -21,6 +22,7 @@ def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datase
     text_a_key, text_b_key, label_key = columns
     label_ids = {name: i for i, name in enumerate(labels)}
     rows = {"text_a": [], "text_b": [], "label": []}
+    check_utf8(path)
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         needed = [key for key in columns if key]
@@ -37,6 +39,9 @@ def read_tsv(path: Path, columns: list[str | None], labels: list[str]) -> datase
                     f"{path}, line {line_no}: unknown label '{label}'; the task expects one of {labels}. "
                     f"Check that the file belongs to this task (task=...)"
                 )
+            for key in (k for k in (text_a_key, text_b_key) if k):  # an empty text would be trained on as ""
+                if not (row[key] or "").strip():
+                    raise GrainError(f"{path}, line {line_no}: no text in column '{key}'; fill it in or drop the line")
             rows["text_a"].append(row[text_a_key])
             rows["text_b"].append(row[text_b_key] if text_b_key else None)
             rows["label"].append(label_ids[label])
@@ -76,6 +81,11 @@ class GlueDataModule(ClassificationTask):
         # as the dataset names them (the hub's ClassLabel names), for the models' id2label
         self.labels = [str(name) for name in (label_names or labels)]
         self.optional_splits = list(optional_splits or [])
+
+    @classmethod
+    def label_names(cls, cfg) -> list[str]:
+        module = cfg.task.datamodule
+        return [str(name) for name in (module.get("label_names") or module.labels)]
 
     @classmethod
     def hub_source(cls, cfg) -> tuple[str, str]:

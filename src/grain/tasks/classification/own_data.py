@@ -98,6 +98,12 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
             require_rows(where, table)
             columns = {f"task.text_columns[{i}]": column for i, column in enumerate(self.text_columns)}
             require_columns(where, table, {**columns, "task.label_column": self.label_column})
+            for setting, column in columns.items():  # an empty text would be trained on as ""
+                empty = next((row for row, text in enumerate(table[column], start=1)
+                              if text is None or not str(text).strip()), None)
+                if empty is not None:
+                    raise GrainError(f"{where}: row {empty} has no text in column '{column}' ({setting}); fill it in "
+                                     f"or drop the row")
             self._tables[split] = table
         return self._tables[split]
 

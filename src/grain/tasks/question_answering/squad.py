@@ -18,6 +18,7 @@ import datasets
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.question_answering.task import QuestionAnsweringTask
+from grain.tasks.text_files import check_utf8
 
 
 def read_squad_json(path: Path) -> datasets.Dataset:
@@ -26,6 +27,7 @@ def read_squad_json(path: Path) -> datasets.Dataset:
     `answers` is {text: [str], answer_start: [int]} (character offsets into `context`), as in the hub's
     `squad` dataset.
     """
+    check_utf8(path)
     try:
         articles = json.loads(path.read_text(encoding="utf-8"))["data"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:

@@ -9,6 +9,7 @@ import datasets
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
+from grain.tasks.text_files import check_utf8
 from grain.tasks.token_classification.task import TokenClassificationTask
 
 # The order of the hub's conll2003 `ner_tags` ints, so local files and the hub give the same ids.
@@ -33,6 +34,7 @@ def read_conll(path: Path, labels: list[str] = CONLL_LABELS) -> datasets.Dataset
             words.clear()
             tags.clear()
 
+    check_utf8(path)
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             columns = line.split()
@@ -65,6 +67,10 @@ class ConllDataModule(TokenClassificationTask):
     ):
         super().__init__(**kwargs)
         self.local_files = {"train": local_file_train, "validation": local_file_validation}
+
+    @classmethod
+    def label_names(cls, cfg) -> list[str]:
+        return list(CONLL_LABELS)
 
     @classmethod
     def hub_source(cls, cfg) -> tuple[str, None]:

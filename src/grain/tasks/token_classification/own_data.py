@@ -27,6 +27,7 @@ from grain.tasks.own_data import (
     require_rows,
     resolve_file,
 )
+from grain.tasks.text_files import check_utf8
 from grain.tasks.token_classification.task import TokenClassificationTask
 
 COLUMN_FORMATS = (".txt", ".conll", ".iob", ".iob2", ".bio")
@@ -40,6 +41,7 @@ def read_column_file(path: Path) -> datasets.Dataset:
     rows: dict[str, list] = {"tokens": [], "tags": []}
     words: list[str] = []
     tags: list[str] = []
+    check_utf8(path)
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, start=1):
             columns = line.split()
