@@ -136,3 +136,14 @@ def test_step_caps_and_sample_limits_accept_their_documented_values(tmp_path):
         ["compact.bench_batch=null", "compact.bench_extra_shapes=[[32,128],[1,16]]"],
     ):
         validate_config(compose_config(["model=tiny", *overrides], tmp_path))
+
+
+def test_a_lightning_option_hydra_composes_with_plus_is_refused(tmp_path):
+    """`+trainer.accumulate_grad_batches=4` (what Hydra's own error suggests) composed and never reached
+    Lightning: refused, naming the settings grain passes and the batch size to raise instead."""
+    with pytest.raises(GrainError) as err:
+        validate_config(compose_config(["+trainer.accumulate_grad_batches=4"], tmp_path))
+    message = str(err.value)
+    assert message.startswith("+trainer.accumulate_grad_batches=4 is not a setting grain passes to Lightning: grain "
+                              "does not accumulate gradients") and "student.batch_size" in message
+    assert "trainer.devices" in message and "\n" not in message

@@ -101,7 +101,7 @@ def test_export_command_writes_and_checks_the_file(tmp_path, capsys):
 
 def test_export_command_names_a_missing_model_or_extra(tmp_path, capsys, monkeypatch):
     assert export_main([str(tmp_path / "nowhere")]) == 2
-    assert f"no saved model at {tmp_path / 'nowhere'}" in capsys.readouterr().err
+    assert f"{tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err
     model_dir = tmp_path / "compact"
     compact_of("sequence").save_pretrained(model_dir)
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import fails as if not installed

@@ -8,7 +8,12 @@ import sys
 import time
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
 
+from grain.conf import CONFIG_DIR
+from grain.run import composition_error
 from tests.helpers.pruning import sparsity_bound
 from tests.helpers.runs import TINY_RUN_SHAPE, grain_env, run_grain, start_grain, summaries
 
@@ -72,23 +77,36 @@ def test_bad_sparsity_exits_with_one_line(tmp_path):
     assert not summaries(tmp_path) and not (tmp_path / "outputs" / "sst2" / "minilm" / "s1.5").exists()
 
 
+def test_a_command_line_hydra_cannot_compose_is_one_line(tmp_path):
+    """A Lightning option through the trainer group: Hydra's 7-line struct error (and its HYDRA_FULL_ERROR
+    hint) before; one line naming the setting and the fix, exit 2, nothing left."""
+    result = run_grain(["trainer.accumulate_grad_batches=4", "model=tiny"], tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(
+        "grain: error: trainer.accumulate_grad_batches=4 is not a setting grain passes to Lightning: grain does not "
+        "accumulate gradients"), result.stderr[-3000:]
+    assert "HYDRA_FULL_ERROR" not in result.stderr and not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.parametrize("override,expected", [
     ("task=nope", "task=nope is not an option of task; choose one of conll2003, mnli,"),
-    # a Lightning option through the trainer group: Hydra's 7-line struct error before; the `+` form Hydra
-    # suggested was accepted and never reached Lightning
-    ("trainer.accumulate_grad_batches=4", "trainer.accumulate_grad_batches=4 is not a setting grain passes to "
-                                          "Lightning: grain does not accumulate gradients"),
-    ("+trainer.accumulate_grad_batches=4", "+trainer.accumulate_grad_batches=4 is not a setting grain passes to "
-                                           "Lightning: grain does not accumulate gradients"),
+    ("+trainer.accumulate_grad_batches=4", None),  # composes: refused at validation (test_config)
     ("student.lrr=3", "student.lrr=3: there is no setting student.lrr"),
     ("sparsity=[", "sparsity=[: no viable alternative"),
 ])
-def test_a_command_line_hydra_cannot_compose_is_one_line(tmp_path, override, expected):
-    result = run_grain([override, "model=tiny"], tmp_path)
-    assert result.returncode == 2, result.stderr[-3000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith(f"grain: error: {expected}"), result.stderr[-3000:]
-    assert "HYDRA_FULL_ERROR" not in result.stderr and not summaries(tmp_path)
+def test_what_hydra_cannot_compose_reads_as_one_line(override, expected):
+    """`composition_error` on what Hydra raises for each kind of bad command line (as `python -m grain.run`
+    sees it once HYDRA_FULL_ERROR makes Hydra raise)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        if expected is None:
+            compose("config", overrides=[override])
+            return
+        with pytest.raises(HydraException) as err:
+            compose("config", overrides=[override])
+    message = composition_error(err.value, [override])
+    assert "\n" not in message and message.startswith(expected), message
 
 
 def test_tiny_runs_for_qa_and_ner_write_their_metrics(tmp_path):

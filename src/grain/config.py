@@ -155,6 +155,7 @@ def validate_sizes(cfg: DictConfig) -> None:
             f"both factorize the word embeddings; keep one, e.g. compact.embedding_rank=null (factorized in training) or "
             f"student.embedding_rank=null (a factorized copy after training)"
         )
+    check_range(cfg, "compact.latency_seconds", 0.0, float("inf"), "compact.latency_seconds=0.1", low_open=True)
     check_count(cfg, "compact.bench_batch", "compact.bench_batch=32", null="per device")
     check_count(cfg, "compact.bench_seq_len", "compact.bench_seq_len=128", null="per device")
     shapes = cfg.compact.get("bench_extra_shapes")

@@ -44,7 +44,8 @@ def build_latency_model(cfg: DictConfig, student):
         return None
     device = serving_device(cfg.trainer)
     batch, seq_len = bench_shapes(cfg.compact, device)[0]
-    model = latency_model(student.config, device, batch, seq_len, Path(cfg.paths.cache_dir), progress=log.info)
+    model = latency_model(student.config, device, batch, seq_len, Path(cfg.paths.cache_dir),
+                          min_run_time=float(cfg.compact.get("latency_seconds", 0.1)), progress=log.info)
     check_reachable(model, Target.of(cfg).speedup)  # before the student trains
     return model
 
