@@ -60,6 +60,11 @@ def test_tiny_run_writes_summary(tmp_path):
     assert re.search(r"accuracy = 0\.\d{1,4} ", log) and not re.search(r"accuracy = 0\.\d{5,}", log)
     saved = json.loads((path.parent / "compact" / "config.json").read_text())
     assert saved["id2label"] == {"0": "negative", "1": "positive"}
+    # self-contained (tests/test_self_contained.py loads such folders without grain)
+    assert saved["auto_map"]["AutoModelForSequenceClassification"] == "bert.GrainBertForSequenceClassification"
+    assert (path.parent / "compact" / "bert.py").exists() and (path.parent / "compact" / "kernels.py").exists()
+    card = (path.parent / "compact" / "README.md").read_text()
+    assert 'AutoModelForSequenceClassification.from_pretrained("<this dir>", trust_remote_code=True)' in card
 
     # a second run reuses the cached teacher
     again = run_grain(["task=sst2", "model=tiny", "trainer.max_steps=5", "logger=none", "stages=[teacher]"], tmp_path)

@@ -7,8 +7,9 @@ own, `bench/<device>-<dtype>-<batch>x<len>[-compiled-<mode>][-system-allocator][
 setting replaces that key only. Latency is each model's median over alternating rounds (each round
 a median); the spread reported is the min and max of those rounds (`latency_spread`).
 Given a model dir, `--dense <dir or hub name>` names the reference model.
-`--runtime onnxruntime` exports both to ONNX (`grain.deploy.onnx`) and times them with onnxruntime instead
-(`grain.measure.onnx_runtime`; needs `pip install -e .[export]`).
+`--runtime onnxruntime` exports both to ONNX (`grain.deploy.onnx`), quantizes each to int8 as well
+(`grain.deploy.quantize`), and times the four with onnxruntime instead (`grain.measure.onnx_runtime`;
+needs `pip install -e .[export]`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ import torch
 from grain.deploy.onnx import require
 from grain.errors import GrainError
 from grain.measure.compare import compare_models, floor_latency, format_table
-from grain.measure.onnx_runtime import compare_onnx
+from grain.measure.onnx_runtime import compare_onnx, format_int8
 from grain.measure.profile import format_op_table, op_times
 from grain.models.registry import load_saved_model
+from grain.quiet import quiet_libraries
 from grain.summary import SUMMARY_FILE, model_dir_of, read_summary, write_summary
 
 
@@ -106,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--runtime", choices=("torch", "onnxruntime"), default="torch",
-        help="onnxruntime: time both models exported to ONNX (fp32; CUDA provider on a GPU where installed)",
+        help="onnxruntime: time both models exported to ONNX, fp32 and dynamically quantized int8 "
+        "(fp32 also on the CUDA provider on a GPU where installed)",
     )
     args = parser.parse_args(argv)
+    quiet_libraries()
     on_onnx = args.runtime == "onnxruntime"
     if on_onnx and (args.compile or args.floor or args.profile):
         parser.error("--compile, --floor and --profile time PyTorch models; leave them out with --runtime onnxruntime")
@@ -163,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     result.update(latency_spread(result))
     print(format_table(result))
     print(format_spread(result))
+    if "int8" in result:
+        print(format_int8(result))
     if args.profile:
         print("\nself time per forward pass, by operator:")
         print(format_op_table(op_times(dense, batch, seq_len), op_times(compact, batch, seq_len)))

@@ -1,8 +1,9 @@
 """ONNX export of a compact (or HF) encoder with its task head, and the check of the file against PyTorch.
 
-The file has inputs input_ids, attention_mask and token_type_ids (int64, [batch, sequence]) and the
-task head's outputs (`logits`; `start_logits` and `end_logits` for question answering), both axes
-dynamic; `check_onnx` runs it with onnxruntime on a padded batch of another shape than the one it was
+The file has the inputs the model's family reads (`grain.models.inputs.model_input_names`: input_ids
+and attention_mask, plus token_type_ids for families with segments, such as BERT and ELECTRA; int64,
+[batch, sequence]) and the task head's outputs (`logits`; `start_logits` and `end_logits` for question
+answering), both axes dynamic; `check_onnx` runs it with onnxruntime on a padded batch of another shape than the one it was
 exported with and returns the largest absolute difference from the PyTorch model.
 
 Exporter: torch.onnx.export(..., dynamo=True), the torch.export-based exporter (the default since
@@ -35,10 +36,9 @@ import torch
 from torch import nn
 
 from grain.errors import GrainError
-from grain.models.inputs import random_batch
+from grain.models.inputs import model_input_names, random_batch
 
 DEFAULT_OPSET = 20
-INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 INSTALL_HINT = "pip install -e .[export]"
 
 
@@ -65,16 +65,23 @@ def output_names(model) -> list[str]:
 
 
 class TensorOutputs(nn.Module):
-    """`model` with positional tensor inputs and a tuple of the head's output tensors (what ONNX names)."""
+    """`model` with tensor inputs (`inputs`: the names it reads) and a tuple of the head's output tensors
+    (`outputs`), what ONNX names."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.inputs = model_input_names(model)
         self.outputs = output_names(model)
 
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        types = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **types)
         return tuple(out[name] for name in self.outputs)
+
+    def feeds(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The entries of `inputs` the model reads."""
+        return {name: inputs[name] for name in self.inputs}
 
 
 @contextlib.contextmanager
@@ -104,14 +111,14 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu", torch.float32).eval()
     wrapper = TensorOutputs(model).eval()
-    example = example if example is not None else random_batch(model.config, 2, 16, padded=True)
+    example = wrapper.feeds(example if example is not None else random_batch(model.config, 2, 16, padded=True))
     max_len = model.config.max_position_embeddings
     dims = {0: torch.export.Dim("batch"), 1: torch.export.Dim("sequence", max=max_len)}
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.5 * 2**30  # protobuf's 2 GB limit
     with (quieted() if quiet else contextlib.nullcontext()), torch.no_grad():
         torch.onnx.export(
-            wrapper, (), str(path), kwargs=example, input_names=list(INPUT_NAMES), output_names=wrapper.outputs,
-            opset_version=opset, dynamo=True, dynamic_shapes={name: dims for name in INPUT_NAMES},
+            wrapper, (), str(path), kwargs=example, input_names=wrapper.inputs, output_names=wrapper.outputs,
+            opset_version=opset, dynamo=True, dynamic_shapes={name: dims for name in wrapper.inputs},
             external_data=large,
         )
     return path
@@ -125,13 +132,20 @@ def onnx_opset(path: str | Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def onnx_input_names(path: str | Path) -> list[str]:
+    """The graph inputs the file declares, in order."""
+    import onnx  # noqa: PLC0415  (the export extra, optional: see the module docstring)
+
+    return [tensor.name for tensor in onnx.load(str(path), load_external_data=False).graph.input]
+
+
 def onnx_outputs(path: str | Path, inputs: dict[str, torch.Tensor], providers: list[str] | None = None) -> list:
-    """The file's outputs (numpy arrays) on `inputs` with onnxruntime."""
+    """The file's outputs (numpy arrays) on `inputs` (those of them the file declares) with onnxruntime."""
     require("onnxruntime")
     import onnxruntime  # noqa: PLC0415  (the export extra, optional: see the module docstring)
 
     session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
-    return session.run(None, {name: inputs[name].numpy() for name in INPUT_NAMES})
+    return session.run(None, {i.name: inputs[i.name].numpy() for i in session.get_inputs()})
 
 
 CHECK_SHAPE = (3, 24)
@@ -144,5 +158,5 @@ def check_onnx(model, path: str | Path, batch: int = CHECK_SHAPE[0], seq_len: in
     got = onnx_outputs(path, inputs)
     wrapper = TensorOutputs(model).eval()
     with torch.no_grad():
-        expected = wrapper(**inputs)
+        expected = wrapper(**wrapper.feeds(inputs))
     return max(float((torch.from_numpy(g) - e).abs().max()) for g, e in zip(got, expected))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 # Ids below this are special tokens in BERT-style vocabularies ([PAD] 0, [UNK] 100, [CLS] 101, ...).
@@ -37,3 +39,16 @@ def random_batch(config, batch: int, seq_len: int, padded: bool = False, seed: i
         ids = ids.masked_fill(attention == 0, getattr(config, "pad_token_id", None) or 0)
     batch_inputs = {"input_ids": ids, "attention_mask": attention, "token_type_ids": token_types}
     return {name: tensor.to(device) for name, tensor in batch_inputs.items()}
+
+
+def model_input_names(model) -> list[str]:
+    """The inputs `model` (an HF or compact encoder) reads: input_ids and attention_mask, plus
+    token_type_ids where its forward takes them and its config has two or more segments
+    (type_vocab_size > 1: BERT, ELECTRA; not RoBERTa/XLM-R with one, DeBERTa-v3 with none, DistilBERT
+    without the argument). What ONNX files and serving folders declare; Hugging Face's optimum
+    declares the same per family."""
+    names = ["input_ids", "attention_mask"]
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+    if takes_types and (getattr(model.config, "type_vocab_size", None) or 0) > 1:
+        names.append("token_type_ids")
+    return names

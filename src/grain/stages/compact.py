@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from grain.errors import writing
 from grain.measure.compare import bench_shapes, compare_models, format_table, serving_defaults, serving_device
 from grain.models.registry import is_compact
+from grain.models.self_contained import auto_class_name, save_compact
 from grain.models.slicing import compact_from_masked, factorized_copy
 from grain.target import Target
 from grain.tasks.evaluate import evaluate
@@ -53,7 +54,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     result["metric"] = result["metrics"].get(f"validation/{cfg.task.metric}")
     out_dir = run_dir / "compact"
     with writing(out_dir):
-        compact.save_pretrained(out_dir)
+        save_compact(compact, out_dir)
         tokenizer.save_pretrained(out_dir)
     result["path"] = str(out_dir)
 
@@ -69,7 +70,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
             "path": str(run_dir / "compact_factorized"),
         }
         with writing(run_dir / "compact_factorized"):
-            factorized.save_pretrained(run_dir / "compact_factorized")
+            save_compact(factorized, run_dir / "compact_factorized")
             tokenizer.save_pretrained(run_dir / "compact_factorized")
 
     seconds = float(cfg.compact.get("bench_seconds", 3.0))
@@ -77,11 +78,12 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     predicted = summary.get("student", {}).get("predicted_speedup")
     if predicted is not None:  # a speedup target: what the latency model promised, beside what was measured
         result["predicted_speedup"] = predicted
-    write_model_card(out_dir, cfg, summary, result)
+    write_model_card(out_dir, cfg, summary, result, auto_class_name(compact))
     return result
 
 
-def write_model_card(out_dir: Path, cfg: DictConfig, summary: dict, compact: dict) -> None:
+def write_model_card(out_dir: Path, cfg: DictConfig, summary: dict, compact: dict, auto: str) -> None:
+    """README.md of the compact folder; `auto`: the Auto class that loads it (auto_class_name)."""
     student = summary.get("student", {})
     teacher = summary.get("teacher", {})
     target = Target.of(cfg)
@@ -102,8 +104,17 @@ tags: [grain, structured-pruning, knowledge-distillation]
 
 # {cfg.task.name} {cfg.model.name}, pruned with GRAIN to {target}
 
-Load with `import grain` (registers the compact classes), then
-`AutoModelFor...from_pretrained("<this dir>")`.
+This folder holds its own modeling code (the `.py` files beside the weights; they import only torch
+and transformers). Load it where grain is not installed with
+
+```python
+from transformers import {auto}
+model = {auto}.from_pretrained("<this dir>", trust_remote_code=True)
+```
+
+or, where grain is installed, `import grain` first (it registers the same classes) and leave out
+`trust_remote_code`. `python -m grain.export <run dir> --format onnx` writes it as ONNX (fp32, and int8
+with `--quantize int8`); `--target tei` lays out a folder for text-embeddings-inference.
 
 | | value |
 |---|---|
