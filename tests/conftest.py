@@ -34,7 +34,7 @@ def tokenizer():
 def pytest_configure(config):
     # Runs the tests start (also as subprocesses) time their compact models briefly: the numbers are
     # not what these tests check, and 3 s per model and shape adds up over the suite.
-    os.environ.setdefault("GRAIN_BENCH_SECONDS", "0.3")
+    os.environ.setdefault("GRAIN_BENCH_SECONDS", "0.1")
     os.environ.setdefault("GRAIN_LATENCY_SECONDS", "0.02")  # the latency models speedup targets measure, likewise
 
 

@@ -409,6 +409,7 @@ def test_question_answering_reads_squad_json_and_refuses_v2_and_bad_offsets(toke
     assert "SQuAD-format .json" in refused(config(TRAIN_CSV))
 
 
+@pytest.mark.slow  # three whole runs (~55 s); the README test runs text classification end to end by default
 def test_tiny_runs_of_token_classification_question_answering_and_regression(tmp_path):
     scores = [[a, b, str(n % 5 + 0.5)] for n, (a, b) in enumerate(
         (r["sentence"], r["sentence"][::-1]) for r in read_rows(TRAIN_CSV)[:24])]

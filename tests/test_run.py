@@ -172,7 +172,8 @@ def test_sigterm_stops_a_run_with_a_non_zero_status(tmp_path):
 
 @pytest.mark.parametrize("hub", [
     {"HF_ENDPOINT": "http://127.0.0.1:9"},  # no hub answers (what a machine without network sees), no flag set
-    {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},  # told to stay offline, with nothing cached
+    pytest.param({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},  # told to stay offline, nothing cached
+                 marks=pytest.mark.slow),
 ])
 def test_offline_without_a_data_directory_is_one_line_before_anything_trains(tmp_path, monkeypatch, hub):
     """The quickstart's own command with no GRAIN_DATA_DIR and no hub (an empty HF cache): one line naming

@@ -78,6 +78,7 @@ def saved_folders(tmp_path_factory):
     for family, head in CASES:
         model, inputs = compact_case(family, head)
         folder = save_compact(model, root / f"{family}-{head}")
+        assert "auto_map" not in model.config.to_dict()  # only the saved config has it
         with torch.no_grad():
             out = model(**inputs)
         outputs = {name: value for name, value in out.items() if torch.is_tensor(value) and name != "loss"}

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -96,6 +97,7 @@ def test_publish_writes_summary_image_and_optional_artifact(tmp_path):
     assert artifact.type == "model" and artifact.metadata["compact/speedup"] == 2.5
 
 
+@pytest.mark.slow  # a whole run (~20 s); the summary and image publishing are checked in-process above
 def test_a_tiny_offline_run_puts_its_results_in_the_wandb_summary(tmp_path):
     args = ["task=sst2", "model=tiny", "trainer.max_steps=3", "logger=wandb", "logger.log_model_artifact=true"]
     result = run_grain(args, tmp_path)

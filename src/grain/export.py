@@ -7,12 +7,12 @@ was exported with, and prints the largest absolute difference from the PyTorch m
 for another opset; the one printed is the one in the file.
 
 `--quantize int8` also writes `model_int8.onnx` beside it (dynamic quantization, `grain.deploy.quantize`)
-and, given a run dir, evaluates the PyTorch compact model and both files on the run's evaluation split
+and, given a run dir (or its compact folder), evaluates the PyTorch compact model and both files on the run's evaluation split
 with the task's own evaluator, printing each metric side by side; the numbers go into summary.json under
 `export/onnx`.
 
 `--target tei` writes a folder text-embeddings-inference serves with its ONNX backend
-(`grain.deploy.tei`): `<run>/tei` (or `--out`).
+(`grain.deploy.tei`): `<run>/tei`, `<model dir>-tei` outside a run, or `--out` (a new folder).
 
 Needs the `export` extra: `pip install -e .[export]`.
 """
@@ -24,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from hydra.errors import InstantiationException
 from omegaconf import OmegaConf
 
 from grain.deploy.onnx import (
@@ -45,6 +46,7 @@ from grain.models.registry import load_saved_model
 from grain.quiet import quiet_libraries
 from grain.stages.trainer import build_datamodule
 from grain.summary import SUMMARY_FILE, model_dir_of, read_summary, write_summary
+from grain.tasks.base import task_class
 from grain.tasks.evaluate import evaluate
 
 FORMATS = ("onnx",)  # the file formats, one module each in grain.deploy
@@ -59,17 +61,34 @@ def run_datamodule(run_dir: Path, tokenizer):
     if not config:
         raise GrainError(f"{run_dir / SUMMARY_FILE} has no config: the run's settings are needed to evaluate on its split")
     cfg = OmegaConf.create(config)
-    return build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples), cfg.task.metric
+    task_class(cfg).check_data(cfg)  # data dir or hub reachable: one line before anything loads
+    try:
+        datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
+    except InstantiationException as err:  # a GrainError raised while Hydra built the data module
+        if isinstance(err.__cause__, GrainError):
+            raise err.__cause__ from None
+        raise
+    return datamodule, cfg.task.metric
 
 
-def evaluate_files(model, files: dict[str, Path], run_dir: Path, model_dir: Path) -> dict[str, float]:
-    """The run's metric (on its evaluation split) of the PyTorch `model` and of each ONNX file, by label."""
+def evaluate_files(model, files: dict[str, Path], run_dir: Path, model_dir: Path) -> tuple[str, dict[str, float]]:
+    """The run's metric on its (first) evaluation split, of the PyTorch `model` and of each ONNX file, by
+    label; and the split's name."""
     datamodule, metric = run_datamodule(run_dir, load_tokenizer(str(model_dir)))
-    key = f"{datamodule.eval_splits[0]}/{metric}"
-    scores = {"PyTorch fp32": evaluate(model, datamodule, "compact (PyTorch)")[key]}
+    split = datamodule.eval_splits[0]  # the one the run reports (not e.g. MNLI's mismatched)
+    key = f"{split}/{metric}"
+    scores = {"PyTorch fp32": evaluate(model, datamodule, "compact (PyTorch)", [split])[key]}
     for label, path in files.items():
-        scores[f"onnxruntime {label}"] = evaluate(OnnxModel(path), datamodule, f"compact ({label})")[key]
-    return scores
+        scores[f"onnxruntime {label}"] = evaluate(OnnxModel(path), datamodule, f"compact ({label})", [split])[key]
+    return split, scores
+
+
+def run_dir_of(path: Path, model_dir: Path) -> Path | None:
+    """The run dir `path` is, or whose compact folder it is (None: a model dir outside a run)."""
+    for candidate in (path, path.parent):
+        if (candidate / SUMMARY_FILE).exists() and model_dir_of(candidate) == model_dir:
+            return candidate
+    return None
 
 
 def export_onnx_files(model, out: Path, opset: int, quantize: str | None) -> dict[str, Path]:
@@ -114,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     model_dir = model_dir_of(path)
-    run_dir = path if (path / SUMMARY_FILE).exists() else None
+    run_dir = run_dir_of(path, model_dir)
     if not (model_dir / "config.json").exists():
         hint = " (did the run reach its compact stage? see run.log beside summary.json)" if model_dir != path else ""
         print(f"grain.export: error: no saved model at {model_dir}{hint}", file=sys.stderr)
@@ -123,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         require("onnx", "onnxscript", "onnxruntime")
         model = load_saved_model(model_dir)
         if args.target == "tei":
-            default = (run_dir or model_dir.parent) / "tei"
-            folder, diff = write_tei_folder(model, load_tokenizer(str(model_dir)), Path(args.out) if args.out else default)
+            default = run_dir / "tei" if run_dir else model_dir.with_name(f"{model_dir.name}-tei")
+            out = Path(args.out) if args.out else default
+            if out.resolve() == model_dir.resolve() or (out / "model.safetensors").exists():
+                raise GrainError(f"--out {out} holds a model; give a new folder for the TEI layout")
+            folder, diff = write_tei_folder(model, load_tokenizer(str(model_dir)), out, opset=args.opset)
             batch, seq_len = CHECK_SHAPE
             print(f"wrote {folder} for text-embeddings-inference (onnx/model.onnx, config.json, tokenizer.json)")
             print(f"max abs difference vs PyTorch on a padded {batch} x {seq_len} batch (onnxruntime, CPU): {diff:.2e}")
@@ -135,14 +157,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.quantize and run_dir is None:
             print("no run dir given: not evaluated (give the run dir to compare the files' metrics on its split)")
         elif args.quantize:
-            scores = evaluate_files(model, files, run_dir, model_dir)
+            split, scores = evaluate_files(model, files, run_dir, model_dir)
             summary = read_summary(run_dir)
             metric = summary.get("metric_name", "metric")
-            print(f"\n{metric} on the run's evaluation split ({summary.get('eval_split', 'validation')}):")
+            print(f"\n{metric} on the run's evaluation split ({split}):")
             for label, score in scores.items():
                 print(f"  compact, {label:18} {score:.4f}")
             summary["export/onnx"] = {
-                "files": {label: str(p) for label, p in files.items()}, "metric_name": metric, "metrics": scores,
+                "files": {label: str(p) for label, p in files.items()}, "metric_name": metric, "split": split,
+                "metrics": scores,
                 "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
             write_summary(run_dir, summary)

@@ -60,7 +60,7 @@ def output_names(model) -> list[str]:
     device = next(model.parameters()).device
     inputs = random_batch(model.config, 1, 4, padded=True, device=device)
     with torch.no_grad():
-        outputs = model(**inputs)
+        outputs = model(**{name: inputs[name] for name in model_input_names(model)})
     return [name for name, value in outputs.items() if torch.is_tensor(value) and name != "loss"]
 
 

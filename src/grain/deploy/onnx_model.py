@@ -20,12 +20,13 @@ from transformers.modeling_outputs import (
 )
 
 from grain.deploy.onnx import require
+from grain.errors import GrainError
 
 # onnxruntime graph optimizations grain's sessions leave out. SkipLayerNormFusion fuses each residual Add
 # with the LayerNorm after it; on this project's CPU (2 cores, AVX2) the fused kernel took ~5 ms per
 # [32, 128, 384] LayerNorm where the unfused pair takes ~1 ms: 40-60 ms of the quickstart's compact
-# model's 150-200 ms, fp32 and int8 alike (docs/measurements.md). Other runtimes of the same file (TEI,
-# a user's own session) pass the same list as `disabled_optimizers` to get the same speed.
+# model's 150-200 ms, fp32 and int8 alike (docs/measurements.md). A user's own session passes the same
+# list as `disabled_optimizers` to get the same speed; TEI builds its session itself and cannot.
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
@@ -57,6 +58,11 @@ class OnnxModel(nn.Module):
         self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
     def forward(self, **inputs: torch.Tensor):
+        if "token_type_ids" in self.inputs and "token_type_ids" not in inputs:  # as PyTorch: segment 0
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        missing = [name for name in self.inputs if name not in inputs]
+        if missing:
+            raise GrainError(f"{self.path} needs the inputs {', '.join(missing)}, which the batch has not")
         feeds = {name: inputs[name].detach().cpu().numpy() for name in self.inputs}
         values = dict(zip(self.outputs, (torch.from_numpy(v) for v in self.session.run(None, feeds))))
         if "start_logits" in values:

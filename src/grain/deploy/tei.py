@@ -17,8 +17,11 @@ What TEI reads (huggingface/text-embeddings-inference at 0d124dc, `backends/ort/
 So the folder holds the compact model's fp32 ONNX file as `onnx/model.onnx`, its tokenizer files and a
 config.json with those fields and the compact model's own, `model_type` the family's Hugging Face one
 (so that TEI applies its position offset) and no `auto_map` (the folder has no PyTorch code or weights).
-TEI serves sequence classifiers (and one-logit rerankers) and embedding models; a token classifier or a
-question-answering head has no TEI model type and is refused.
+TEI serves sequence classifiers (and one-logit rerankers) and embedding models; grain lays out the
+classifiers (embedding models come with their task type), and refuses a token classifier or a
+question-answering head, which have no TEI model type. TEI builds its own onnxruntime session with
+every graph optimization, so the SkipLayerNorm fusion grain's sessions leave out
+(`grain.deploy.onnx_model.DISABLED_OPTIMIZERS`) runs there.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from grain.deploy.onnx import check_onnx, export_onnx
+from grain.deploy.onnx import DEFAULT_OPSET, check_onnx, export_onnx
 from grain.errors import GrainError, writing
 
 ONNX_FILE = "onnx/model.onnx"
@@ -52,31 +55,34 @@ def tei_config(model) -> dict:
     data["hidden_size"] = config.hidden_size  # DistilBERT: attribute_map from `dim`
     data["num_hidden_layers"] = config.num_hidden_layers
     data["max_position_embeddings"] = config.max_position_embeddings
+    if config.pad_token_id is None:
+        raise GrainError("the model's config has no pad_token_id, which TEI pads with; set it in config.json")
     data["pad_token_id"] = config.pad_token_id
     data["id2label"] = {str(i): label for i, label in config.id2label.items()}
     data["label2id"] = {label: int(i) for label, i in config.label2id.items()}
     return data
 
 
-def write_tei_folder(model, tokenizer, out: str | Path) -> tuple[Path, float]:
+def write_tei_folder(model, tokenizer, out: str | Path, opset: int = DEFAULT_OPSET) -> tuple[Path, float]:
     """Write the TEI folder for `model` (a sequence classifier, compact or HF) and its `tokenizer` at
-    `out`: `onnx/model.onnx`, config.json, tokenizer files. Returns the folder and the ONNX file's
+    `out`: `onnx/model.onnx` (at `opset`), config.json, tokenizer files. Returns the folder and the ONNX file's
     largest absolute difference from `model` on a padded batch (`check_onnx`). Raises GrainError for a
     head TEI does not serve or a tokenizer without a fast (tokenizer.json) form, before writing anything."""
     name = type(model).__name__
     if not name.endswith("ForSequenceClassification"):
         raise GrainError(
-            f"text-embeddings-inference serves sequence classifiers, rerankers and embedding models, not a "
-            f"{name}; export it with --format onnx instead"
+            f"grain lays out TEI folders for sequence classifiers and rerankers; {name} is not one: "
+            f"export it with --format onnx instead"
         )
     if not getattr(tokenizer, "is_fast", False):
         raise GrainError(
             f"text-embeddings-inference reads tokenizer.json, which {type(tokenizer).__name__} (a slow "
             f"tokenizer) has not; save the model with a fast tokenizer"
         )
+    data = tei_config(model)  # refuses a config TEI cannot read, before writing anything
     out = Path(out)
     with writing(out):
-        path = export_onnx(model, out / ONNX_FILE)
+        path = export_onnx(model, out / ONNX_FILE, opset=opset)
         tokenizer.save_pretrained(out)
-        (out / "config.json").write_text(json.dumps(tei_config(model), indent=2, sort_keys=True) + "\n")
+        (out / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return out, check_onnx(model, path)

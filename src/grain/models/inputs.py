@@ -45,7 +45,7 @@ def model_input_names(model) -> list[str]:
     """The inputs `model` (an HF or compact encoder) reads: input_ids and attention_mask, plus
     token_type_ids where its forward takes them and its config has two or more segments
     (type_vocab_size > 1: BERT, ELECTRA; not RoBERTa/XLM-R with one, DeBERTa-v3 with none, DistilBERT
-    without the argument). What ONNX files and serving folders declare; Hugging Face's optimum
+    whose config has no token types). What ONNX files and serving folders declare; Hugging Face's optimum
     declares the same per family."""
     names = ["input_ids", "attention_mask"]
     takes_types = "token_type_ids" in inspect.signature(model.forward).parameters

@@ -10,8 +10,9 @@ runs, and writes `auto_map` into config.json for the config, the base model and 
 
 loads the model where grain is not installed; where it is, `import grain` registers the same classes and
 `from_pretrained(dir)` loads them without `trust_remote_code` (transformers prefers registered classes to
-remote code unless trust_remote_code=True is given). Without either, transformers' own error says to pass
-`trust_remote_code=True`.
+remote code unless trust_remote_code=True is given). Without either, transformers refuses to run the
+folder's code (at a terminal it first asks [y/N]) and its error says to pass `trust_remote_code=True`.
+The files need transformers 5 (grain's own requirement), as grain does.
 
 Source of the convention: transformers' `dynamic_module_utils` (`custom_object_save`,
 `get_relative_import_files`) and "Building custom models" in its documentation.
@@ -69,8 +70,14 @@ def save_compact(model: PreTrainedModel, directory: str | Path) -> Path:
     is not a compact model (an HF model needs no code of its own)."""
     family = family_of(model)
     directory = Path(directory)
+    before = getattr(model.config, "auto_map", None)
     model.config.auto_map = auto_map(family)
-    model.save_pretrained(directory)
+    try:
+        model.save_pretrained(directory)
+    finally:  # the model in memory stays as it was: a later plain save_pretrained writes no dangling auto_map
+        model.config.auto_map = before
+        if before is None:
+            del model.config.auto_map
     for file in modeling_files(family):
         shutil.copyfile(file, directory / file.name)
     return directory

@@ -105,7 +105,7 @@ tags: [grain, structured-pruning, knowledge-distillation]
 # {cfg.task.name} {cfg.model.name}, pruned with GRAIN to {target}
 
 This folder holds its own modeling code (the `.py` files beside the weights; they import only torch
-and transformers). Load it where grain is not installed with
+and transformers 5). Load it where grain is not installed with
 
 ```python
 from transformers import {auto}

@@ -10,12 +10,12 @@ from grain.tasks.base import model_inputs
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, datamodule, desc: str = "eval") -> dict[str, float]:
-    """Return metrics keyed `<split>/<name>` (e.g. `validation/accuracy`) for every eval split."""
+def evaluate(model: torch.nn.Module, datamodule, desc: str = "eval", splits: list[str] | None = None) -> dict[str, float]:
+    """Return metrics keyed `<split>/<name>` (e.g. `validation/accuracy`) for every eval split (or `splits`)."""
     device = next(model.parameters()).device
     results: dict[str, float] = {}
     with eval_mode(model):
-        for split in datamodule.eval_splits:
+        for split in splits or datamodule.eval_splits:
             evaluator = datamodule.make_evaluator(split)
             batches = datamodule.eval_dataloader(split)
             for batch in tqdm(batches, desc=f"{desc} {split}", leave=False, disable=None):  # None: off where not a terminal
