@@ -172,9 +172,47 @@ def tiny_sst2_run(tmp_path, tokenizer) -> Path:
     return run_dir
 
 
+def check_tei_contract(folder: Path, run_dir: Path, tokenizer) -> None:
+    """`folder` checked against text-embeddings-inference's ONNX backend contract (grain.deploy.tei):
+    config.json fields, tokenizer.json, inputs fed only where the graph declares them, `logits` by name,
+    equal to the run's PyTorch compact model."""
+    import onnxruntime
+    from tokenizers import Tokenizer
+
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["GrainBertForSequenceClassification"]  # ends in Classification: a classifier
+    assert config["model_type"] == "bert" and "auto_map" not in config
+    for field in ("max_position_embeddings", "hidden_size", "num_hidden_layers", "pad_token_id"):
+        assert isinstance(config[field], int), field
+    assert config["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and config["label2id"] == {"LABEL_0": 0, "LABEL_1": 1}
+
+    # as TEI runs it: tokenizer.json, right padding with pad_token_id, int64 inputs by name
+    texts = [("a gripping , funny film", None), ("what a waste", "of two hours")]
+    encoder = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    encodings = [encoder.encode(a, b) if b else encoder.encode(a) for a, b in texts]
+    width = max(len(e.ids) for e in encodings)
+
+    def padded(rows, value):
+        return np.array([row + [value] * (width - len(row)) for row in rows], dtype=np.int64)
+    feeds = {"input_ids": padded([e.ids for e in encodings], config["pad_token_id"]),
+             "attention_mask": padded([e.attention_mask for e in encodings], 0),
+             "token_type_ids": padded([e.type_ids for e in encodings], 0)}
+    session = onnxruntime.InferenceSession(str(folder / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    declared = [i.name for i in session.get_inputs()]
+    [logits] = session.run(["logits"], {name: feeds[name] for name in declared})
+    assert logits.shape == (2, len(config["id2label"]))
+
+    model = load_saved_model(run_dir / "compact")
+    expected = []  # each text alone, unpadded, through the PyTorch compact model
+    for a, b in texts:
+        with torch.no_grad():
+            expected.append(model(**tokenizer(a, b, return_tensors="pt")).logits[0])
+    torch.testing.assert_close(torch.from_numpy(logits), torch.stack(expected), atol=ATOL, rtol=0)
+
+
 def test_readme_deploy_commands_run_as_written(tmp_path, capsys, tokenizer):
     """The README's "Deploy the compact model" commands on a tiny run (cheap bench settings appended):
-    fp32 and int8 files evaluated beside PyTorch, the four onnxruntime timings, the TEI folder."""
+    fp32 and int8 files evaluated beside PyTorch, the four onnxruntime timings, the TEI folder as TEI reads it."""
     needs_onnx()
     import onnx
 
@@ -223,49 +261,8 @@ def test_readme_deploy_commands_run_as_written(tmp_path, capsys, tokenizer):
     assert f"bench/cpu-float32-{BENCH_BATCH}x{BENCH_SEQ}" not in read_summary(run_dir)  # PyTorch's key stays apart
 
     assert export_main([str(run_dir), *exports[1][1:]]) == 0
-    assert (run_dir / "tei" / "onnx" / "model.onnx").exists() and (run_dir / "tei" / "tokenizer.json").exists()
-
-
-def test_tei_folder_is_served_as_tei_reads_it(tmp_path, capsys, tokenizer):
-    """The folder checked against text-embeddings-inference's ONNX backend contract (grain.deploy.tei):
-    config.json fields, tokenizer.json, inputs fed only where the graph declares them, `logits` by name."""
-    needs_onnx()
-    import onnxruntime
-    from tokenizers import Tokenizer
-
-    run_dir = tiny_sst2_run(tmp_path, tokenizer)
-    assert export_main([str(run_dir), "--target", "tei"]) == 0
-    folder = run_dir / "tei"
-    assert f"wrote {folder} for text-embeddings-inference" in capsys.readouterr().out
-    config = json.loads((folder / "config.json").read_text())
-    assert config["architectures"] == ["GrainBertForSequenceClassification"]  # ends in Classification: a classifier
-    assert config["model_type"] == "bert" and "auto_map" not in config
-    for field in ("max_position_embeddings", "hidden_size", "num_hidden_layers", "pad_token_id"):
-        assert isinstance(config[field], int), field
-    assert config["id2label"] == {"0": "LABEL_0", "1": "LABEL_1"} and config["label2id"] == {"LABEL_0": 0, "LABEL_1": 1}
-
-    # as TEI runs it: tokenizer.json, right padding with pad_token_id, int64 inputs by name
-    texts = [("a gripping , funny film", None), ("what a waste", "of two hours")]
-    encoder = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    encodings = [encoder.encode(a, b) if b else encoder.encode(a) for a, b in texts]
-    width = max(len(e.ids) for e in encodings)
-
-    def padded(rows, value):
-        return np.array([row + [value] * (width - len(row)) for row in rows], dtype=np.int64)
-    feeds = {"input_ids": padded([e.ids for e in encodings], config["pad_token_id"]),
-             "attention_mask": padded([e.attention_mask for e in encodings], 0),
-             "token_type_ids": padded([e.type_ids for e in encodings], 0)}
-    session = onnxruntime.InferenceSession(str(folder / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
-    declared = [i.name for i in session.get_inputs()]
-    [logits] = session.run(["logits"], {name: feeds[name] for name in declared})
-    assert logits.shape == (2, len(config["id2label"]))
-
-    model = load_saved_model(run_dir / "compact")
-    expected = []  # each text alone, unpadded, through the PyTorch compact model
-    for a, b in texts:
-        with torch.no_grad():
-            expected.append(model(**tokenizer(a, b, return_tensors="pt")).logits[0])
-    torch.testing.assert_close(torch.from_numpy(logits), torch.stack(expected), atol=ATOL, rtol=0)
+    assert f"wrote {run_dir / 'tei'} for text-embeddings-inference" in capsys.readouterr().out
+    check_tei_contract(run_dir / "tei", run_dir, tokenizer)
 
 
 def test_tei_refuses_a_head_it_does_not_serve(tmp_path, capsys, tokenizer):
