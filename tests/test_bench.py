@@ -171,7 +171,7 @@ def test_compact_stage_times_the_training_device_at_its_default_shapes():
     chosen = OmegaConf.create({"bench_batch": 8, "bench_seq_len": None, "bench_extra_shapes": [[1, 16], [8, 128]]})
     assert bench_shapes(chosen, cpu) == [(8, 128), (1, 16)]
     dense = tiny_model(**DENSE)
-    result = benchmark(dense, half_ffn_compact(dense), [(BATCH, SEQ), (1, 8)], cpu)
+    result = benchmark(dense, half_ffn_compact(dense), [(BATCH, SEQ), (1, 8)], cpu, seconds=0.1)
     assert (result["dtype"], result["batch"], result["seq_len"]) == ("float32", BATCH, SEQ)
     assert result["device"].startswith("cpu")
     assert [(s["batch"], s["seq_len"]) for s in result["shapes"]] == [(BATCH, SEQ), (1, 8)]
