@@ -104,6 +104,27 @@ def test_the_loader_hands_out_a_plain_loaders_batches_and_resumes_at_its_positio
     assert [b.tolist() for b in other][0] == [8, 9, 10, 11]
 
 
+def kill_9_past_step(args: list[str], directory, checkpoints: str, step: int):
+    """Start `args` in `directory` (made here) and SIGKILL it once a checkpoint matching the glob
+    `checkpoints` holds `global_step` >= `step`; returns the checkpoints the glob matched then."""
+    directory.mkdir()
+    proc = start_grain(args, directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            found = list(directory.glob(checkpoints))
+            if found and torch.load(found[0], weights_only=True, map_location="cpu")["global_step"] >= step:
+                break
+            assert proc.poll() is None, "the run ended before it was killed"
+            assert time.monotonic() < deadline, f"no checkpoint past step {step}"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    return found
+
+
 @pytest.mark.slow
 def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp_path):
     whole = tmp_path / "whole"
@@ -114,24 +135,8 @@ def test_kill_9_in_the_prune_stage_then_resume_gives_the_uninterrupted_masks(tmp
     [want] = whole.glob("outputs/**/masks.safetensors")
 
     killed = tmp_path / "killed"
-    killed.mkdir()
-    proc = start_grain(RESUMABLE_RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            found = list(killed.glob("outputs/**/checkpoints/last.ckpt"))
-            if found:
-                step = torch.load(found[0], weights_only=True, map_location="cpu")["global_step"]
-                if step >= 9:  # mid-epoch (8 steps an epoch), inside the pruning window (steps 5..14)
-                    break
-            assert proc.poll() is None, "the run ended before it was killed"
-            assert time.monotonic() < deadline, "no checkpoint past step 9"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
-    [checkpoint] = found
+    # mid-epoch (8 steps an epoch), inside the pruning window (steps 5..14)
+    [checkpoint] = kill_9_past_step(RESUMABLE_RUN, killed, "outputs/**/checkpoints/last.ckpt", 9)
     run_dir = checkpoint.parent.parent
     assert not (run_dir / "masks.safetensors").exists(), "killed inside the prune stage"
     step = torch.load(checkpoint, weights_only=True, map_location="cpu")["global_step"]
@@ -255,21 +260,8 @@ def test_kill_9_in_the_teacher_stage_then_the_same_run_resumes_to_the_uninterrup
     [want] = whole.glob(".cache/grain/teachers/*/model.safetensors")
 
     killed = tmp_path / "killed"
-    killed.mkdir()
-    proc = start_grain(TEACHER_RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            found = list(killed.glob(".cache/grain/teachers/*.partial/last.ckpt"))
-            if found and torch.load(found[0], weights_only=True, map_location="cpu")["global_step"] >= 10:
-                break  # mid second epoch (8 steps an epoch, 24 in all)
-            assert proc.poll() is None, "the run ended before it was killed"
-            assert time.monotonic() < deadline, "no teacher checkpoint past step 10"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        proc.kill()
+    # mid second epoch (8 steps an epoch, 24 in all)
+    kill_9_past_step(TEACHER_RUN, killed, ".cache/grain/teachers/*.partial/last.ckpt", 10)
     assert not list(killed.glob(".cache/grain/teachers/*/model.safetensors")), "killed before the teacher was cached"
 
     again = start_grain(TEACHER_RUN, killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -83,14 +83,11 @@ def validate_config(cfg: DictConfig) -> Target:
         raise GrainError("stages has 'prune' without 'teacher': add the teacher stage or give teacher.path=...")
     validate_sizes(cfg)
     task.validate_settings(cfg)  # the settings only the task knows (sizes, counts)
-    config = validate_models(cfg)
+    config = validate_models(cfg, task)
     if target.speedup is not None and config is not None:
         check_cached_speed_target(cfg, config, target.speedup)
     check_checkpoint(cfg)
     task.check_data(cfg)  # the data this run reads (files, columns, labels), before anything trains
-    if cfg.teacher.path and "teacher" in cfg.stages and local_model_dir(
-            "teacher.path", str(cfg.teacher.path), "give a fine-tuned model directory or a hub name") is not None:
-        check_given_teacher(str(cfg.teacher.path), task.auto_model_class, task.label_names(cfg), cfg.task.name)
     return target
 
 
@@ -180,10 +177,11 @@ def check_cached_speed_target(cfg: DictConfig, config: dict, speedup: float) -> 
         check_reachable(model, speedup)
 
 
-def validate_models(cfg: DictConfig) -> dict | None:
+def validate_models(cfg: DictConfig, task) -> dict | None:
     """model.pretrained, model.tokenizer and teacher.path: existing, loadable, of a family grain can
     compact, with a word embedding wider than student.embedding_rank and long enough for the task's
-    max_length and the benchmark length. Returns the backbone's config.json (None: only on the hub)."""
+    max_length and the benchmark length; a local teacher.path with `task`'s head and labels
+    (`check_given_teacher`). Returns the backbone's config.json (None: only on the hub)."""
     config = model_config(cfg)
     tokenizer = str(cfg.model.tokenizer)
     if tokenizer != "random":
@@ -198,6 +196,7 @@ def validate_models(cfg: DictConfig) -> dict | None:
         teacher_dir = local_model_dir("teacher.path", str(cfg.teacher.path), fix)
         if teacher_dir is not None:
             read_model_config("teacher.path", teacher_dir)
+            check_given_teacher(str(cfg.teacher.path), task.auto_model_class, task.label_names(cfg), cfg.task.name)
 
     family = model_family(cfg, config)
     architecture = find_architecture(family) if family is not None else None

@@ -36,6 +36,14 @@ def free_space(path: Path) -> str:
         return "free space unknown"
 
 
+def no_space(path) -> GrainError:
+    """The error for a write to `path` (the file or folder being written) that found the disk full."""
+    return GrainError(
+        f"no space left on the device writing {path} ({free_space(path)}); free some space, or write "
+        f"elsewhere (paths.output_dir / PROJECT_ROOT for runs, GRAIN_CACHE_DIR for caches)"
+    )
+
+
 @contextlib.contextmanager
 def writing(path):
     """Within the block, a write that runs out of disk space becomes a GrainError naming `path` (the file
@@ -45,7 +53,4 @@ def writing(path):
     except Exception as err:
         if not disk_full(err):
             raise
-        raise GrainError(
-            f"no space left on the device writing {path} ({free_space(path)}); free some space, or write "
-            f"elsewhere (paths.output_dir / PROJECT_ROOT for runs, GRAIN_CACHE_DIR for caches)"
-        ) from None
+        raise no_space(path) from None

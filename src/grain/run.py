@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 
 from grain.conf import CONFIG_DIR
 from grain.config import unknown_trainer_setting, validate_config
-from grain.errors import GrainError, disk_full, free_space
+from grain.errors import GrainError, disk_full, no_space
 from grain.launch import start_ranks_in_the_sweep_dir
 from grain.pipeline import results_block, run_pipeline, write_failed_summary
 from grain.quiet import quiet_libraries
@@ -114,8 +114,7 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(BAD_INPUT_EXIT)
     except Exception as err:
         if disk_full(err):  # where no `writing` block named the file: the error's, or the run dir
-            err = GrainError(f"no space left on the device writing {getattr(err, 'filename', None) or run_dir} "
-                             f"({free_space(run_dir)}); free some space, or write elsewhere")
+            err = no_space(getattr(err, "filename", None) or run_dir)
             if sweeping:
                 return job_failed(hydra_cfg, err)
             print(f"grain: error: {err}", file=sys.stderr)

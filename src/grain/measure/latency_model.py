@@ -631,12 +631,18 @@ def check_reachable(model: LatencyModel, speedup: float) -> None:
         )
 
 
+def model_cache_path(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path) -> Path:
+    """Where the latency model of `hf_config` (an HF config object or config.json dict) at this device,
+    its serving dtype and this shape is cached (`model_key`)."""
+    model_type = hf_config.get("model_type", "bert") if isinstance(hf_config, dict) else getattr(hf_config, "model_type", "bert")
+    key = model_key(EncoderShape.of(hf_config), device, serving_defaults(device)[0], batch, seq_len, model_type)
+    return cache_path(cache_dir, key)
+
+
 def cached_latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cache_dir: Path) -> LatencyModel | None:
     """The cached latency model of `hf_config` (an HF config object or config.json dict) at this device and
     shape, or None where none is cached (nothing is measured)."""
-    model_type = hf_config.get("model_type", "bert") if isinstance(hf_config, dict) else getattr(hf_config, "model_type", "bert")
-    key = model_key(EncoderShape.of(hf_config), device, serving_defaults(device)[0], batch, seq_len, model_type)
-    path = cache_path(cache_dir, key)
+    path = model_cache_path(hf_config, device, batch, seq_len, cache_dir)
     return LatencyModel.load(path) if path.exists() else None
 
 
@@ -646,9 +652,7 @@ def latency_model(hf_config, device: torch.device, batch: int, seq_len: int, cac
     length; measured once (the time it took is printed, docs/measurements.md). A measurement that fails
     its self-check (`measurement_problems`) is taken again; failing twice, it raises GrainError naming
     the spread and is not cached."""
-    shape = EncoderShape.of(hf_config)
-    key = model_key(shape, device, serving_defaults(device)[0], batch, seq_len, getattr(hf_config, "model_type", "bert"))
-    path = cache_path(cache_dir, key)
+    path = model_cache_path(hf_config, device, batch, seq_len, cache_dir)
     if path.exists():
         progress(f"latency model from {path}")
         return LatencyModel.load(path)

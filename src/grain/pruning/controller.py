@@ -249,16 +249,18 @@ class PruningController(nn.Module):
         else:
             self._select_by_params(fraction, self.masks())
 
-    def _select_by_params(self, sparsity: float, masks: dict[str, torch.Tensor]) -> None:
+    def _select_by_params(self, sparsity: float, masks: dict[str, torch.Tensor],
+                          scores: dict[str, torch.Tensor] | None = None) -> None:
         """Remove the least important units of `masks` (in place) until `sparsity` of the prunable-unit
         parameters is gone.
 
         The budget is `sparsity * prunable_params` (W_O/W_2 output biases, never pruned, left out),
         as airaria/GRAIN FineISPruner; see `ranking.select_units` for the `budget` modes.
-        Runs on the masks' device without reading values back to the host.
+        Runs on the masks' device without reading values back to the host. `scores`: the step's
+        `_ranking_scores()` where the caller has them already.
         """
         budget = sparsity * prunable_params(self.shape)
-        scores = self._ranking_scores()
+        scores = self._ranking_scores() if scores is None else scores
         if self.units == "head":
             self._prune_heads(budget, masks, scores)
         else:
@@ -276,33 +278,32 @@ class PruningController(nn.Module):
         GRAIN's own selection, at the least sparsity whose masks meet the target (bisection). Both
         read masks back to the host, once per pruning step (rare), never per training step.
         """
-        masks, model = self.masks(), self.latency_model
+        masks, model, scores = self.masks(), self.latency_model, self._ranking_scores()
         if self.cost == "latency":
-            prune_to_latency(self._ranking_scores(), masks, self.shape, model, target_ms)
-            self._keep_one_head_and_neuron(masks)
+            prune_to_latency(scores, masks, self.shape, model, target_ms)
+            self._keep_one_head_and_neuron(masks, scores)
             return
         lo, hi, best = 0.0, 1.0 - 1e-6, None
         for _ in range(20):
             mid = (lo + hi) / 2
             trial = {kind: mask.clone() for kind, mask in masks.items()}
-            self._select_by_params(mid, trial)
+            self._select_by_params(mid, trial, scores)
             if model.predict_masks(trial, self.shape) <= target_ms:
                 hi, best = mid, trial
             else:
                 lo = mid
         if best is None:  # even (almost) everything removed misses the target: take the most
             best = {kind: mask.clone() for kind, mask in masks.items()}
-            self._select_by_params(hi, best)
+            self._select_by_params(hi, best, scores)
         for kind, mask in masks.items():
             mask.copy_(best[kind])
-        self._keep_one_head_and_neuron(masks)
+        self._keep_one_head_and_neuron(masks, scores)
 
-    def _keep_one_head_and_neuron(self, masks: dict[str, torch.Tensor]) -> None:
+    def _keep_one_head_and_neuron(self, masks: dict[str, torch.Tensor], scores: dict[str, torch.Tensor]) -> None:
         """A speed target never prunes the model to nothing: where no VO unit (no head) or no FFN neuron is
         left in the whole model, its most important one comes back (a target that asks for less than one
         head and one FFN neuron per layer is refused before training: `LatencyModel.max_speedup`).
         Reads the masks on the host: a pruning step, rare."""
-        scores = self._ranking_scores()
         for kind in ("vo", "ffn"):
             if not bool(masks[kind].any()):
                 masks[kind].view(-1)[scores[kind].flatten().argmax()] = 1.0
