@@ -19,6 +19,7 @@ import grain  # noqa: F401  (registers the compact classes)
 from grain.bench.__main__ import main as bench_main
 from grain.deploy.onnx import DEFAULT_OPSET, TensorOutputs, check_onnx, export_onnx, onnx_input_names, onnx_opset, onnx_outputs
 from grain.deploy.onnx_model import OnnxModel
+from grain.deploy.quantize import quantize_int8
 from grain.deploy.tei import tei_config
 from grain.export import main as export_main
 from grain.export import run_dir_of
@@ -152,6 +153,15 @@ def test_onnx_export_keeps_the_attention_mask_at_any_shape(head, tmp_path):
         torch.testing.assert_close(row, kept, atol=ATOL, rtol=0)
         assert (row - other).abs().max() > 100 * ATOL
 
+    # dynamically quantized: int8 weights and products, the same inputs and outputs, close to fp32
+    int8 = quantize_int8(path, tmp_path / "model_int8.onnx")
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    for q_out, f_out in zip(onnx_outputs(int8, padded), got):
+        assert q_out.shape == f_out.shape and 0 < abs(q_out - f_out).max() < 0.1 * (abs(f_out).max() + 1)
+
 
 def tiny_sst2_run(tmp_path, tokenizer) -> Path:
     """A run dir as the compact stage leaves it, for task=sst2 on the test fixtures: its config, summary,
@@ -210,6 +220,7 @@ def check_tei_contract(folder: Path, run_dir: Path, tokenizer) -> None:
     torch.testing.assert_close(torch.from_numpy(logits), torch.stack(expected), atol=ATOL, rtol=0)
 
 
+@pytest.mark.slow  # four ONNX exports (~45 s); by default the export, int8 and TEI code is tested in parts above and below
 def test_readme_deploy_commands_run_as_written(tmp_path, capsys, tokenizer):
     """The README's "Deploy the compact model" commands on a tiny run (cheap bench settings appended):
     fp32 and int8 files evaluated beside PyTorch, the four onnxruntime timings, the TEI folder as TEI reads it."""

@@ -247,7 +247,12 @@ SMALL = dict(vocab_size=1200, hidden_size=32, num_hidden_layers=2, num_attention
 def test_a_busy_measurement_is_taken_again_then_refused_and_never_cached(tmp_path, monkeypatch):
     """Timed while another process had half the cores (its CPU share 50%), a latency model was trusted and
     cached; now it is measured again and, busy twice, refused in one line naming the share."""
-    monkeypatch.setattr(lm.CpuShare, "share", property(lambda self: 0.5))
+    def busy(hf_config, device, batch, seq_len, min_run_time, progress, rounds):  # as measure_model leaves it
+        model = known_model()
+        model.measurement = {"cpu_share": 0.5, "spread": 0.1, "fit_error": 0.05}
+        return model
+
+    monkeypatch.setattr(lm, "measure_model", busy)  # the share's reading is the test below's, measured for real
     lines = []
     with pytest.raises(GrainError) as err:
         latency_model(BertConfig(**SMALL), torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.005, progress=lines.append)
