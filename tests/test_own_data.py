@@ -232,6 +232,7 @@ def test_unlabelled_row_and_single_label(tmp_path):
     assert "at least two labels" in refused(own_config(tmp_path, train=one, dev=one))
 
 
+@pytest.mark.slow  # the message: test_missing_column_names_the_columns_present; the entry's one line: test_run
 def test_refused_on_the_command_line_in_one_line(tmp_path):
     result = run_grain(["task=text_classification", f"task.train_file={TRAIN_CSV}", f"task.validation_file={DEV_CSV}",
                         "task.text_columns=[text]", "model=tiny"], tmp_path, data_dir=None, timeout=300)
