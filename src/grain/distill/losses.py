@@ -61,3 +61,23 @@ def hidden_mse(
     for student, teacher in zip(student_states, teacher_states):
         total = total + (((student.float() - teacher.float()) ** 2) * weights).sum() / denominator
     return total
+
+
+def embedding_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    mse_weight: float = 1.0,
+    cosine_weight: float = 1.0,
+) -> torch.Tensor:
+    """Distillation in embedding space: `mse_weight` x MSE (mean over rows and dimensions) plus
+    `cosine_weight` x the mean cosine distance (1 - cos) between student and teacher sentence embeddings.
+
+    student, teacher: [batch, dim] sentence embeddings as the model's pooling gives them, before any
+    normalization. MSE on embeddings is sentence-transformers' `MSELoss` (Reimers & Gurevych 2020,
+    "Making monolingual sentence embeddings multilingual using knowledge distillation"); the cosine
+    term keeps the direction that cosine retrieval and STS read, whatever the norm.
+    """
+    student, teacher = student.float(), teacher.float()
+    mse = F.mse_loss(student, teacher)
+    cosine = (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    return mse_weight * mse + cosine_weight * cosine

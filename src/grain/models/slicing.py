@@ -79,11 +79,12 @@ def compaction_plan(indices: list[dict[str, torch.Tensor]], arch: Architecture, 
     encoder layers (the others, embeddings and heads, keep their names and are copied whole).
 
     indices: `kept_indices` of the masks; arch: the masked model's family (its module names); prefix:
-    the models' `base_model_prefix` (the compact model of a family keeps it, and the family's layer path).
+    the models' `base_model_prefix` (the compact model of a family keeps it, and the family's layer path;
+    "" for a base model without a head, whose parameters have no prefix).
     """
     plan = {}
     for i, kept in enumerate(indices):
-        base = f"{prefix}.{arch.layer_path}.{i}"
+        base = f"{prefix}.{arch.layer_path}.{i}" if prefix else f"{arch.layer_path}.{i}"
 
         def add(role: str, rows=None, cols=None, bias_rows=None, target: str | None = None) -> None:
             """The weight (and bias) of `role`, sliced by rows or columns (the bias by `bias_rows`)."""
@@ -120,7 +121,7 @@ def check_supported(model: nn.Module) -> None:
         heads = f"; {arch.family} heads: {', '.join(head_names(arch))}" if arch is not None else ""
         raise GrainError(
             f"compaction supports the families {', '.join(supported_families())} with a classification, QA or "
-            f"token-classification head{heads}; got {head} ({model.config.model_type}). Run with "
+            f"token-classification head, or none (a sentence encoder){heads}; got {head} ({model.config.model_type}). Run with "
             f"stages=[teacher,prune] to keep the masked model"
         )
     arch.check(model.config)
@@ -142,7 +143,8 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor]):
     config = compact_config(model, KeptStructure.of(masks, shape), factorized_rank(model))
     with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
         compact = compact_class(model)(config)
-    plan = compaction_plan(kept_indices(masks, shape), find_architecture(model), model.base_model_prefix)
+    prefix = model.base_model_prefix if model.base_model is not model else ""  # a base model: no prefix
+    plan = compaction_plan(kept_indices(masks, shape), find_architecture(model), prefix)
     source = dict(model.named_parameters())
     for name, target in compact.named_parameters():  # buffers (position ids) are built alike
         rule = plan.get(name, Slice(name))

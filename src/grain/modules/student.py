@@ -16,7 +16,7 @@ import logging
 import lightning.pytorch as pl
 import torch
 
-from grain.distill.losses import hidden_mse, kd_loss
+from grain.distill.losses import embedding_loss, hidden_mse, kd_loss
 from grain.distill.projections import HiddenProjections, matched_layers
 from grain.models.backbone import restore_output_capture
 from grain.models.slicing import compact_from_masked, slice_optimizer_state
@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 
 
 class StudentModule(SplitEvaluation, pl.LightningModule):
-    """Distils `student` from the frozen `teacher` while `controller` prunes it. `task` (the Task class
-    of the run) says which logits the KD loss compares and at which positions."""
+    """Distils `student` from the frozen `teacher` while `controller` prunes it. `task` (the run's Task,
+    its class or its data module) says what distillation compares (`Task.distillation_target`): logits,
+    with the KD loss, at the positions it names; or sentence embeddings (`Task.embeddings`, an instance
+    method: it pools with the data module's pooling), with `embedding_loss` weighted by the distillation
+    config's `embedding_mse_weight` and `embedding_cosine_weight`."""
 
     metric_prefix = "student"
 
@@ -55,6 +58,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         self.temperature = float(distill_cfg["temperature"])
         self.hard_label_weight = float(distill_cfg["hard_label_weight"])
         self.hidden_weight = float(distill_cfg["hidden_weight"])
+        self.embedding_weights = (float(distill_cfg.get("embedding_mse_weight", 1.0)),
+                                  float(distill_cfg.get("embedding_cosine_weight", 1.0)))
         self.optim_cfg = dict(optim_cfg)
         self.gradient_separation = gradient_separation
         self.compact_after_end = compact_after_end
@@ -92,7 +97,11 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         student_inputs = model_inputs(batch, with_labels=self.hard_label_weight > 0)
         student_out = self.student(**student_inputs, output_hidden_states=use_hidden)
         prediction = torch.zeros((), device=self.device)
-        if self.kd_weight > 0:
+        if self.kd_weight > 0 and self.task.distillation_target == "embeddings":
+            kd = embedding_loss(self.task.embeddings(student_out, batch), self.task.embeddings(teacher_out, batch),
+                                *self.embedding_weights)
+            prediction = prediction + self.kd_weight * kd
+        elif self.kd_weight > 0:
             kd = kd_loss(self.task.prediction_logits(student_out), self.task.prediction_logits(teacher_out),
                          self.temperature, self.task.distillation_positions(batch))
             prediction = prediction + self.kd_weight * kd

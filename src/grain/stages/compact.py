@@ -56,6 +56,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
     with writing(out_dir):
         save_compact(compact, out_dir)
         tokenizer.save_pretrained(out_dir)
+        datamodule.save_model_files(out_dir)  # what the task's users load it with (a sentence-transformers folder)
     result["path"] = str(out_dir)
 
     rank = cfg.compact.embedding_rank
@@ -72,6 +73,7 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
         with writing(run_dir / "compact_factorized"):
             save_compact(factorized, run_dir / "compact_factorized")
             tokenizer.save_pretrained(run_dir / "compact_factorized")
+            datamodule.save_model_files(run_dir / "compact_factorized")
 
     seconds = float(cfg.compact.get("bench_seconds", 3.0))
     result.update(benchmark(teacher.eval(), compact, bench_shapes(cfg.compact, device), device, seconds))

@@ -91,14 +91,15 @@ def init_student(cfg: DictConfig, teacher, num_labels):
     return student
 
 
-def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
-    """The prune stage's LightningModule for the run `cfg`: student, controller, the task's KD."""
+def build_student_module(cfg: DictConfig, teacher, num_labels, task=None) -> StudentModule:
+    """The prune stage's LightningModule for the run `cfg`: student, controller, the task's KD (`task`:
+    the run's data module, which a task distilling embeddings needs for its pooling; default its class)."""
     student = init_student(cfg, teacher, num_labels).train()
     return StudentModule(
         student,
         teacher,
         build_controller(cfg, student),
-        task=task_class(cfg),
+        task=task if task is not None else task_class(cfg),
         distill_cfg=dict(cfg.distillation),
         optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "adam_eps")},
         gradient_separation=cfg.pruner.gradient_separation,
@@ -109,7 +110,7 @@ def build_student_module(cfg: DictConfig, teacher, num_labels) -> StudentModule:
 
 def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
-    module = build_student_module(cfg, teacher, datamodule.num_labels)
+    module = build_student_module(cfg, teacher, datamodule.num_labels, task=datamodule)
     name_labels(module.student, datamodule.labels)  # the compact model inherits them
     checkpoints = PeriodicCheckpoint(
         run_dir / "checkpoints",

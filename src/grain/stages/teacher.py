@@ -1,4 +1,5 @@
-"""Teacher stage: use a given fine-tuned model, reuse a cached one, or fine-tune and cache it."""
+"""Teacher stage: use a given fine-tuned model (or the backbone itself, for a task whose teacher it is),
+reuse a cached one, or fine-tune and cache it."""
 
 from __future__ import annotations
 
@@ -101,6 +102,11 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
         name_labels(model, labels)
         datamodule.setup("validate")
         return TeacherResult(model, str(cfg.teacher.path), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
+
+    if datamodule.teacher_is_backbone:  # a sentence-transformers model: the teacher as given, nothing to fine-tune
+        model = load_task_model(cfg.model, head, num_labels)
+        datamodule.setup("validate")
+        return TeacherResult(model, str(cfg.model.pretrained), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
 
     cache_dir = teacher_cache_dir(cfg, datamodule)
     if (cache_dir / META_FILE).exists():

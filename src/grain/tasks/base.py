@@ -81,6 +81,12 @@ class Task(pl.LightningDataModule):
     # to name (its outputs are fixed by the task type) or, for num_labels, the head's default count.
     labels: list[str] | None = None
     num_labels: int | None = None
+    # What distillation compares: "logits" (`prediction_logits`, with KD) or "embeddings" (`embeddings`,
+    # sentence embeddings in embedding space: grain.tasks.embedding).
+    distillation_target: ClassVar[str] = "logits"
+    # Whether the teacher is the given model itself (a sentence-transformers model: nothing to fine-tune)
+    # rather than one fine-tuned on the task's labels.
+    teacher_is_backbone: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -141,6 +147,15 @@ class Task(pl.LightningDataModule):
         """Bool [batch, seq] marking the positions whose logits distillation compares, or None where
         every row of `prediction_logits` counts (here)."""
         return None
+
+    def embeddings(self, outputs, batch: dict[str, Any]) -> torch.Tensor:
+        """[batch, dim] sentence embeddings of a base model's `outputs` on `batch` (tasks whose
+        `distillation_target` is "embeddings")."""
+        raise NotImplementedError(f"{type(self).__name__} distils logits, not embeddings")
+
+    def save_model_files(self, directory: Path) -> None:
+        """Write what the task's users load a saved model with, beside its weights in `directory` (a
+        sentence-transformers model's modules); nothing here."""
 
     @classmethod
     def validate_settings(cls, cfg: DictConfig) -> None:

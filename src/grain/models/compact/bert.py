@@ -67,9 +67,11 @@ class CompactFamily:
         return {cls.__name__[cls.__name__.index("For"):]: cls for cls in self.heads}
 
     def head_classes(self) -> dict[str, type]:
-        """HF head class name -> compact class, for every HF prefix and the compact classes' own names."""
+        """HF class name -> compact class, for every HF prefix and the compact classes' own names: the
+        heads, and the base model without a head ("BertModel" -> the compact `model`: sentence embeddings)."""
         by_name = {f"{prefix}{suffix}": cls for prefix in self.hf_prefixes for suffix, cls in self.head_suffixes().items()}
-        return {**by_name, **{cls.__name__: cls for cls in self.heads}}
+        bases = {f"{prefix}Model": self.model for prefix in self.hf_prefixes}
+        return {**by_name, **bases, **{cls.__name__: cls for cls in (*self.heads, self.model)}}
 
 
 class CompactStructure:

@@ -1,0 +1,222 @@
+"""Retrieval: queries ranked against a corpus by the cosine of their sentence embeddings, scored with
+trec_eval's measures through pytrec_eval (nDCG@10, MRR@10, Recall@100), on BEIR-layout files (`corpus.jsonl`,
+`queries.jsonl`, `qrels/<split>.tsv`: Thakur et al. 2021, "BEIR") or a data module's own queries.
+
+An eval split's rows are the queries (kind 0) and then the corpus (kind 1), each with its position
+(`row`) in the data module's `RetrievalData`; the evaluator embeds them all, ranks the top `top_k`
+documents of each query and hands the run to pytrec_eval.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import torch
+import torch.nn.functional as F
+
+from grain.errors import GrainError
+from grain.tasks.cache import file_signature
+from grain.tasks.embedding.task import EmbeddingTask
+from grain.tasks.gather import GatheredRows
+from grain.tasks.text_files import check_utf8
+
+QUERY, DOCUMENT = 0, 1
+METRICS = ("ndcg@10", "mrr@10", "recall@100")
+
+
+@dataclass
+class RetrievalData:
+    """One eval split: query ids and texts, document ids and texts (in row order), and the relevance
+    judgments {query id: {document id: grade}} (grade > 0: relevant)."""
+
+    query_ids: list[str]
+    queries: list[str]
+    doc_ids: list[str]
+    documents: list[str]
+    qrels: dict[str, dict[str, int]]
+
+    def rows(self) -> datasets.Dataset:
+        """{text, kind, row}: the queries with relevance judgments, then every document."""
+        texts = self.queries + self.documents
+        kinds = [QUERY] * len(self.queries) + [DOCUMENT] * len(self.documents)
+        rows = list(range(len(self.queries))) + list(range(len(self.documents)))
+        return datasets.Dataset.from_dict({"text": texts, "kind": kinds, "row": rows})
+
+
+def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """nDCG@10, MRR@10 and Recall@100 of `run` ({query id: {document id: score}}, higher first) against
+    `qrels`, each the mean over the judged queries (a query the run misses scores 0), computed by
+    trec_eval's measures (pytrec_eval: ndcg_cut_10, recall_100, and recip_rank on each query's top 10)."""
+    import pytrec_eval  # noqa: PLC0415  (the embeddings extra)
+
+    judged = {q: docs for q, docs in qrels.items() if any(grade > 0 for grade in docs.values())}
+    if not judged:
+        raise GrainError("retrieval: no query has a relevant document in the relevance judgments (qrels)")
+    scores = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    top10 = {q: dict(sorted(docs.items(), key=lambda item: -item[1])[:10]) for q, docs in run.items()}
+    ranks = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
+
+    def mean(table, measure):
+        return sum(table.get(q, {}).get(measure, 0.0) for q in judged) / len(judged)
+
+    return {"ndcg@10": mean(scores, "ndcg_cut_10"), "mrr@10": mean(ranks, "recip_rank"),
+            "recall@100": mean(scores, "recall_100")}
+
+
+class RetrievalEvaluator(GatheredRows):
+    """Embeds one eval split's queries and documents (`embed(outputs, batch)`: the task's sentence
+    embeddings), ranks each query's `top_k` documents by cosine and computes `retrieval_metrics`."""
+
+    gathered = ("rows",)
+
+    def __init__(self, embed, data: RetrievalData, top_k: int = 100):
+        self.embed, self.data, self.top_k = embed, data, top_k
+        self.rows: list[tuple[int, int, torch.Tensor]] = []  # (kind, row, unit-norm embedding on the CPU)
+
+    def update(self, batch: dict, outputs) -> None:
+        vectors = F.normalize(self.embed(outputs, batch).float(), dim=-1).cpu()
+        self.rows.extend(zip(batch["kind"].tolist(), batch["row"].tolist(), vectors))
+
+    def compute(self) -> dict[str, float]:
+        by_kind: dict[int, dict[int, torch.Tensor]] = {QUERY: {}, DOCUMENT: {}}
+        for kind, row, vector in self.rows:
+            by_kind[kind][row] = vector
+        if len(by_kind[QUERY]) != len(self.data.query_ids) or len(by_kind[DOCUMENT]) != len(self.data.doc_ids):
+            raise ValueError(f"RetrievalEvaluator: embedded {len(by_kind[QUERY])} of {len(self.data.query_ids)} queries "
+                             f"and {len(by_kind[DOCUMENT])} of {len(self.data.doc_ids)} documents")
+        queries = torch.stack([by_kind[QUERY][i] for i in range(len(self.data.query_ids))])
+        documents = torch.stack([by_kind[DOCUMENT][i] for i in range(len(self.data.doc_ids))])
+        top = (queries @ documents.T).topk(min(self.top_k, len(self.data.doc_ids)), dim=1)
+        run = {
+            qid: {self.data.doc_ids[j]: float(score) for score, j in zip(scores.tolist(), indices.tolist())}
+            for qid, scores, indices in zip(self.data.query_ids, top.values, top.indices)
+        }
+        return retrieval_metrics(self.data.qrels, run)
+
+
+class RetrievalTask(EmbeddingTask):
+    """Retrieval eval splits. A data module implements `retrieval_data(split) -> RetrievalData` and
+    `train_texts() -> list[str]` (the unlabelled distillation text); `max_eval_samples` keeps that many
+    judged queries (seeded) and the whole corpus."""
+
+    def retrieval_data(self, split: str) -> RetrievalData:
+        raise NotImplementedError
+
+    def train_texts(self) -> list[str]:
+        raise NotImplementedError
+
+    def _max_samples(self, split: str) -> int | None:
+        return self.max_train_samples if split == "train" else None  # queries are subset in `eval_data`
+
+    def eval_data(self, split: str) -> RetrievalData:
+        """`retrieval_data(split)` with only judged queries, `max_eval_samples` of them (seeded), once."""
+        cache = self.__dict__.setdefault("_eval_data", {})
+        if split not in cache:
+            data = self.retrieval_data(split)
+            keep = [i for i, q in enumerate(data.query_ids) if any(g > 0 for g in data.qrels.get(q, {}).values())]
+            if self.max_eval_samples is not None and self.max_eval_samples < len(keep):
+                generator = torch.Generator().manual_seed(self.seed)
+                keep = sorted(keep[i] for i in torch.randperm(len(keep), generator=generator)[: self.max_eval_samples].tolist())
+            data.query_ids = [data.query_ids[i] for i in keep]
+            data.queries = [data.queries[i] for i in keep]
+            data.qrels = {q: data.qrels[q] for q in data.query_ids}
+            cache[split] = data
+        return cache[split]
+
+    def cache_signature(self):
+        return [self.max_eval_samples]
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        if split == "train":
+            texts = self.train_texts()
+            if not texts:
+                raise GrainError(f"task={type(self).__name__}: no distillation text (the training split is empty)")
+            return datasets.Dataset.from_dict({"text": texts})
+        return self.eval_data(split).rows()
+
+    def make_evaluator(self, split: str) -> RetrievalEvaluator:
+        return RetrievalEvaluator(self.embeddings, self.eval_data(split))
+
+
+# --- BEIR-layout folders ------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    """The rows of a JSON-lines file, each with `fields` (GrainError naming the file and line)."""
+    check_utf8(path)
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GrainError(f"{path}, line {line_no}: not JSON ({err.msg}); one JSON object per line") from None
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise GrainError(f"{path}, line {line_no}: no {missing} field; BEIR rows have {list(fields)}")
+            rows.append(row)
+    return rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR's qrels TSV (a header, then query-id, corpus-id, score) as {query id: {document id: score}}."""
+    check_utf8(path)
+    qrels: dict[str, dict[str, int]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line_no, line in enumerate(lines[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
+            raise GrainError(f"{path}, line {line_no}: expected query-id<TAB>corpus-id<TAB>integer score, got {line!r}")
+        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    return qrels
+
+
+def beir_document(row: dict) -> str:
+    """A BEIR document's text as sentence-transformers' retrieval evaluators embed it: title and text."""
+    return f"{row.get('title', '')} {row['text']}".strip()
+
+
+class BeirRetrievalDataModule(RetrievalTask):
+    """`task=retrieval`: your own BEIR-layout folder (`data_folder`: corpus.jsonl {_id, title, text},
+    queries.jsonl {_id, text}, qrels/<split>.tsv), evaluated on `eval_split`'s judgments; distilled on
+    `train_file` (one text per line) or, without one, on the folder's queries and documents (text only:
+    no relevance judgment is trained on)."""
+
+    def __init__(self, data_folder: str, eval_split: str = "test", train_file: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.folder = Path(data_folder).expanduser()
+        self.eval_split = eval_split
+        self.train_file = Path(train_file).expanduser() if train_file else None
+
+    def _file(self, relative: str) -> Path:
+        path = self.folder / relative
+        if not path.is_file():
+            raise GrainError(f"task=retrieval: no {path}; task.datamodule.data_folder must be a BEIR folder with "
+                             f"corpus.jsonl, queries.jsonl and qrels/{self.eval_split}.tsv")
+        return path
+
+    def source_signature(self, split: str) -> list:
+        names = ["corpus.jsonl", "queries.jsonl", f"qrels/{self.eval_split}.tsv"]
+        files = [self._file(n) for n in names] + ([self.train_file] if split == "train" and self.train_file else [])
+        return [file_signature(f) for f in files]
+
+    def retrieval_data(self, split: str) -> RetrievalData:
+        corpus = read_jsonl(self._file("corpus.jsonl"), ("_id", "text"))
+        queries = read_jsonl(self._file("queries.jsonl"), ("_id", "text"))
+        qrels = read_qrels(self._file(f"qrels/{self.eval_split}.tsv"))
+        return RetrievalData([str(q["_id"]) for q in queries], [q["text"] for q in queries],
+                             [str(d["_id"]) for d in corpus], [beir_document(d) for d in corpus], qrels)
+
+    def train_texts(self) -> list[str]:
+        if self.train_file is not None:
+            if not self.train_file.is_file():
+                raise GrainError(f"task.datamodule.train_file={self.train_file} does not exist; one text per line")
+            check_utf8(self.train_file)
+            return [line for line in self.train_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        data = self.retrieval_data(self.eval_split)
+        return data.queries + data.documents
