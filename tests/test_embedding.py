@@ -1,0 +1,184 @@
+"""The sentence-embedding task type: retrieval scored as sentence-transformers scores it, distillation in
+embedding space, base models compacted in every family, and a run whose compact folder is a
+sentence-transformers model that loads where grain is not installed."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+from transformers import AutoModel, BertModel
+
+import grain  # noqa: F401  (registers the compact classes)
+from grain.config import validate_config
+from grain.distill.losses import embedding_loss
+from grain.errors import GrainError
+from grain.models.masks import EncoderShape
+from grain.models.self_contained import save_compact
+from grain.models.slicing import compact_from_masked
+from grain.tasks.embedding.retrieval import BeirRetrievalDataModule, retrieval_metrics
+from grain.tasks.embedding.squad_retrieval import sentences
+from grain.tasks.embedding.task import EmbeddingTask
+from grain.tasks.evaluate import evaluate
+from tests.helpers.configs import compose_config
+from tests.helpers.models import FAMILIES, hard_masks, tiny_model, token_batch
+from tests.helpers.runs import run_grain, summaries
+
+WORDS = ("river bank money loan water fish boat bridge city town road car train music song band film actor "
+         "goal team match player doctor nurse school teacher student law court judge").split()
+
+
+def beir_folder(root, seed=0, docs=30, queries=12):
+    """A BEIR folder of random word documents; each query repeats some words of its one or two relevant
+    documents."""
+    rng = random.Random(seed)
+    corpus = [{"_id": f"d{i}", "title": rng.choice(WORDS), "text": " ".join(rng.choices(WORDS, k=12))} for i in range(docs)]
+    rows, qrels = [], []
+    for q in range(queries):
+        relevant = rng.sample(range(docs), rng.choice((1, 2)))
+        words = [w for d in relevant for w in rng.sample(corpus[d]["text"].split(), 3)]
+        rows.append({"_id": f"q{q}", "text": " ".join(words)})
+        qrels += [f"q{q}\td{d}\t1" for d in relevant]
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in corpus))
+    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in rows))
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n")
+    return corpus, rows, qrels
+
+
+def test_retrieval_scores_equal_sentence_transformers_evaluator(tmp_path, tokenizer):
+    """nDCG@10, MRR@10 and Recall@100 of grain's evaluator (pytrec_eval on the cosine ranking) equal
+    sentence-transformers' InformationRetrievalEvaluator's on the same model and files."""
+    corpus, queries, qrels = beir_folder(tmp_path / "beir")
+    model = tiny_model("bert", BertModel, hidden=32, vocab=len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    encoder = SentenceTransformer(modules=[Transformer(str(tmp_path / "model")), Pooling(32, "mean"), Normalize()],
+                                  device="cpu")
+    relevant = {}
+    for line in qrels:
+        q, d, _ = line.split("\t")
+        relevant.setdefault(q, set()).add(d)
+    theirs = InformationRetrievalEvaluator(
+        {q["_id"]: q["text"] for q in queries}, {d["_id"]: f"{d['title']} {d['text']}" for d in corpus}, relevant,
+        precision_recall_at_k=[10, 100], show_progress_bar=False,
+    )(encoder)
+
+    datamodule = BeirRetrievalDataModule(data_folder=str(tmp_path / "beir"), tokenizer=tokenizer, data_dir=None,
+                                         cache_dir=None, pooling_model=None, max_length=128)
+    datamodule.setup("validate")
+    ours = evaluate(model, datamodule, "test")
+    for name in ("ndcg@10", "mrr@10", "recall@100"):
+        assert ours[f"validation/{name}"] == pytest.approx(theirs[f"cosine_{name}"], abs=1e-3), name
+    assert 0.05 < ours["validation/ndcg@10"] < 0.95  # a ranking with something to get right and wrong
+
+
+def test_retrieval_metrics_of_a_known_run():
+    qrels = {"a": {"x": 1}, "b": {"y": 1}, "c": {"z": 1}}
+    run = {"a": {"x": 0.9, "y": 0.1}, "b": {"x": 0.9, "y": 0.5}}  # a: first, b: second, c: not ranked
+    got = retrieval_metrics(qrels, run)
+    assert got["mrr@10"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+    assert got["ndcg@10"] == pytest.approx((1 + 1 / torch.log2(torch.tensor(3.0)).item() + 0) / 3)
+    assert got["recall@100"] == pytest.approx(2 / 3)
+
+
+def test_embedding_loss_reads_distance_and_direction():
+    g = torch.Generator().manual_seed(0)
+    teacher = torch.randn(4, 16, generator=g)
+    assert float(embedding_loss(teacher.clone(), teacher)) == pytest.approx(0.0, abs=1e-6)
+    scaled = embedding_loss(2 * teacher, teacher, mse_weight=0.0)  # cosine alone: the norm does not count
+    assert float(scaled) == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(4, 16, generator=g, requires_grad=True)
+    loss = embedding_loss(student, teacher, 1.0, 1.0)
+    mse = F.mse_loss(student, teacher)
+    cosine = (1 - F.cosine_similarity(student, teacher)).mean()
+    assert float(loss.detach()) == pytest.approx(float((mse + cosine).detach()))
+    loss.backward()
+    assert student.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "electra", "distilbert", "deberta-v2"])
+def test_every_family_compacts_its_base_model(family, tmp_path):
+    """A base model without a head (what sentence embeddings prune) compacts, equal to the masked
+    model's hidden states (compact_from_masked checks them), and reloads through AutoModel."""
+    base = tiny_model(family, "sequence").base_model
+    compact = compact_from_masked(base, hard_masks(EncoderShape.of(base)))[0].eval()
+    assert type(compact).__name__.startswith("Grain") and type(compact).__name__.endswith("Model")
+    assert compact.compaction_max_abs_diff < 1e-5
+    loaded = AutoModel.from_pretrained(save_compact(compact, tmp_path / family)).eval()
+    inputs = token_batch(pad_id=base.config.pad_token_id, token_types=None)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).last_hidden_state, compact(**inputs).last_hidden_state)
+
+
+def test_paragraphs_are_cut_into_sentences():
+    text = 'The Normans (Norman: Nourmands) gave their name. They were descended from "Norse" raiders! Was it 911? 1 more.'
+    assert sentences(text) == ["The Normans (Norman: Nourmands) gave their name.", 'They were descended from "Norse" raiders!',
+                               "Was it 911?", "1 more."]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["teacher.path=/some/model"], "give model.pretrained=/some/model instead"),
+    (["distillation=none"], "has no labels: it distils embeddings"),
+])
+def test_embedding_settings_are_refused_in_one_line(overrides, message, tmp_path):
+    with pytest.raises(GrainError, match=message):
+        validate_config(compose_config(["task=squad_retrieval", "model=tiny", *overrides], tmp_path))
+
+
+# Loads a compact sentence-transformers folder where grain cannot be imported, and writes its embeddings.
+WITHOUT_GRAIN = textwrap.dedent("""
+    import json, sys
+
+    class HideGrain:
+        def find_spec(self, name, path=None, target=None):
+            if name == "grain" or name.startswith("grain."):
+                raise ImportError("grain is hidden in this process")
+
+    sys.meta_path.insert(0, HideGrain())
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(sys.argv[1], trust_remote_code=True, device="cpu")
+    embeddings = model.encode(json.loads(sys.argv[2]), convert_to_tensor=True)
+    torch.save(embeddings, sys.argv[3])
+""")
+TEXTS = ["Which NFL team represented the AFC at Super Bowl 50?", "The Broncos beat the Panthers.", "A short one."]
+
+
+def test_tiny_run_saves_a_sentence_transformers_folder(tmp_path, tokenizer):
+    """task=squad_retrieval on model=tiny end to end: the teacher is the model as given (not fine-tuned),
+    the metrics are retrieval's, and the compact folder loads with SentenceTransformer(dir) where grain is
+    not installed, its embeddings equal to grain's compact model pooled as the task pools (1e-5)."""
+    result = run_grain(["task=squad_retrieval", "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    summary = json.loads(path.read_text())
+    assert summary["metric_name"] == "ndcg@10"
+    assert summary["teacher"]["train_seconds"] == 0.0 and summary["teacher"]["path"] == "random"
+    for section in ("teacher", "student", "compact"):
+        assert set(summary[section]["metrics"]) == {"validation/ndcg@10", "validation/mrr@10", "validation/recall@100"}
+    assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-5
+    folder = path.parent / "compact"
+    assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
+
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_GRAIN, str(folder), json.dumps(TEXTS), str(tmp_path / "st.pt")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = torch.load(tmp_path / "st.pt", weights_only=True)
+
+    compact = AutoModel.from_pretrained(folder).eval()
+    task = EmbeddingTask(tokenizer=tokenizer, data_dir=None, cache_dir=None, pooling_model=None)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ours = F.normalize(task.embeddings(compact(**batch), batch), dim=-1)
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
