@@ -29,7 +29,7 @@ from grain.tasks.embedding.squad_retrieval import sentences
 from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
 from tests.helpers.configs import compose_config
-from tests.helpers.models import FAMILIES, hard_masks, tiny_model, token_batch
+from tests.helpers.models import hard_masks, tiny_model, token_batch
 from tests.helpers.runs import run_grain, summaries
 
 WORDS = ("river bank money loan water fish boat bridge city town road car train music song band film actor "
