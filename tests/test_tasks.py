@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
+from transformers import (
+    AutoModel,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
 
 from grain.config import validate_config
 from grain.errors import GrainError
@@ -16,7 +21,7 @@ from tests.helpers.configs import OWN_DATA_FILES, compose_config, options
 from tests.helpers.paths import CONF_DIR, REPO
 
 SRC = REPO / "src" / "grain"
-HEADS = {AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForTokenClassification}
+HEADS = {AutoModelForSequenceClassification, AutoModelForQuestionAnswering, AutoModelForTokenClassification, AutoModel}
 
 
 @pytest.mark.parametrize("task", options("task"))

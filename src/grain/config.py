@@ -8,12 +8,13 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from grain.architectures import find_architecture, supported_families
+from grain.architectures import architecture_of, find_architecture, supported_families
 from grain.checks import check_choice, check_count, check_range, is_int, show
 from grain.conf import CONFIG_DIR
 from grain.errors import GrainError
 from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import cached_latency_model, check_reachable
+from grain.models.layer_drop import check_kept_layers
 from grain.models.probe import check_tokenizer_dir, local_model_dir, model_config, model_family, read_model_config
 from grain.pruning.controller import COST_KINDS, SCORE_KINDS, UNIT_MODES
 from grain.pruning.ranking import BUDGET_MODES
@@ -84,6 +85,8 @@ def validate_config(cfg: DictConfig) -> Target:
     validate_sizes(cfg)
     task.validate_settings(cfg)  # the settings only the task knows (sizes, counts)
     config = validate_models(cfg, task)
+    if cfg.student.get("keep_layers") and config is not None:
+        check_kept_layers(list(cfg.student.keep_layers), architecture_of(config).config_value(config, "num_layers"))
     if target.speedup is not None and config is not None:
         check_cached_speed_target(cfg, config, target.speedup)
     check_checkpoint(cfg)

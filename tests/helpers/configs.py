@@ -41,3 +41,4 @@ OWN_DATA_FILES = {
         ("question_answering", "squad/v1.1/dev.json", "squad/v1.1/dev.json"),
     )
 }
+OWN_DATA_FILES["retrieval"] = [f"task.datamodule.data_folder={FIXTURES / 'beir'}"]  # a BEIR folder

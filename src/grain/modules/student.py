@@ -19,6 +19,7 @@ import torch
 from grain.distill.losses import embedding_loss, hidden_mse, kd_loss
 from grain.distill.projections import HiddenProjections, matched_layers
 from grain.models.backbone import restore_output_capture
+from grain.models.layer_drop import teacher_hidden_index
 from grain.models.slicing import compact_from_masked, slice_optimizer_state
 from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule, decay_groups
 from grain.pruning.controller import PruningController
@@ -32,7 +33,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
     its class or its data module) says what distillation compares (`Task.distillation_target`): logits,
     with the KD loss, at the positions it names; or sentence embeddings (`Task.embeddings`, an instance
     method: it pools with the data module's pooling), with `embedding_loss` weighted by the distillation
-    config's `embedding_mse_weight` and `embedding_cosine_weight`."""
+    config's `embedding_mse_weight` and `embedding_cosine_weight`. `kept_layers`: the teacher's layers a
+    layer-dropping student kept (`grain.models.layer_drop`), whose hidden states its own are matched with."""
 
     metric_prefix = "student"
 
@@ -47,6 +49,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         gradient_separation: bool = True,
         compact_after_end: bool = False,
         seed: int = 0,
+        kept_layers: list[int] | None = None,
     ):
         super().__init__()
         self.automatic_optimization = False
@@ -66,7 +69,10 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         self.compacted = False
         self.seed = seed
         self.student_layers = matched_layers(student.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
-        self.teacher_layers = matched_layers(teacher.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
+        if kept_layers is not None:  # layer dropping: each student state stands for the teacher's after the same layer
+            self.teacher_layers = [teacher_hidden_index(kept_layers, i) for i in self.student_layers]
+        else:
+            self.teacher_layers = matched_layers(teacher.config.num_hidden_layers, distill_cfg["hidden_layer_stride"])
         if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
                 f"cannot match hidden states: student layers {self.student_layers} vs teacher {self.teacher_layers}"

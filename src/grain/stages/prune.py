@@ -15,6 +15,7 @@ from grain.errors import GrainError, writing
 from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import check_reachable, latency_model
 from grain.models.backbone import load_task_model, name_labels
+from grain.models.layer_drop import keep_layers
 from grain.models.masks import EncoderShape
 from grain.models.slicing import factorize_input_embeddings
 from grain.modules.student import StudentModule
@@ -74,11 +75,15 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
 
 def init_student(cfg: DictConfig, teacher, num_labels):
     """The student before distillation: a copy of the teacher or the pre-trained backbone with the
-    task's head (`num_labels` outputs), its word embeddings factorized with student.embedding_rank."""
+    task's head (`num_labels` outputs), only the layers student.keep_layers names (the layer-dropping
+    baseline; null: all), its word embeddings factorized with student.embedding_rank."""
     if cfg.student.init == "teacher":
         student = copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
     else:
         student = load_task_model(cfg.model, task_class(cfg).auto_model_class, num_labels)
+    keep = cfg.student.get("keep_layers")
+    if keep:  # the layer-dropping baseline: some of the teacher's layers, distilled as the others
+        keep_layers(student, list(keep))
     rank = cfg.student.get("embedding_rank")
     if rank:  # the official recipe: word embeddings factorized (truncated SVD) before distillation, trained so
         size = student.get_input_embeddings().embedding_dim
@@ -102,6 +107,7 @@ def build_student_module(cfg: DictConfig, teacher, num_labels, task=None) -> Stu
         task=task if task is not None else task_class(cfg),
         distill_cfg=dict(cfg.distillation),
         optim_cfg={k: cfg.student[k] for k in ("lr", "weight_decay", "warmup_ratio", "max_grad_norm", "adam_eps")},
+        kept_layers=list(cfg.student.keep_layers) if cfg.student.get("keep_layers") else None,
         gradient_separation=cfg.pruner.gradient_separation,
         compact_after_end=cfg.pruner.compact_after_end,
         seed=cfg.seed,

@@ -13,6 +13,7 @@ Needs the `embeddings` extra (sentence-transformers, pytrec-eval-terrier).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from transformers import AutoConfig, AutoModel
 from grain.errors import GrainError
 from grain.models.backbone import resolve_pretrained
 from grain.tasks.base import Task
+
+log = logging.getLogger(__name__)
 
 
 def require_sentence_transformers():
@@ -39,17 +42,17 @@ def require_sentence_transformers():
     return sentence_transformers
 
 
-def sentence_modules(model: str | None, hidden_size: int) -> list[nn.Module]:
+def sentence_modules(model: str | None, hidden_size: int) -> tuple[list[nn.Module], int | None]:
     """The sentence-transformers modules after the transformer of `model` (a model name or folder, as
     `model.pretrained` gives it; "random" or None: mean pooling over `hidden_size` and Normalize), loaded
-    by sentence-transformers on the CPU."""
+    by sentence-transformers on the CPU, and the length it truncates texts to (None: not set)."""
     st = require_sentence_transformers()
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling  # noqa: PLC0415  (the extra)
 
     if model in (None, "random"):
-        return [Pooling(hidden_size, "mean"), Normalize()]
+        return [Pooling(hidden_size, "mean"), Normalize()], None
     encoder = st.SentenceTransformer(resolve_pretrained(str(model)), device="cpu")
-    return list(encoder)[1:]
+    return list(encoder)[1:], encoder.max_seq_length
 
 
 class EmbeddingTask(Task):
@@ -73,7 +76,12 @@ class EmbeddingTask(Task):
     def sentence_modules(self, hidden_size: int) -> list[nn.Module]:
         """The model's modules after its transformer (`sentence_modules`), loaded once."""
         if self._modules is None:
-            self._modules = sentence_modules(self.pooling_model, hidden_size)
+            self._modules, length = sentence_modules(self.pooling_model, hidden_size)
+            if length is not None and length != self.max_length:
+                log.warning("task.datamodule.max_length=%d, but %s truncates at %d tokens (its max_seq_length): "
+                            "grain's scores differ from sentence-transformers' where texts are longer; set "
+                            "task.datamodule.max_length=%d to score as it does", self.max_length, self.pooling_model,
+                            length, length)
             for module in self._modules:
                 module.requires_grad_(False)  # the teacher's (a Dense projection): shared, frozen
         return self._modules
@@ -97,7 +105,7 @@ class EmbeddingTask(Task):
         st = require_sentence_transformers()
         from sentence_transformers.sentence_transformer.modules import Transformer  # noqa: PLC0415  (the extra)
 
-        hidden = AutoConfig.from_pretrained(directory).hidden_size
+        hidden = AutoConfig.from_pretrained(directory).hidden_size  # the pooling width where the model has no modules
         encoder = st.SentenceTransformer(modules=[Transformer(str(directory), max_seq_length=self.max_length),
                                                   *self.sentence_modules(hidden)], device="cpu")
         # the transformer's files are saved again as they were loaded (config with its auto_map, weights,
