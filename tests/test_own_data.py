@@ -274,6 +274,7 @@ def run_in_repo(args, tmp_path):
     return run_grain(args, tmp_path, data_dir=None, cwd=REPO)
 
 
+@pytest.mark.slow  # two runs (~30 s); by default the own-data readers and refusals are tested in-process above
 def test_readme_own_data_commands_run_as_written(tmp_path):
     commands = readme_commands("Prune your own model on your own data")
     assert len(commands) == 2 and "task=text_classification" in commands[0]

@@ -9,6 +9,8 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from tests.helpers.paths import FIXTURES, REPO
 
 # The one-shot check of issue 23: magnitude scores, pruned at one step to the target.
@@ -22,6 +24,7 @@ def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow  # ~30 s: a wheel built and installed into a fresh venv (make test-full; the default suite keeps under 10 min)
 def test_a_wheel_installed_in_a_fresh_venv_runs_from_another_directory(tmp_path):
     """Build the wheel, install it (not editable, no dependencies) into a fresh venv, and run a tiny job
     from a directory outside the repository. The venv borrows the test environment's dependencies through

@@ -136,6 +136,7 @@ def test_tiny_runs_for_qa_and_ner_write_their_metrics(tmp_path, task, extra):
         assert {"validation/precision", "validation/recall"} <= set(summary["teacher"]["metrics"])
 
 
+@pytest.mark.slow  # ~20 s: a two-job sweep (make test-full; the default suite keeps under 10 min)
 def test_sweep_runs_the_valid_job_past_a_bad_value_and_exits_non_zero(tmp_path):
     result = run_grain(
         ["-m", "model=tiny", "trainer.max_steps=2", "logger=none", "stages=[teacher,prune]", "sparsity=1.5,0.5"], tmp_path

@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -199,7 +200,8 @@ def plot_metric(rows: list[dict], x: str, xlabel: str, name: str, out: Path) -> 
         metric = task_rows[0]["_summary"].get("metric_name", "metric")
         split = task_rows[0]["eval_split"]
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"student {metric}" + ("" if split == "validation" else f" ({split})"))
+        # a non-official split's description is long: wrapped, so that the label stays inside the figure
+        ax.set_ylabel(textwrap.fill(f"student {metric}" + ("" if split == "validation" else f" ({split})"), 50))
         ax.set_title(f"{task}: {name} vs {metric}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
