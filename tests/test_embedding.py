@@ -29,6 +29,7 @@ from grain.tasks.embedding.squad_retrieval import sentences
 from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
 from tests.helpers.configs import compose_config
+from tests.helpers.hidden_grain import HIDE_GRAIN
 from tests.helpers.models import hard_masks, tiny_model, token_batch
 from tests.helpers.paths import REPO
 from tests.helpers.runs import readme_commands, run_grain, summaries
@@ -136,15 +137,7 @@ def test_embedding_settings_are_refused_in_one_line(overrides, message, tmp_path
 
 
 # Loads a compact sentence-transformers folder where grain cannot be imported, and writes its embeddings.
-WITHOUT_GRAIN = textwrap.dedent("""
-    import json, sys
-
-    class HideGrain:
-        def find_spec(self, name, path=None, target=None):
-            if name == "grain" or name.startswith("grain."):
-                raise ImportError("grain is hidden in this process")
-
-    sys.meta_path.insert(0, HideGrain())
+WITHOUT_GRAIN = HIDE_GRAIN + textwrap.dedent("""
     import torch
     from sentence_transformers import SentenceTransformer
 

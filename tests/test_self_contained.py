@@ -17,24 +17,17 @@ import grain  # noqa: F401  (registers the compact classes)
 from grain.models.masks import EncoderShape
 from grain.models.self_contained import save_compact
 from grain.models.slicing import compact_from_masked
+from tests.helpers.hidden_grain import HIDE_GRAIN
 from tests.helpers.models import FAMILIES, hard_masks, tiny_model, token_batch
 
 CASES = [(family, head) for family, (_, _, heads) in FAMILIES.items() for head in heads]
 AUTO = {"sequence": AutoModelForSequenceClassification, "token": AutoModelForTokenClassification,
         "qa": AutoModelForQuestionAnswering}
 
-# Runs where grain cannot be imported (a meta path finder refuses it, as if it were not installed), loads
+# Runs where grain cannot be imported (HIDE_GRAIN), loads
 # every folder with trust_remote_code=True, compares with the outputs grain saved beside it, and tries
 # one folder without trust_remote_code.
-WITHOUT_GRAIN = textwrap.dedent("""
-    import json, sys
-
-    class HideGrain:
-        def find_spec(self, name, path=None, target=None):
-            if name == "grain" or name.startswith("grain."):
-                raise ImportError("grain is hidden in this process")
-
-    sys.meta_path.insert(0, HideGrain())
+WITHOUT_GRAIN = HIDE_GRAIN + textwrap.dedent("""
     import torch
     import transformers
 

@@ -103,13 +103,13 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         student_inputs = model_inputs(batch, with_labels=self.hard_label_weight > 0)
         student_out = self.student(**student_inputs, output_hidden_states=use_hidden)
         prediction = torch.zeros((), device=self.device)
-        if self.kd_weight > 0 and self.task.distillation_target == "embeddings":
-            kd = embedding_loss(self.task.embeddings(student_out, batch), self.task.embeddings(teacher_out, batch),
-                                *self.embedding_weights)
-            prediction = prediction + self.kd_weight * kd
-        elif self.kd_weight > 0:
-            kd = kd_loss(self.task.prediction_logits(student_out), self.task.prediction_logits(teacher_out),
-                         self.temperature, self.task.distillation_positions(batch))
+        if self.kd_weight > 0:
+            if self.task.distillation_target == "embeddings":
+                kd = embedding_loss(self.task.embeddings(student_out, batch), self.task.embeddings(teacher_out, batch),
+                                    *self.embedding_weights)
+            else:
+                kd = kd_loss(self.task.prediction_logits(student_out), self.task.prediction_logits(teacher_out),
+                             self.temperature, self.task.distillation_positions(batch))
             prediction = prediction + self.kd_weight * kd
         if self.hard_label_weight > 0:
             prediction = prediction + self.hard_label_weight * student_out.loss

@@ -102,6 +102,10 @@ class RetrievalTask(EmbeddingTask):
     `train_texts() -> list[str]` (the unlabelled distillation text); `max_eval_samples` keeps that many
     judged queries (seeded) and the whole corpus."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._eval_data: dict[str, RetrievalData] = {}  # by split: `eval_data`, read once
+
     def retrieval_data(self, split: str) -> RetrievalData:
         raise NotImplementedError
 
@@ -113,7 +117,7 @@ class RetrievalTask(EmbeddingTask):
 
     def eval_data(self, split: str) -> RetrievalData:
         """`retrieval_data(split)` with only judged queries, `max_eval_samples` of them (seeded), once."""
-        cache = self.__dict__.setdefault("_eval_data", {})
+        cache = self._eval_data
         if split not in cache:
             data = self.retrieval_data(split)
             keep = [i for i, q in enumerate(data.query_ids) if any(g > 0 for g in data.qrels.get(q, {}).values())]

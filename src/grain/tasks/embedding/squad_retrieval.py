@@ -47,6 +47,7 @@ class SquadRetrievalDataModule(RetrievalTask):
         self.local_file = local_file
         self.eval_fraction = eval_fraction
         self.extra_text = dict(extra_text or {})
+        self._articles: tuple[datasets.Dataset, datasets.Dataset] | None = None  # `_split`, read once
         unknown = sorted(set(self.extra_text) - set(EXTRA_READERS))
         if unknown:
             raise GrainError(f"task.datamodule.extra_text: no reader for {unknown}; readers: {sorted(EXTRA_READERS)}")
@@ -72,7 +73,7 @@ class SquadRetrievalDataModule(RetrievalTask):
 
     def _split(self) -> tuple[datasets.Dataset, datasets.Dataset]:
         """(training rows, held-out rows) of SQuAD dev, by article, once."""
-        if "_articles" not in self.__dict__:
+        if self._articles is None:
             if self.data_dir is None:
                 full = datasets.load_dataset("squad", split="validation")
             else:
