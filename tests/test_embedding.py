@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 from transformers import AutoModel, BertModel
 
@@ -26,12 +26,13 @@ from grain.models.self_contained import save_compact
 from grain.models.slicing import compact_from_masked
 from grain.tasks.embedding.retrieval import BeirRetrievalDataModule, retrieval_metrics
 from grain.tasks.embedding.squad_retrieval import sentences
+from grain.tasks.embedding.sts import StsDataModule, similarity_correlations
 from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
 from tests.helpers.configs import compose_config
 from tests.helpers.hidden_grain import HIDE_GRAIN
 from tests.helpers.models import hard_masks, tiny_model, token_batch
-from tests.helpers.paths import REPO
+from tests.helpers.paths import FIXTURES, REPO
 from tests.helpers.runs import readme_commands, run_grain, summaries
 
 WORDS = ("river bank money loan water fish boat bridge city town road car train music song band film actor "
@@ -81,6 +82,49 @@ def test_retrieval_scores_equal_sentence_transformers_evaluator(tmp_path, tokeni
     for name in ("ndcg@10", "mrr@10", "recall@100"):
         assert ours[f"validation/{name}"] == pytest.approx(theirs[f"cosine_{name}"], abs=1e-3), name
     assert 0.05 < ours["validation/ndcg@10"] < 0.95  # a ranking with something to get right and wrong
+
+
+STS_DEV = FIXTURES / "sts" / "dev.tsv"
+
+
+def test_sts_scores_equal_sentence_transformers_evaluator(tmp_path, tokenizer):
+    """Spearman and Pearson of grain's STS evaluator (the pairs' cosine against the gold scores) equal
+    sentence-transformers' EmbeddingSimilarityEvaluator's on the same model and pairs."""
+    model = tiny_model("bert", BertModel, hidden=32, vocab=len(tokenizer))
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    encoder = SentenceTransformer(modules=[Transformer(str(tmp_path / "model")), Pooling(32, "mean"), Normalize()],
+                                  device="cpu")
+    rows = [line.split("\t") for line in STS_DEV.read_text().splitlines()[1:]]
+    theirs = EmbeddingSimilarityEvaluator([r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows],
+                                          similarity_fn_names=["cosine"], write_csv=False)(encoder)
+
+    datamodule = StsDataModule(validation_file=str(STS_DEV), tokenizer=tokenizer, data_dir=None, cache_dir=None,
+                               pooling_model=None, eval_batch_size=5)  # batches that split pairs apart
+    datamodule.setup("validate")
+    ours = evaluate(model, datamodule, "test")
+    assert ours["validation/spearman"] == pytest.approx(theirs["spearman_cosine"], abs=1e-6)
+    assert ours["validation/pearson"] == pytest.approx(theirs["pearson_cosine"], abs=1e-6)
+    assert len(datamodule.train_texts()) == 2 * len(rows)  # no train file: the pairs' sentences, each once
+
+
+def test_sts_correlations_of_known_scores():
+    assert similarity_correlations([0, 1, 2, 5], [0.1, 0.2, 0.3, 0.35])["spearman"] == pytest.approx(1.0)
+    assert similarity_correlations([0, 1, 2, 5], [0.9, 0.5, 0.3, 0.1])["spearman"] == pytest.approx(-1.0)
+    assert similarity_correlations([0, 1, 2], [0.0, 0.5, 1.0])["pearson"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("header,row,message", [
+    ("sentence1\tsentence2\tlabel", "a\tb\t1.0", "no column 'score' \\(task.score_column\\)"),
+    ("sentence1\tsentence2\tscore", "a\tb\thigh", "row 1 has score 'high'"),
+    ("sentence1\tsentence2\tscore", "a\t\t1.0", "row 1 has no text in column 'sentence2'"),
+])
+def test_sts_bad_pairs_are_refused_in_one_line(header, row, message, tmp_path):
+    (tmp_path / "dev.tsv").write_text(f"{header}\n{row}\n")
+    cfg = compose_config(["task=sts", "model=tiny", f"task.validation_file={tmp_path / 'dev.tsv'}"], tmp_path)
+    with pytest.raises(GrainError, match=message) as err:
+        validate_config(cfg)
+    assert "\n" not in str(err.value)
 
 
 def test_retrieval_metrics_of_a_known_run():
@@ -154,7 +198,7 @@ def test_readme_retrieval_command_saves_a_sentence_transformers_folder(tmp_path,
     loads with SentenceTransformer(dir) where grain is not installed, its embeddings equal to grain's
     compact model pooled as the task pools (1e-5)."""
     commands = readme_commands("Prune an embedding model")
-    assert len(commands) == 2 and commands[0][0] == "experiment=embedding_cpu" and "task=retrieval" in commands[1]
+    assert len(commands) == 3 and commands[0][0] == "experiment=embedding_cpu" and "task=retrieval" in commands[1]
     args = [arg for arg in commands[1] if "=/my/" not in arg]  # model=tiny stands for your model
     result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -180,6 +224,23 @@ def test_readme_retrieval_command_saves_a_sentence_transformers_folder(tmp_path,
     with torch.no_grad():
         ours = F.normalize(task.embeddings(compact(**batch), batch), dim=-1)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+
+def test_readme_sts_command_scores_spearman(tmp_path):
+    """The README's task=sts command (on model=tiny, a few steps) on the pairs fixture: Spearman is the
+    run's metric for the teacher, the student and the compact model, and the compact folder is a
+    sentence-transformers model."""
+    [command] = [c for c in readme_commands("Prune an embedding model") if "task=sts" in c]
+    args = [arg for arg in command if "=/my/" not in arg]  # model=tiny stands for your model
+    result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    summary = json.loads(path.read_text())
+    assert summary["metric_name"] == "spearman"
+    for section in ("teacher", "student", "compact"):
+        assert set(summary[section]["metrics"]) == {"validation/spearman", "validation/pearson"}
+        assert -1 <= summary[section]["metrics"]["validation/spearman"] <= 1
+    assert (path.parent / "compact" / "modules.json").is_file()
 
 
 @pytest.mark.slow  # ~1 min: MiniLM embeds SQuAD's held-out questions and paragraphs twice

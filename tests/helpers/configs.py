@@ -42,3 +42,4 @@ OWN_DATA_FILES = {
     )
 }
 OWN_DATA_FILES["retrieval"] = [f"task.datamodule.data_folder={FIXTURES / 'beir'}"]  # a BEIR folder
+OWN_DATA_FILES["sts"] = [f"task.validation_file={FIXTURES / 'sts' / 'dev.tsv'}"]  # scored pairs; distils on them

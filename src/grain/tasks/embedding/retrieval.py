@@ -15,12 +15,10 @@ from pathlib import Path
 
 import datasets
 import torch
-import torch.nn.functional as F
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
-from grain.tasks.embedding.task import EmbeddingTask
-from grain.tasks.gather import GatheredRows
+from grain.tasks.embedding.task import EmbeddedRows, EmbeddingTask
 from grain.tasks.text_files import check_utf8
 
 QUERY, DOCUMENT = 0, 1
@@ -66,29 +64,17 @@ def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str,
             "recall@100": mean(scores, "recall_100")}
 
 
-class RetrievalEvaluator(GatheredRows):
+class RetrievalEvaluator(EmbeddedRows):
     """Embeds one eval split's queries and documents (`embed(outputs, batch)`: the task's sentence
     embeddings), ranks each query's `top_k` documents by cosine and computes `retrieval_metrics`."""
 
-    gathered = ("rows",)
-
     def __init__(self, embed, data: RetrievalData, top_k: int = 100):
-        self.embed, self.data, self.top_k = embed, data, top_k
-        self.rows: list[tuple[int, int, torch.Tensor]] = []  # (kind, row, unit-norm embedding on the CPU)
-
-    def update(self, batch: dict, outputs) -> None:
-        vectors = F.normalize(self.embed(outputs, batch).float(), dim=-1).cpu()
-        self.rows.extend(zip(batch["kind"].tolist(), batch["row"].tolist(), vectors))
+        super().__init__(embed)
+        self.data, self.top_k = data, top_k
 
     def compute(self) -> dict[str, float]:
-        by_kind: dict[int, dict[int, torch.Tensor]] = {QUERY: {}, DOCUMENT: {}}
-        for kind, row, vector in self.rows:
-            by_kind[kind][row] = vector
-        if len(by_kind[QUERY]) != len(self.data.query_ids) or len(by_kind[DOCUMENT]) != len(self.data.doc_ids):
-            raise ValueError(f"RetrievalEvaluator: embedded {len(by_kind[QUERY])} of {len(self.data.query_ids)} queries "
-                             f"and {len(by_kind[DOCUMENT])} of {len(self.data.doc_ids)} documents")
-        queries = torch.stack([by_kind[QUERY][i] for i in range(len(self.data.query_ids))])
-        documents = torch.stack([by_kind[DOCUMENT][i] for i in range(len(self.data.doc_ids))])
+        queries = self.by_kind(QUERY, len(self.data.query_ids))
+        documents = self.by_kind(DOCUMENT, len(self.data.doc_ids))
         top = (queries @ documents.T).topk(min(self.top_k, len(self.data.doc_ids)), dim=1)
         run = {
             qid: {self.data.doc_ids[j]: float(score) for score, j in zip(scores.tolist(), indices.tolist())}

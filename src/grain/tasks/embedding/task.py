@@ -19,6 +19,7 @@ from typing import Any
 
 import datasets
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from transformers import AutoConfig, AutoModel
@@ -26,6 +27,7 @@ from transformers import AutoConfig, AutoModel
 from grain.errors import GrainError
 from grain.models.backbone import resolve_pretrained
 from grain.tasks.base import Task
+from grain.tasks.gather import GatheredRows
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,29 @@ def sentence_modules(model: str | None, hidden_size: int) -> tuple[list[nn.Modul
         return [Pooling(hidden_size, "mean"), Normalize()], None
     encoder = st.SentenceTransformer(resolve_pretrained(str(model)), device="cpu")
     return list(encoder)[1:], encoder.max_seq_length
+
+
+class EmbeddedRows(GatheredRows):
+    """Base of the embedding tasks' evaluators: collects each eval row's unit-norm sentence embedding
+    (`embed(outputs, batch)`: the task's `embeddings`) under the row's `kind` and position (`row`), as
+    the data modules lay out their eval splits; `compute` is the task's."""
+
+    gathered = ("rows",)
+
+    def __init__(self, embed):
+        self.embed = embed
+        self.rows: list[tuple[int, int, torch.Tensor]] = []  # (kind, row, unit-norm embedding on the CPU)
+
+    def update(self, batch: dict, outputs) -> None:
+        vectors = F.normalize(self.embed(outputs, batch).float(), dim=-1).cpu()
+        self.rows.extend(zip(batch["kind"].tolist(), batch["row"].tolist(), vectors))
+
+    def by_kind(self, kind: int, count: int) -> torch.Tensor:
+        """[count, dim]: the embeddings of rows 0..count-1 of `kind`; ValueError where one is missing."""
+        found = {row: vector for k, row, vector in self.rows if k == kind}
+        if len(found) != count or any(row not in found for row in range(count)):
+            raise ValueError(f"{type(self).__name__}: embedded {len(found)} of {count} rows of kind {kind}")
+        return torch.stack([found[row] for row in range(count)])
 
 
 class EmbeddingTask(Task):
