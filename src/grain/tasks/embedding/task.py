@@ -8,7 +8,7 @@ own sentence-transformers modules, loaded by the sentence-transformers library f
 itself does for such a folder, and normalizes. A Normalize module is left out of distillation and scoring
 (cosine similarity and the cosine loss do not depend on the norm) and kept in the saved folder.
 
-Needs the `embeddings` extra (sentence-transformers, pytrec-eval-terrier).
+Needs the `embeddings` extra (sentence-transformers, pytrec-eval-terrier, scipy).
 """
 
 from __future__ import annotations
