@@ -40,6 +40,8 @@ from .kernels import (
     GroupedLayout,
     KeyMask,
     PaddedLayout,
+    exported_contexts,
+    exporting,
     grouped_contexts,
     padded_contexts,
     round_up,
@@ -180,6 +182,9 @@ class GrainSelfAttention(nn.Module):
             per_sequence = per_sequence + self._uniform_update(hidden, keys, output)
         if not layout.groups:
             return per_sequence.expand(batch, seq, -1)
+        if exporting():  # the same products laid out for an ONNX runtime: see `exported_contexts`
+            contexts = exported_contexts(projected, layout, keys.bias, dropout_p, self.training)
+            return F.linear(contexts, self._output_weight(output, layout)) + per_sequence
         contexts_t = grouped_contexts(projected, layout, keys.bias, dropout_p, self.training)  # [batch, VO, seq]
         weight_t = self._output_weight(output, layout).t().expand(batch, -1, -1)
         return torch.baddbmm(per_sequence.expand(batch, 1, hidden_size), contexts_t.transpose(1, 2), weight_t)
