@@ -24,11 +24,12 @@ from grain.errors import GrainError
 from grain.models.masks import EncoderShape
 from grain.models.self_contained import save_compact
 from grain.models.slicing import compact_from_masked
-from grain.tasks.embedding.retrieval import BeirRetrievalDataModule, retrieval_metrics
+from grain.tasks.embedding.retrieval import BeirRetrievalDataModule
 from grain.tasks.embedding.squad_retrieval import sentences
 from grain.tasks.embedding.sts import StsDataModule, similarity_correlations
 from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
+from grain.tasks.ir import retrieval_metrics
 from tests.helpers.configs import compose_config
 from tests.helpers.hidden_grain import HIDE_GRAIN
 from tests.helpers.models import hard_masks, tiny_model, token_batch

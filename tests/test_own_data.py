@@ -145,9 +145,9 @@ def test_regression_reads_numbers_and_reports_correlations(tokenizer, tmp_path):
     rows = [["a", "b", "0.5"], ["c", "d", "4.0"], ["e", "f", "2.25"], ["g", "h", "3"]]
     train = write_csv(tmp_path / "sts.csv", ["s1", "s2", "score"], rows)
     base = ["task.text_columns=[s1,s2]", "task.label_column=score", "task.num_labels=1", "task.metric=pearson"]
-    message = refused(own_config(tmp_path, *base, train=train, dev=train))
-    assert "hard_label_weight=1.0" in message
-    cfg = own_config(tmp_path, *base, "distillation.hard_label_weight=1.0", train=train, dev=train)
+    message = refused(own_config(tmp_path, *base, "distillation.score_loss=kd", train=train, dev=train))
+    assert "constant for one output" in message and "distillation.score_loss=mse" in message
+    cfg = own_config(tmp_path, *base, train=train, dev=train)  # distilled on the teacher's scores (mse), no labels
     validate_config(cfg)
     dm = own_datamodule(cfg, tokenizer)
     assert dm.labels is None and dm.num_labels == 1

@@ -16,6 +16,7 @@ from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import cached_latency_model, check_reachable
 from grain.models.layer_drop import check_kept_layers
 from grain.models.probe import check_tokenizer_dir, local_model_dir, model_config, model_family, read_model_config
+from grain.modules.student import SCORE_LOSSES
 from grain.pruning.controller import COST_KINDS, SCORE_KINDS, UNIT_MODES
 from grain.pruning.ranking import BUDGET_MODES
 from grain.stages.resume import check_checkpoint
@@ -72,6 +73,13 @@ def validate_config(cfg: DictConfig) -> Target:
     task = task_class(cfg)  # task.datamodule._target_ names a Task
     check_choice(cfg, "student.init", STUDENT_INITS)
     check_choice(cfg, "pruner.units", UNIT_MODES)
+    check_choice(cfg, "distillation.score_loss", (None, "kd", *SCORE_LOSSES),
+                 " (null: kd, or mse where the head has one logit)")
+    if cfg.distillation.get("score_loss") == "margin_mse" and not task.paired_training_rows:
+        raise GrainError(
+            f"distillation.score_loss=margin_mse reads (positive, negative) pairs of rows, which task={cfg.task.name} "
+            f"does not train on; use distillation.score_loss=mse, or task=reranking with triples"
+        )
     check_choice(cfg, "pruner.score", SCORE_KINDS)
     check_choice(cfg, "pruner.budget", BUDGET_MODES, " (grain: the QK units of emptied heads count in the budget; "
                  "official: they go on top of it, as airaria/GRAIN)")

@@ -42,4 +42,6 @@ OWN_DATA_FILES = {
     )
 }
 OWN_DATA_FILES["retrieval"] = [f"task.datamodule.data_folder={FIXTURES / 'beir'}"]  # a BEIR folder
+OWN_DATA_FILES["reranking"] = [f"task.train_file={FIXTURES / 'rerank' / 'train.jsonl'}",
+                               f"task.datamodule.data_folder={FIXTURES / 'beir'}"]  # triples; BM25 candidates
 OWN_DATA_FILES["sts"] = [f"task.validation_file={FIXTURES / 'sts' / 'dev.tsv'}"]  # scored pairs; distils on them

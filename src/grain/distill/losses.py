@@ -1,4 +1,5 @@
-"""Distillation losses: temperature-scaled soft cross-entropy on logits, hidden-state MSE."""
+"""Distillation losses: temperature-scaled soft cross-entropy on logits, score MSE and MarginMSE on
+one-logit heads, embedding MSE and cosine, hidden-state MSE."""
 
 from __future__ import annotations
 
@@ -81,3 +82,23 @@ def embedding_loss(
     mse = F.mse_loss(student, teacher)
     cosine = (1.0 - F.cosine_similarity(student, teacher, dim=-1)).mean()
     return mse_weight * mse + cosine_weight * cosine
+
+
+def score_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """Pointwise score distillation: the MSE between student and teacher scores ([batch] or [batch, 1]:
+    a one-logit head's logits, e.g. a cross-encoder reranker's or a regression head's)."""
+    return F.mse_loss(student_scores.float().reshape(-1), teacher_scores.float().reshape(-1))
+
+
+def margin_mse(student_scores: torch.Tensor, teacher_scores: torch.Tensor) -> torch.Tensor:
+    """MarginMSE (Hofstätter et al. 2020, "Improving Efficient Neural Ranking Models with Cross-Architecture
+    Knowledge Distillation", eq. 1): the MSE between the student's and the teacher's score margins
+    s(q, positive) - s(q, negative).
+
+    scores: [batch] or [batch, 1], rows in (positive, negative) pairs of one query each: rows 0 and 1,
+    2 and 3, ... (an even batch). Raises ValueError on an odd batch.
+    """
+    student, teacher = student_scores.float().reshape(-1), teacher_scores.float().reshape(-1)
+    if student.shape[0] % 2:
+        raise ValueError(f"margin_mse: {student.shape[0]} rows; it reads (positive, negative) pairs of rows")
+    return F.mse_loss(student[0::2] - student[1::2], teacher[0::2] - teacher[1::2])

@@ -88,6 +88,7 @@ def load_task_model(
     auto_cls: type,
     num_labels: int | None,
     path: str | None = None,
+    head_settings: dict | None = None,
 ) -> PreTrainedModel:
     """Build the model for a task: from `path` (a fine-tuned model) or the config's backbone.
 
@@ -95,9 +96,10 @@ def load_task_model(
     num_labels: the head's outputs (None: the head's default). `pretrained: random` (model=tiny,
     tiny-roberta, ...) builds a seeded random model with the tokenizer's vocabulary, of the family
     `random_config.model_type` names (default DEFAULT_MODEL_TYPE, BERT). Raises GrainError where the model cannot be
-    loaded or its family is not one grain prunes.
+    loaded or its family is not one grain prunes. `head_settings`: config values of the task's head
+    (`Task.head_settings`, e.g. a problem_type), set on the config it builds or loads.
     """
-    label_kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    label_kwargs = ({} if num_labels is None else {"num_labels": num_labels}) | dict(head_settings or {})
     if path is not None:
         return _from_pretrained(auto_cls, path, label_kwargs)
     if model_cfg.pretrained == "random":

@@ -16,7 +16,7 @@ import logging
 import lightning.pytorch as pl
 import torch
 
-from grain.distill.losses import embedding_loss, hidden_mse, kd_loss
+from grain.distill.losses import embedding_loss, hidden_mse, kd_loss, margin_mse, score_mse
 from grain.distill.projections import HiddenProjections, matched_layers
 from grain.models.backbone import restore_output_capture
 from grain.models.layer_drop import teacher_hidden_index
@@ -28,12 +28,25 @@ from grain.tasks.base import Task, model_inputs
 log = logging.getLogger(__name__)
 
 
+SCORE_LOSSES = {"mse": score_mse, "margin_mse": margin_mse}
+
+
+def score_loss_of(distill_cfg: dict, model_config) -> str:
+    """The logits loss a distillation config asks for (`score_loss`: kd, mse, margin_mse); unset: kd, or
+    mse for a one-logit head (`num_labels` 1: KD's softmax over one logit is constant)."""
+    chosen = distill_cfg.get("score_loss")
+    if chosen:
+        return str(chosen)
+    return "mse" if getattr(model_config, "num_labels", 2) == 1 else "kd"
+
+
 class StudentModule(SplitEvaluation, pl.LightningModule):
     """Distils `student` from the frozen `teacher` while `controller` prunes it. `task` (the run's Task,
     its class or its data module) says what distillation compares (`Task.distillation_target`): logits,
     with the KD loss, at the positions it names; or sentence embeddings (`Task.embeddings`, an instance
     method: it pools with the data module's pooling), with `embedding_loss` weighted by the distillation
-    config's `embedding_mse_weight` and `embedding_cosine_weight`. `kept_layers`: the teacher's layers a
+    config's `embedding_mse_weight` and `embedding_cosine_weight`. On logits, the config's `score_loss`
+    (`score_loss_of`) picks KD, or MSE / MarginMSE on a one-logit head's scores. `kept_layers`: the teacher's layers a
     layer-dropping student kept (`grain.models.layer_drop`), whose hidden states its own are matched with."""
 
     metric_prefix = "student"
@@ -63,6 +76,7 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
         self.hidden_weight = float(distill_cfg["hidden_weight"])
         self.embedding_weights = (float(distill_cfg.get("embedding_mse_weight", 1.0)),
                                   float(distill_cfg.get("embedding_cosine_weight", 1.0)))
+        self.score_loss = score_loss_of(distill_cfg, student.config)
         self.optim_cfg = dict(optim_cfg)
         self.gradient_separation = gradient_separation
         self.compact_after_end = compact_after_end
@@ -107,9 +121,12 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
             if self.task.distillation_target == "embeddings":
                 kd = embedding_loss(self.task.embeddings(student_out, batch), self.task.embeddings(teacher_out, batch),
                                     *self.embedding_weights)
-            else:
+            elif self.score_loss == "kd":
                 kd = kd_loss(self.task.prediction_logits(student_out), self.task.prediction_logits(teacher_out),
                              self.temperature, self.task.distillation_positions(batch))
+            else:
+                [student_scores], [teacher_scores] = (self.task.prediction_logits(o) for o in (student_out, teacher_out))
+                kd = SCORE_LOSSES[self.score_loss](student_scores, teacher_scores)
             prediction = prediction + self.kd_weight * kd
         if self.hard_label_weight > 0:
             prediction = prediction + self.hard_label_weight * student_out.loss

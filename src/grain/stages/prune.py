@@ -80,7 +80,8 @@ def init_student(cfg: DictConfig, teacher, num_labels):
     if cfg.student.init == "teacher":
         student = copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
     else:
-        student = load_task_model(cfg.model, task_class(cfg).auto_model_class, num_labels)
+        task = task_class(cfg)
+        student = load_task_model(cfg.model, task.auto_model_class, num_labels, head_settings=task.head_settings)
     keep = cfg.student.get("keep_layers")
     if keep:  # the layer-dropping baseline: some of the teacher's layers, distilled as the others
         keep_layers(student, list(keep))

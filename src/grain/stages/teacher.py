@@ -94,7 +94,8 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
     if cfg.teacher.path:
         order = check_given_teacher(str(cfg.teacher.path), head, labels, cfg.task.name)
         try:
-            model = load_task_model(cfg.model, head, num_labels, path=str(cfg.teacher.path))
+            model = load_task_model(cfg.model, head, num_labels, path=str(cfg.teacher.path),
+                                    head_settings=datamodule.head_settings)
         except GrainError as err:
             raise GrainError(f"teacher.path={cfg.teacher.path}: {err}") from err
         if order is not None:
@@ -104,7 +105,7 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
         return TeacherResult(model, str(cfg.teacher.path), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
 
     if datamodule.teacher_is_backbone:  # a sentence-transformers model: the teacher as given, nothing to fine-tune
-        model = load_task_model(cfg.model, head, num_labels)
+        model = load_task_model(cfg.model, head, num_labels, head_settings=datamodule.head_settings)
         datamodule.setup("validate")
         return TeacherResult(model, str(cfg.model.pretrained), evaluate(model, datamodule, "teacher"), 0.0, cached=False)
 
@@ -116,7 +117,7 @@ def run_teacher_stage(cfg: DictConfig, tokenizer, run_dir: Path, logger) -> Teac
         metrics = evaluate(model, datamodule, "teacher (cached)")
         return TeacherResult(model, str(cache_dir), metrics, meta.get("train_seconds", 0.0), cached=True)
 
-    model = load_task_model(cfg.model, head, num_labels)
+    model = load_task_model(cfg.model, head, num_labels, head_settings=datamodule.head_settings)
     name_labels(model, labels)  # the cached teacher and the models made from it carry the task's names
     module = TeacherModule(model, cfg.teacher.lr, cfg.teacher.weight_decay, cfg.teacher.warmup_ratio, seed=cfg.seed)
     partial = partial_dir(cache_dir)

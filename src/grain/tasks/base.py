@@ -87,6 +87,12 @@ class Task(pl.LightningDataModule):
     # Whether the teacher is the given model itself (a sentence-transformers model: nothing to fine-tune)
     # rather than one fine-tuned on the task's labels.
     teacher_is_backbone: ClassVar[bool] = False
+    # Whether training batches hold (positive, negative) pairs of rows of one query each, rows 0 and 1, 2 and
+    # 3, ... (what distillation.score_loss=margin_mse reads: a reranking task's triples).
+    paired_training_rows: ClassVar[bool] = False
+    # Config values of the task's head, set on the model's config where it is built or loaded (e.g. a
+    # problem_type that picks transformers' loss for one logit).
+    head_settings: ClassVar[dict] = {}
 
     def __init__(
         self,

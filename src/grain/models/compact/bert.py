@@ -374,10 +374,15 @@ class GrainBertModel(GrainBertPreTrainedModel):
         )
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, num_labels: int) -> torch.Tensor | None:
-    """MSE for one label (regression), cross-entropy otherwise; None without labels."""
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, num_labels: int,
+                        problem_type: str | None = None) -> torch.Tensor | None:
+    """As transformers' sequence classification heads: binary cross-entropy per logit for the
+    multi_label_classification problem type (a reranker's one logit), MSE for one label (regression),
+    cross-entropy otherwise; None without labels."""
     if labels is None:
         return None
+    if problem_type == "multi_label_classification":
+        return F.binary_cross_entropy_with_logits(logits, labels.float().view_as(logits))
     if num_labels == 1:
         return F.mse_loss(logits.squeeze(-1), labels.float())
     return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
@@ -396,7 +401,7 @@ class Classifier:
         return self.output_class(loss=self.loss(logits, labels), logits=logits, hidden_states=outputs.hidden_states)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
-        return classification_loss(logits, labels, self.num_labels)
+        return classification_loss(logits, labels, self.num_labels, self.config.problem_type)
 
 
 class GrainBertForSequenceClassification(Classifier, GrainBertPreTrainedModel):

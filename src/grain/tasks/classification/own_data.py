@@ -233,15 +233,15 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
-        """The data checks of every own-data task, then: regression needs the hard-label loss."""
+        """The data checks of every own-data task, then: regression is not distilled with KD."""
         module = cls.unloaded(cfg)
         module.check(needs_train=cls.trains(cfg))
         distill = cfg.get("distillation") or {}
-        if module.regression and "prune" in cfg.stages and not distill.get("hard_label_weight", 0):
+        if module.regression and "prune" in cfg.stages and distill.get("score_loss") == "kd" and distill.get("kd_weight"):
             raise GrainError(
-                "task.num_labels=1 (regression): KD on logits compares softmaxes, which are constant for one "
-                "output, so the student's head would learn nothing; add distillation.hard_label_weight=1.0 "
-                "(the student's MSE to the gold numbers)"
+                "task.num_labels=1 (regression) with distillation.score_loss=kd: KD compares softmaxes, which are "
+                "constant for one output, so the student's head would learn nothing; use distillation.score_loss=mse "
+                "(the teacher's scores) or null"
             )
 
     # --- rows and features ------------------------------------------------------------------------

@@ -12,13 +12,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import datasets
-
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.classification.glue import read_tsv
 from grain.tasks.embedding.retrieval import RetrievalData, RetrievalTask
-from grain.tasks.question_answering.squad import read_squad_json, split_by_article
+from grain.tasks.question_answering.squad import HeldOutArticles
 from grain.tasks.token_classification.conll import read_conll
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
@@ -36,29 +34,17 @@ EXTRA_READERS = {
 }
 
 
-class SquadRetrievalDataModule(RetrievalTask):
-    """SQuAD dev (`local_file` under the data directory, or the hub's `squad` validation split) as
-    retrieval; `extra_text`: {reader: file under the data directory} (readers: EXTRA_READERS), skipped
-    where the file is absent or without a data directory."""
+class SquadRetrievalDataModule(HeldOutArticles, RetrievalTask):
+    """SQuAD dev split by article (`HeldOutArticles`: `local_file` under the data directory, or the hub's
+    `squad` validation split) as retrieval; `extra_text`: {reader: file under the data directory}
+    (readers: EXTRA_READERS), skipped where the file is absent or without a data directory."""
 
-    def __init__(self, local_file: str = "squad/v1.1/dev.json", eval_fraction: float = 0.2,
-                 extra_text: dict[str, str] | None = None, **kwargs):
+    def __init__(self, extra_text: dict[str, str] | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.local_file = local_file
-        self.eval_fraction = eval_fraction
         self.extra_text = dict(extra_text or {})
-        self._articles: tuple[datasets.Dataset, datasets.Dataset] | None = None  # `_split`, read once
         unknown = sorted(set(self.extra_text) - set(EXTRA_READERS))
         if unknown:
             raise GrainError(f"task.datamodule.extra_text: no reader for {unknown}; readers: {sorted(EXTRA_READERS)}")
-
-    @classmethod
-    def hub_source(cls, cfg) -> tuple[str, None]:
-        return "squad", None
-
-    @classmethod
-    def local_files_hint(cls, cfg) -> str:
-        return cfg.task.datamodule.get("local_file", "squad/v1.1/dev.json")
 
     def _extra_files(self) -> dict[str, Path]:
         if self.data_dir is None:
@@ -66,27 +52,11 @@ class SquadRetrievalDataModule(RetrievalTask):
         return {kind: self.data_dir / rel for kind, rel in self.extra_text.items() if (self.data_dir / rel).is_file()}
 
     def source_signature(self, split: str) -> list:
-        if self.data_dir is None:
-            return ["hub", "squad", "validation", self.eval_fraction]
         extra = [file_signature(p) for p in self._extra_files().values()] if split == "train" else []
-        return [file_signature(self.local_path(self.local_file)), self.eval_fraction, *extra]
-
-    def _split(self) -> tuple[datasets.Dataset, datasets.Dataset]:
-        """(training rows, held-out rows) of SQuAD dev, by article, once."""
-        if self._articles is None:
-            if self.data_dir is None:
-                full = datasets.load_dataset("squad", split="validation")
-            else:
-                full = read_squad_json(self.local_path(self.local_file))
-            if not 0.0 < self.eval_fraction < 1.0:
-                raise GrainError(f"task.datamodule.eval_fraction={self.eval_fraction}: the fraction of the articles "
-                                 f"held out for evaluation, strictly between 0 and 1 (default 0.2)")
-            train, held_out = split_by_article(full["title"], self.eval_fraction, self.seed)
-            self._articles = (full.select(train), full.select(held_out))
-        return self._articles
+        return [*self.squad_signature(), *extra]
 
     def retrieval_data(self, split: str) -> RetrievalData:
-        held_out = self._split()[1]
+        held_out = self.articles()[1]
         doc_ids: dict[str, str] = {}  # paragraph text -> its id, in order of appearance
         qrels: dict[str, dict[str, int]] = {}
         for qid, context in zip(held_out["id"], held_out["context"]):
@@ -96,7 +66,7 @@ class SquadRetrievalDataModule(RetrievalTask):
                              list(doc_ids), qrels)
 
     def train_texts(self) -> list[str]:
-        train = self._split()[0]
+        train = self.articles()[0]
         texts = [s for context in dict.fromkeys(train["context"]) for s in sentences(context)]
         texts += list(train["question"])
         for kind, path in self._extra_files().items():

@@ -65,6 +65,47 @@ def split_by_article(titles: list[str], eval_fraction: float, seed: int) -> tupl
     return train, evaluation
 
 
+class HeldOutArticles:
+    """Mixin for the offline benchmarks built from SQuAD v1.1 dev (listed first among a Task's bases):
+    `local_file` under the data directory, or the hub's `squad` validation split without one, split by
+    article (`split_by_article`, `eval_fraction` of the articles held out, seeded) into training rows and
+    held-out rows {id, title, context, question, answers}, read once (`articles`)."""
+
+    def __init__(self, *, local_file: str = "squad/v1.1/dev.json", eval_fraction: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.local_file = local_file
+        self.eval_fraction = eval_fraction
+        self._articles: tuple[datasets.Dataset, datasets.Dataset] | None = None
+
+    @classmethod
+    def hub_source(cls, cfg) -> tuple[str, None]:
+        return "squad", None
+
+    @classmethod
+    def local_files_hint(cls, cfg) -> str:
+        return cfg.task.datamodule.get("local_file", "squad/v1.1/dev.json")
+
+    def squad_signature(self) -> list:
+        """What identifies the rows `articles` splits, for the cache."""
+        if self.data_dir is None:
+            return ["hub", "squad", "validation", self.eval_fraction]
+        return [file_signature(self.local_path(self.local_file)), self.eval_fraction]
+
+    def articles(self) -> tuple[datasets.Dataset, datasets.Dataset]:
+        """(training rows, held-out rows) of SQuAD dev, by article, once."""
+        if self._articles is None:
+            if self.data_dir is None:
+                full = datasets.load_dataset("squad", split="validation")
+            else:
+                full = read_squad_json(self.local_path(self.local_file))
+            if not 0.0 < self.eval_fraction < 1.0:
+                raise GrainError(f"task.datamodule.eval_fraction={self.eval_fraction}: the fraction of the articles "
+                                 f"held out for evaluation, strictly between 0 and 1 (default 0.2)")
+            train, held_out = split_by_article(full["title"], self.eval_fraction, self.seed)
+            self._articles = (full.select(train), full.select(held_out))
+        return self._articles
+
+
 class SquadDataModule(QuestionAnsweringTask):
     """SQuAD v1.1's splits: the official JSON files under `data_dir`, or the hub's `squad`; with
     `offline_split`, train and eval both drawn from dev by article."""

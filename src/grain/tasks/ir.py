@@ -1,0 +1,69 @@
+"""Information retrieval's shared pieces: trec_eval's measures of a ranking (through pytrec_eval) and the
+BEIR folder layout (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`: Thakur et al. 2021, "BEIR"),
+read by the retrieval (grain.tasks.embedding) and reranking (grain.tasks.reranking) task types.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from grain.errors import GrainError
+from grain.tasks.text_files import check_utf8
+
+
+def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """nDCG@10, MRR@10 and Recall@100 of `run` ({query id: {document id: score}}, higher first) against
+    `qrels`, each the mean over the judged queries (a query the run misses scores 0), computed by
+    trec_eval's measures (pytrec_eval: ndcg_cut_10, recall_100, and recip_rank on each query's top 10)."""
+    import pytrec_eval  # noqa: PLC0415  (the embeddings and reranking extras)
+
+    judged = {q: docs for q, docs in qrels.items() if any(grade > 0 for grade in docs.values())}
+    if not judged:
+        raise GrainError("retrieval: no query has a relevant document in the relevance judgments (qrels)")
+    scores = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100"}).evaluate(run)
+    top10 = {q: dict(sorted(docs.items(), key=lambda item: -item[1])[:10]) for q, docs in run.items()}
+    ranks = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
+
+    def mean(table, measure):
+        return sum(table.get(q, {}).get(measure, 0.0) for q in judged) / len(judged)
+
+    return {"ndcg@10": mean(scores, "ndcg_cut_10"), "mrr@10": mean(ranks, "recip_rank"),
+            "recall@100": mean(scores, "recall_100")}
+
+
+def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
+    """The rows of a JSON-lines file, each with `fields` (GrainError naming the file and line)."""
+    check_utf8(path)
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise GrainError(f"{path}, line {line_no}: not JSON ({err.msg}); one JSON object per line") from None
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise GrainError(f"{path}, line {line_no}: no {missing} field; BEIR rows have {list(fields)}")
+            rows.append(row)
+    return rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR's qrels TSV (a header, then query-id, corpus-id, score) as {query id: {document id: score}}."""
+    check_utf8(path)
+    qrels: dict[str, dict[str, int]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line_no, line in enumerate(lines[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) < 3 or not parts[2].strip().lstrip("-").isdigit():
+            raise GrainError(f"{path}, line {line_no}: expected query-id<TAB>corpus-id<TAB>integer score, got {line!r}")
+        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    return qrels
+
+
+def beir_document(row: dict) -> str:
+    """A BEIR document's text as sentence-transformers' retrieval evaluators embed it: title and text."""
+    return f"{row.get('title', '')} {row['text']}".strip()

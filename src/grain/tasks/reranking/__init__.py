@@ -1,0 +1,1 @@
+"""The reranking task type: cross-encoders scoring (query, passage) pairs with one logit."""

@@ -1,0 +1,126 @@
+"""`task=reranking`: your own reranking data. Evaluation reads a BEIR folder (`corpus.jsonl`,
+`queries.jsonl`, `qrels/<eval_split>.tsv`) and reranks each judged query's candidates: those of
+`candidates_file` (a TREC run, `query-id Q0 doc-id rank score tag`, or a TSV `query-id<TAB>doc-id[<TAB>score]`
+with a header), or else the top `top_k` documents of BM25 over the corpus (bm25s, Lù 2024). Training
+reads triples {query, positive, negative} from `train_file` (csv, tsv, json, jsonl, parquet; the texts
+themselves, not ids).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig, OmegaConf
+
+from grain.errors import GrainError
+from grain.tasks.cache import file_signature
+from grain.tasks.ir import beir_document, read_jsonl, read_qrels
+from grain.tasks.own_data import load_file, require_columns, require_rows, resolve_file
+from grain.tasks.reranking.task import RerankData, RerankingTask
+from grain.tasks.text_files import check_utf8
+
+TRIPLE_COLUMNS = ("query", "positive", "negative")
+
+
+def read_candidates(path: Path) -> dict[str, list[str]]:
+    """{query id: candidate document ids, best first} from a TREC run file (6 columns, ranked by score)
+    or a TSV with a header (query-id, doc-id[, score]: file order, or by score where given)."""
+    check_utf8(path)
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scored: dict[str, list[tuple[float, int, str]]] = {}
+    trec = bool(lines) and len(lines[0].split()) == 6 and lines[0].split()[1] == "Q0"
+    for line_no, line in enumerate(lines if trec else lines[1:], start=1 if trec else 2):
+        parts = line.split() if trec else line.split("\t")
+        try:
+            query, doc = (parts[0], parts[2]) if trec else (parts[0], parts[1])
+            score = float(parts[4]) if trec else (float(parts[2]) if len(parts) > 2 else 0.0)
+        except (IndexError, ValueError):
+            raise GrainError(f"{path}, line {line_no}: expected a TREC run line (query-id Q0 doc-id rank score tag) "
+                             f"or query-id<TAB>doc-id[<TAB>score], got {line!r}") from None
+        scored.setdefault(query, []).append((-score, len(scored.get(query, [])), doc))
+    return {query: [doc for *_, doc in sorted(rows)] for query, rows in scored.items()}
+
+
+def bm25_candidates(queries: list[str], documents: list[str], top_k: int) -> list[list[int]]:
+    """Per query the indices of its `top_k` documents by BM25 (bm25s, its default Lucene variant and
+    English stopwords), best first."""
+    try:
+        import bm25s  # noqa: PLC0415  (the reranking extra)
+    except ImportError:
+        raise GrainError("task=reranking without task.datamodule.candidates_file ranks candidates with BM25, which "
+                         "needs bm25s: pip install 'grain[reranking]', or give a candidates file") from None
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(documents, stopwords="en", show_progress=False), show_progress=False)
+    k = min(top_k, len(documents))
+    indices, _ = retriever.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=k,
+                                    show_progress=False)
+    return [list(map(int, row)) for row in indices]
+
+
+class RerankingDataModule(RerankingTask):
+    """`task=reranking`: see the module docstring. `data_folder`: the BEIR folder; `eval_split`: its qrels
+    file; `train_file`: the triples; `candidates_file`: the first stage's run (else BM25, `top_k`)."""
+
+    def __init__(self, data_folder: str, train_file: str | None = None, eval_split: str = "test",
+                 candidates_file: str | None = None, top_k: int = 100, **kwargs):
+        super().__init__(**kwargs)
+        self.folder = Path(data_folder).expanduser()
+        self.train_file = train_file
+        self.eval_split = eval_split
+        self.candidates_file = Path(candidates_file).expanduser() if candidates_file else None
+        self.top_k = top_k
+
+    def _file(self, relative: str) -> Path:
+        path = self.folder / relative
+        if not path.is_file():
+            raise GrainError(f"task=reranking: no {path}; task.datamodule.data_folder must be a BEIR folder with "
+                             f"corpus.jsonl, queries.jsonl and qrels/{self.eval_split}.tsv")
+        return path
+
+    def source_signature(self, split: str) -> list:
+        if split == "train":
+            return [file_signature(resolve_file("reranking", "train", self.train_file))]
+        names = ["corpus.jsonl", "queries.jsonl", f"qrels/{self.eval_split}.tsv"]
+        files = [self._file(n) for n in names] + ([self.candidates_file] if self.candidates_file else [])
+        return [*(file_signature(f) for f in files), self.top_k]
+
+    def rerank_data(self, split: str) -> RerankData:
+        corpus = read_jsonl(self._file("corpus.jsonl"), ("_id", "text"))
+        queries = read_jsonl(self._file("queries.jsonl"), ("_id", "text"))
+        qrels = read_qrels(self._file(f"qrels/{self.eval_split}.tsv"))
+        queries = [q for q in queries if str(q["_id"]) in qrels]
+        documents = {str(d["_id"]): beir_document(d) for d in corpus}
+        query_ids = [str(q["_id"]) for q in queries]
+        if self.candidates_file is not None:
+            if not self.candidates_file.is_file():
+                raise GrainError(f"task.datamodule.candidates_file={self.candidates_file}: no such file; give a TREC "
+                                 f"run or a query-id/doc-id TSV, or null to rank with BM25")
+            run = read_candidates(self.candidates_file)
+            unknown = next((d for q in query_ids for d in run.get(q, []) if d not in documents), None)
+            if unknown is not None:
+                raise GrainError(f"{self.candidates_file}: document {unknown!r} is not in {self._file('corpus.jsonl')}")
+            candidates = [[(d, documents[d]) for d in run.get(q, [])[: self.top_k]] for q in query_ids]
+        else:
+            ids = list(documents)
+            ranked = bm25_candidates([q["text"] for q in queries], [documents[i] for i in ids], self.top_k)
+            candidates = [[(ids[j], documents[ids[j]]) for j in row] for row in ranked]
+        return RerankData(query_ids, [q["text"] for q in queries], candidates, qrels)
+
+    def train_triples(self) -> datasets.Dataset:
+        path = resolve_file("reranking", "train", self.train_file, kind="a triples file (query, positive, negative)")
+        table = load_file(path, self.cache_dir)
+        require_rows(str(path), table)
+        require_columns(str(path), table, {f"the {c} column": c for c in TRIPLE_COLUMNS})
+        return table.select_columns(list(TRIPLE_COLUMNS))
+
+    @classmethod
+    def check_data(cls, cfg: DictConfig) -> None:
+        """Read every file the run `cfg` reads (the triples where it trains, the BEIR folder, the candidates)
+        before anything trains; GrainError in one line naming the file and the fix."""
+        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
+        params.pop("_target_", None)
+        module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+        if "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path):
+            module.train_triples()
+        module.eval_data("validation")
