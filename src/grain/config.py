@@ -73,6 +73,7 @@ def validate_config(cfg: DictConfig) -> Target:
     task = task_class(cfg)  # task.datamodule._target_ names a Task
     check_choice(cfg, "student.init", STUDENT_INITS)
     check_choice(cfg, "pruner.units", UNIT_MODES)
+    check_choice(cfg, "compact.vocabulary", (None, "task"), " (task: the tokens the task's text uses; null: all)")
     check_choice(cfg, "distillation.score_loss", (None, "kd", *SCORE_LOSSES),
                  " (null: kd, or mse where the head has one logit)")
     if cfg.distillation.get("score_loss") == "margin_mse" and not task.paired_training_rows:

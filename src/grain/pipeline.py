@@ -214,6 +214,13 @@ def results_block(summary: dict) -> str:
             f"(FLOPs-ideal {value(compact.get('flops_ratio'), '.2f')}x) on {compact.get('device')}, batch "
             f"{compact.get('batch')} x {compact.get('seq_len')}   {compact.get('path')}"
         )
+    vocabulary = compact.get("vocabulary") or {}
+    if vocabulary:
+        lines.append(
+            f"  vocab    {metric} {value(vocabulary.get('metric'))}   {vocabulary['tokens_kept']:,} of "
+            f"{vocabulary['tokens_total']:,} tokens kept (the task's), word embeddings "
+            f"{vocabulary['full_embedding_params']:,} -> {vocabulary['embedding_params']:,} params"
+        )
     seconds = (summary.get("timing") or {}).get("total_seconds")
     lines.append(f"  summary  {Path(run_dir) / 'summary.json'}" + (f"   ({seconds:.0f} s)" if seconds else ""))
     return "\n".join(lines)

@@ -19,6 +19,14 @@ from grain.measure.compare import bench_shapes, compare_models, format_table, se
 from grain.models.registry import is_compact
 from grain.models.self_contained import auto_class_name, save_compact
 from grain.models.slicing import compact_from_masked, factorized_copy
+from grain.models.vocabulary import (
+    embedding_parameters,
+    prune_word_embeddings,
+    pruned_tokenizer,
+    renumbering,
+    used_token_ids,
+)
+from grain.stages.trainer import build_datamodule
 from grain.target import Target
 from grain.tasks.evaluate import evaluate
 
@@ -36,6 +44,38 @@ def benchmark(dense, compact, shapes: list[tuple[int, int]], device: torch.devic
     return {**runs[0], "shapes": [{key: run[key] for key in keys} for run in runs]}
 
 
+def task_vocabulary(cfg: DictConfig, compact, tokenizer, datamodule) -> tuple:
+    """compact.vocabulary=task: a copy of `compact` with only the word embeddings of the tokens the task's
+    training and evaluation splits hold (and the special tokens), its renumbered tokenizer
+    (`grain.models.vocabulary`), and what they give: tokens and embedding parameters kept, and the
+    copy's metrics on the eval splits re-tokenized by that tokenizer. The re-tokenized eval splits are
+    checked to hold the same tokens renumbered (RuntimeError otherwise: the tokenizer would be wrong)."""
+    splits = ["train", *datamodule.eval_splits]
+    rows = (row for split in splits for column, values in datamodule.dataset(split).to_dict().items()
+            if column.endswith("input_ids") for row in values)  # a reranker's triples hold negative_input_ids too
+    kept = used_token_ids(rows, tokenizer)
+    small_tokenizer = pruned_tokenizer(tokenizer, kept)
+    small = copy.deepcopy(compact)
+    prune_word_embeddings(small, kept)
+    retokenized = build_datamodule(cfg, small_tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
+    retokenized.setup("validate")
+    new_id = renumbering(kept)
+    for split in datamodule.eval_splits:
+        expected = [[new_id[i] for i in row] for row in datamodule.dataset(split)["input_ids"]]
+        if retokenized.dataset(split)["input_ids"] != expected:
+            raise RuntimeError(f"compact.vocabulary=task: the pruned tokenizer tokenizes the {split} split differently")
+    metrics = evaluate(small, retokenized, "compact (task vocabulary)")
+    return small, small_tokenizer, {
+        "tokens_kept": len(kept),
+        "tokens_total": len(tokenizer),
+        "embedding_params": embedding_parameters(small),
+        "full_embedding_params": embedding_parameters(compact),
+        "params": sum(p.numel() for p in small.parameters()),
+        "metric": metrics.get(f"validation/{cfg.task.metric}"),
+        "metrics": metrics,
+    }
+
+
 def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict, run_dir: Path) -> dict:
     datamodule = pruned.datamodule
     device = serving_device(cfg.trainer)
@@ -50,12 +90,16 @@ def run_compact_stage(cfg: DictConfig, tokenizer, pruned, teacher, summary: dict
         "max_abs_logit_diff_vs_masked": getattr(compact, "compaction_max_abs_diff", None),
         "metrics": evaluate(compact, datamodule, "compact"),
         "compacted_during_training": compacted_in_training,
+        "embedding_params": embedding_parameters(compact),  # of `params` (benchmark): those without them follow
     }
     result["metric"] = result["metrics"].get(f"validation/{cfg.task.metric}")
+    saved, saved_tokenizer = compact, tokenizer
+    if cfg.compact.get("vocabulary") == "task":
+        saved, saved_tokenizer, result["vocabulary"] = task_vocabulary(cfg, compact, tokenizer, datamodule)
     out_dir = run_dir / "compact"
     with writing(out_dir):
-        save_compact(compact, out_dir)
-        tokenizer.save_pretrained(out_dir)
+        save_compact(saved, out_dir)
+        saved_tokenizer.save_pretrained(out_dir)
         datamodule.save_model_files(out_dir)  # what the task's users load it with (a sentence-transformers folder)
     result["path"] = str(out_dir)
 

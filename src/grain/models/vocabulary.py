@@ -1,0 +1,129 @@
+"""Vocabulary pruning: keep only the word embeddings of the tokens a task's text uses, and a tokenizer that
+gives those tokens their new ids.
+
+A large vocabulary is most of a small encoder's parameters (MiniLM-L6: 11.7M of 22.7M in its 30,522 x 384
+word table; XLM-R's 250,002 rows; mmBERT's 256,000), and encoder pruning never touches it. A task's text
+uses a small part of it: the kept rows are the ids its tokenized training and evaluation text holds, plus
+the tokenizer's special tokens, in their old order.
+
+The pruned tokenizer is the same tokenizers pipeline with the vocabulary cut to those tokens and renumbered
+(special tokens, the post-processor's and the unknown token's ids with them). It tokenizes that text into
+the same tokens, hence the renumbered ids, for the models whose tokenization only chooses among vocabulary
+entries: WordPiece (BERT, ELECTRA, DistilBERT, MiniLM: the greedy longest match finds the same entries,
+the ones it skipped were never in the vocabulary) and Unigram (XLM-R, DeBERTa-v3, SentencePiece models:
+the best segmentation of a text is still available and no new one appears). Byte-level BPE (RoBERTa, GPT-2)
+builds its tokens through merges of intermediate tokens and is refused. Text outside the task's may
+tokenize differently (tokens it needs are gone: the unknown token, or other pieces).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from grain.errors import GrainError
+
+SUPPORTED_MODELS = ("WordPiece", "Unigram")
+
+
+def used_token_ids(token_ids: Iterable[Sequence[int]], tokenizer) -> list[int]:
+    """The sorted ids that occur in `token_ids` (rows of input ids) and the tokenizer's special tokens."""
+    used: set[int] = set(tokenizer.all_special_ids)
+    for row in token_ids:
+        used.update(row)
+    return sorted(used)
+
+
+def renumbering(kept: Sequence[int]) -> dict[int, int]:
+    """{old id: new id} for the kept ids, in their old order."""
+    return {old: new for new, old in enumerate(kept)}
+
+
+def pruned_tokenizer(tokenizer, kept: Sequence[int]):
+    """A fast tokenizer whose vocabulary is `tokenizer`'s kept ids (sorted old ids), renumbered 0..len-1 in
+    that order; special tokens, the unknown token and the post-processor (e.g. [CLS] ... [SEP]) follow.
+    Raises GrainError for a tokenizer that is not a fast WordPiece or Unigram one, or when `kept` lacks a
+    special token's id."""
+    from tokenizers import Tokenizer  # noqa: PLC0415  (transformers' dependency)
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise GrainError(f"compact.vocabulary=task needs a fast (tokenizers) tokenizer; {type(tokenizer).__name__} is "
+                         f"not one: set compact.vocabulary=null")
+    spec = json.loads(backend.to_str())
+    model = spec["model"]
+    if model["type"] not in SUPPORTED_MODELS:
+        raise GrainError(
+            f"compact.vocabulary=task: {type(tokenizer).__name__} is a {model['type']} tokenizer, whose merges build "
+            f"tokens through others; vocabulary pruning supports {' and '.join(SUPPORTED_MODELS)} tokenizers (BERT, "
+            f"ELECTRA, DistilBERT, XLM-R, DeBERTa-v3): set compact.vocabulary=null"
+        )
+    new_id = renumbering(kept)
+    missing = [i for i in tokenizer.all_special_ids if i not in new_id]
+    if missing:
+        raise GrainError(f"compact.vocabulary: the kept ids lack the special token ids {missing}")
+    if model["type"] == "WordPiece":
+        by_id = {i: token for token, i in model["vocab"].items()}
+        model["vocab"] = {by_id[old]: new for old, new in new_id.items()}
+    else:  # Unigram: [[piece, log probability], ...] in id order
+        model["vocab"] = [model["vocab"][old] for old in kept]
+        if model.get("unk_id") is not None:
+            model["unk_id"] = new_id[model["unk_id"]]
+    # added tokens (the special ones among them) that the kept ids hold, renumbered; the others go
+    spec["added_tokens"] = [{**t, "id": new_id[t["id"]]} for t in spec.get("added_tokens") or [] if t["id"] in new_id]
+    _renumber_post_processor(spec.get("post_processor"), new_id)
+    spec["padding"] = spec["truncation"] = None  # a call's settings, not the tokenizer's
+    return PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **tokenizer.special_tokens_map,
+        model_max_length=tokenizer.model_max_length, model_input_names=list(tokenizer.model_input_names),
+        padding_side=tokenizer.padding_side, truncation_side=tokenizer.truncation_side,
+    )
+
+
+def _renumber_post_processor(processor: dict | None, new_id: dict[int, int]) -> None:
+    """The special tokens' ids in a post-processor spec (TemplateProcessing, BertProcessing,
+    RobertaProcessing, or a Sequence of them), renumbered in place."""
+    if not processor:
+        return
+    for inner in processor.get("processors") or []:
+        _renumber_post_processor(inner, new_id)
+    for special in (processor.get("special_tokens") or {}).values():
+        special["ids"] = [new_id[i] for i in special["ids"]]
+    for key in ("sep", "cls"):  # BertProcessing / RobertaProcessing: [token, id]
+        if isinstance(processor.get(key), list):
+            processor[key] = [processor[key][0], new_id[processor[key][1]]]
+
+
+@torch.no_grad()
+def prune_word_embeddings(model: nn.Module, kept: Sequence[int]) -> None:
+    """Keep the rows `kept` (sorted old ids) of `model`'s word embeddings, in place: a plain embedding
+    table or the first factor of a factorized one (grain's FactorizedEmbedding: [vocab, rank] @ [rank,
+    hidden]); `config.vocab_size` and `pad_token_id` follow. Raises GrainError for a model whose output
+    layer is tied to the word embeddings (a language-model head)."""
+    if model.get_output_embeddings() is not None:
+        raise GrainError("compact.vocabulary=task: the model's output layer is its word embeddings (a language-model "
+                         "head); prune the vocabulary of encoders with task heads only")
+    embeddings = model.get_input_embeddings()
+    table = getattr(embeddings, "embedding", embeddings)  # FactorizedEmbedding keeps its [vocab, rank] table there
+    index = torch.tensor(list(kept), dtype=torch.long, device=table.weight.device)
+    new_id = renumbering(kept)
+    pad = model.config.pad_token_id
+    new_pad = new_id.get(pad) if pad is not None else None
+    smaller = nn.Embedding(len(kept), table.embedding_dim, padding_idx=new_pad, device=table.weight.device,
+                           dtype=table.weight.dtype)
+    smaller.weight.copy_(table.weight.index_select(0, index))
+    if table is embeddings:
+        model.set_input_embeddings(smaller)
+    else:
+        embeddings.embedding = smaller
+    model.config.vocab_size = len(kept)
+    model.config.pad_token_id = new_pad
+
+
+def embedding_parameters(model: nn.Module) -> int:
+    """Parameters of the word embeddings (both factors of a factorized table)."""
+    return sum(p.numel() for p in model.get_input_embeddings().parameters())
