@@ -170,5 +170,7 @@ def test_a_missed_target_is_said_in_the_summary_and_the_results_block():
     assert (summary["target_missed"], summary["target_reached"], summary["target_measure"]) == (True, 2.91, "compact.speedup")
     assert "MISSED: speedup 4.0 asked, 2.91 reached (compact.speedup, more than 10% short)" in results_block(summary)
     assert target_outcome(speed, {"student": {"predicted_speedup": 3.7}})["target_missed"] is False  # within 10%
+    # pruner=none (the layer-dropping baseline) pursues no target: nothing is missed
+    assert target_outcome(Target("sparsity", 0.9), {"student": {"sparsity": 0.0}}, prunes=False)["target_missed"] is False
     assert target_outcome(Target("sparsity", 0.9), {"student": {"sparsity": 0.8986}}) == {
         "target_reached": 0.8986, "target_measure": "student.sparsity", "target_missed": False}
