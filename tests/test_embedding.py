@@ -21,6 +21,7 @@ import grain  # noqa: F401  (registers the compact classes)
 from grain.config import validate_config
 from grain.distill.losses import embedding_loss
 from grain.errors import GrainError
+from grain.export import main as export_main
 from grain.models.masks import EncoderShape
 from grain.models.self_contained import save_compact
 from grain.models.slicing import compact_from_masked
@@ -225,6 +226,24 @@ def test_readme_retrieval_command_saves_a_sentence_transformers_folder(tmp_path,
     with torch.no_grad():
         ours = F.normalize(task.embeddings(compact(**batch), batch), dim=-1)
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
+
+    # the TEI folder, as text-embeddings-inference's ORT backend reads it: last_hidden_state pooled as
+    # 1_Pooling/config.json says (the mean over the attention mask, right padding), normalized
+    assert export_main([str(path.parent), "--target", "tei"]) == 0
+    tei = path.parent / "tei"
+    config = json.loads((tei / "config.json").read_text())
+    assert not config["architectures"][0].endswith("Classification")  # TEI's router: an embedding model
+    pooling = json.loads((tei / "1_Pooling" / "config.json").read_text())  # the boolean fields TEI's router parses
+    assert pooling["pooling_mode_mean_tokens"] is True and pooling["pooling_mode_cls_token"] is False
+    assert json.loads((tei / "sentence_bert_config.json").read_text())["max_seq_length"] == 128
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(tei / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: batch[i.name].numpy() for i in session.get_inputs()}
+    [hidden] = session.run(["last_hidden_state"], feeds)
+    mask = batch["attention_mask"][..., None].float()
+    pooled = (torch.from_numpy(hidden) * mask).sum(1) / mask.sum(1)
+    torch.testing.assert_close(F.normalize(pooled, dim=-1), theirs, atol=1e-5, rtol=0)
 
 
 def test_readme_sts_command_scores_spearman(tmp_path):

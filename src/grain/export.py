@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out) if args.out else default
             if out.resolve() == model_dir.resolve() or (out / "model.safetensors").exists():
                 raise GrainError(f"--out {out} holds a model; give a new folder for the TEI layout")
-            folder, diff = write_tei_folder(model, load_tokenizer(str(model_dir)), out, opset=args.opset)
+            folder, diff = write_tei_folder(model, load_tokenizer(str(model_dir)), out, opset=args.opset, source=model_dir)
             batch, seq_len = CHECK_SHAPE
             print(f"wrote {folder} for text-embeddings-inference (onnx/model.onnx, config.json, tokenizer.json)")
             print(f"max abs difference vs PyTorch on a padded {batch} x {seq_len} batch (onnxruntime, CPU): {diff:.2e}")
