@@ -103,6 +103,24 @@ def test_pruned_embeddings_give_the_same_logits_on_renumbered_ids(rank):
     assert compact.config.vocab_size == len(kept) and embedding_parameters(compact) < before
 
 
+def test_xlm_roberta_shaped_model_with_a_unigram_vocabulary_gives_the_same_logits(tmp_path):
+    """A tiny XLM-R-shaped compact model with a SentencePiece-style Unigram tokenizer: the pruned vocabulary
+    and tokenizer give exactly the full model's logits on the task's text, padded batches and pairs."""
+    full = unigram_tokenizer(tmp_path)
+    model = tiny_model("xlm-roberta", vocab=len(full), pad_token_id=full.pad_token_id, bos_token_id=0, eos_token_id=2)
+    compact, _ = compact_from_masked(model, hard_masks(EncoderShape.of(model)))
+    pairs = ([t for t in TEXTS[:8]], [t for t in TEXTS[8:16]])
+    kept = used_token_ids(full(TEXTS)["input_ids"] + full(*pairs)["input_ids"], full)
+    small_tokenizer = pruned_tokenizer(full, kept)
+    with torch.no_grad():
+        expected = [compact(**full(*texts, padding=True, return_tensors="pt")).logits for texts in ((TEXTS,), pairs)]
+        prune_word_embeddings(compact, kept)
+        got = [compact(**small_tokenizer(*texts, padding=True, return_tensors="pt")).logits for texts in ((TEXTS,), pairs)]
+    assert len(kept) < len(full) and compact.config.vocab_size == len(kept)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
 def test_tiny_run_saves_the_task_vocabulary(tmp_path):
     """A run with compact.vocabulary=task: the compact folder's embeddings and tokenizer hold the task's
     tokens only, and its metric on the re-tokenized eval split equals the full vocabulary's."""

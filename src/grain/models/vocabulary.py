@@ -122,6 +122,9 @@ def prune_word_embeddings(model: nn.Module, kept: Sequence[int]) -> None:
         embeddings.embedding = smaller
     model.config.vocab_size = len(kept)
     model.config.pad_token_id = new_pad
+    for module in model.modules():  # RoBERTa's embeddings count positions from the padding id they keep
+        if not isinstance(module, nn.Embedding) and pad is not None and getattr(module, "padding_idx", None) == pad:
+            module.padding_idx = new_pad
 
 
 def embedding_parameters(model: nn.Module) -> int:
