@@ -18,6 +18,7 @@ tokenize differently (tokens it needs are gone: the unknown token, or other piec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Iterable, Sequence
 
@@ -77,8 +78,12 @@ def pruned_tokenizer(tokenizer, kept: Sequence[int]):
     spec["added_tokens"] = [{**t, "id": new_id[t["id"]]} for t in spec.get("added_tokens") or [] if t["id"] in new_id]
     _renumber_post_processor(spec.get("post_processor"), new_id)
     spec["padding"] = spec["truncation"] = None  # a call's settings, not the tokenizer's
+    # a name of its own (the source's and the kept ids'): caches keyed by a tokenizer's name and size
+    # (grain.tasks.cache) must not take two pruned vocabularies of one size for the same
+    digest = hashlib.sha256(json.dumps(list(kept)).encode()).hexdigest()[:16]
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(json.dumps(spec)), **tokenizer.special_tokens_map,
+        name_or_path=f"{tokenizer.name_or_path}#vocabulary-{digest}",
         model_max_length=tokenizer.model_max_length, model_input_names=list(tokenizer.model_input_names),
         padding_side=tokenizer.padding_side, truncation_side=tokenizer.truncation_side,
     )
