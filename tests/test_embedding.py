@@ -5,8 +5,6 @@ sentence-transformers model that loads where grain is not installed."""
 import json
 import os
 import random
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -32,10 +30,10 @@ from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
 from grain.tasks.ir import retrieval_metrics
 from tests.helpers.configs import compose_config
-from tests.helpers.hidden_grain import HIDE_GRAIN
+from tests.helpers.hidden_grain import HIDE_GRAIN, run_without_grain
 from tests.helpers.models import hard_masks, tiny_model, token_batch
-from tests.helpers.paths import FIXTURES, REPO
-from tests.helpers.runs import readme_commands, run_grain, summaries
+from tests.helpers.paths import FIXTURES
+from tests.helpers.runs import readme_commands, readme_tiny_run, run_grain, summaries
 
 WORDS = ("river bank money loan water fish boat bridge city town road car train music song band film actor "
          "goal team match player doctor nurse school teacher student law court judge").split()
@@ -201,23 +199,16 @@ def test_readme_retrieval_command_saves_a_sentence_transformers_folder(tmp_path,
     compact model pooled as the task pools (1e-5)."""
     commands = readme_commands("Prune an embedding model")
     assert len(commands) == 3 and commands[0][0] == "experiment=embedding_cpu" and "task=retrieval" in commands[1]
-    args = [arg for arg in commands[1] if "=/my/" not in arg]  # model=tiny stands for your model
-    result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    [path] = summaries(tmp_path)
-    summary = json.loads(path.read_text())
+    summary, run_dir = readme_tiny_run("Prune an embedding model", "task=retrieval", tmp_path)
     assert summary["metric_name"] == "ndcg@10"
     assert summary["teacher"]["train_seconds"] == 0.0 and summary["teacher"]["path"] == "random"
     for section in ("teacher", "student", "compact"):
         assert set(summary[section]["metrics"]) == {"validation/ndcg@10", "validation/mrr@10", "validation/recall@100"}
     assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-5
-    folder = path.parent / "compact"
+    folder = run_dir / "compact"
     assert json.loads((folder / "1_Pooling" / "config.json").read_text())["pooling_mode"] == "mean"
 
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_GRAIN, str(folder), json.dumps(TEXTS), str(tmp_path / "st.pt")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_without_grain(WITHOUT_GRAIN, str(folder), json.dumps(TEXTS), str(tmp_path / "st.pt"), tmp_path=tmp_path)
     theirs = torch.load(tmp_path / "st.pt", weights_only=True)
 
     compact = AutoModel.from_pretrained(folder).eval()
@@ -229,8 +220,8 @@ def test_readme_retrieval_command_saves_a_sentence_transformers_folder(tmp_path,
 
     # the TEI folder, as text-embeddings-inference's ORT backend reads it: last_hidden_state pooled as
     # 1_Pooling/config.json says (the mean over the attention mask, right padding), normalized
-    assert export_main([str(path.parent), "--target", "tei"]) == 0
-    tei = path.parent / "tei"
+    assert export_main([str(run_dir), "--target", "tei"]) == 0
+    tei = run_dir / "tei"
     config = json.loads((tei / "config.json").read_text())
     assert not config["architectures"][0].endswith("Classification")  # TEI's router: an embedding model
     pooling = json.loads((tei / "1_Pooling" / "config.json").read_text())  # the boolean fields TEI's router parses
@@ -250,17 +241,12 @@ def test_readme_sts_command_scores_spearman(tmp_path):
     """The README's task=sts command (on model=tiny, a few steps) on the pairs fixture: Spearman is the
     run's metric for the teacher, the student and the compact model, and the compact folder is a
     sentence-transformers model."""
-    [command] = [c for c in readme_commands("Prune an embedding model") if "task=sts" in c]
-    args = [arg for arg in command if "=/my/" not in arg]  # model=tiny stands for your model
-    result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    [path] = summaries(tmp_path)
-    summary = json.loads(path.read_text())
+    summary, run_dir = readme_tiny_run("Prune an embedding model", "task=sts", tmp_path)
     assert summary["metric_name"] == "spearman"
     for section in ("teacher", "student", "compact"):
         assert set(summary[section]["metrics"]) == {"validation/spearman", "validation/pearson"}
         assert -1 <= summary[section]["metrics"]["validation/spearman"] <= 1
-    assert (path.parent / "compact" / "modules.json").is_file()
+    assert (run_dir / "compact" / "modules.json").is_file()
 
 
 @pytest.mark.slow  # ~1 min: MiniLM embeds SQuAD's held-out questions and paragraphs twice

@@ -3,9 +3,6 @@ candidates reranked and scored with trec_eval's measures, BM25 and run-file cand
 compact folder is a sentence-transformers CrossEncoder that loads where grain is not installed."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from types import SimpleNamespace
 
@@ -20,9 +17,9 @@ from grain.errors import GrainError
 from grain.tasks.reranking.own_data import RerankingDataModule, bm25_candidates, read_candidates
 from grain.tasks.reranking.task import RerankData, RerankEvaluator
 from tests.helpers.configs import compose_config
-from tests.helpers.hidden_grain import HIDE_GRAIN
-from tests.helpers.paths import FIXTURES, REPO
-from tests.helpers.runs import readme_commands, run_grain, summaries
+from tests.helpers.hidden_grain import HIDE_GRAIN, run_without_grain
+from tests.helpers.paths import FIXTURES
+from tests.helpers.runs import readme_tiny_run
 
 BEIR, TRIPLES = FIXTURES / "beir", FIXTURES / "rerank" / "train.jsonl"
 
@@ -106,22 +103,13 @@ def test_readme_reranking_command_saves_a_cross_encoder(tmp_path):
     candidates: the teacher fine-tunes on the triples, the student distils its scores, the metrics are
     reranking's, and the compact folder loads with CrossEncoder(dir) where grain is not installed, its
     scores equal to grain's compact model's logits (1e-5), which equal the masked student's."""
-    [command] = [c for c in readme_commands("Prune a reranker") if "task=reranking" in c]
-    args = [arg for arg in command if "=/my/" not in arg]  # model=tiny stands for your model
-    result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    [path] = summaries(tmp_path)
-    summary = json.loads(path.read_text())
+    summary, run_dir = readme_tiny_run("Prune a reranker", "task=reranking", tmp_path)
     assert summary["metric_name"] == "mrr@10"
     for section in ("teacher", "student", "compact"):
         assert set(summary[section]["metrics"]) == {"validation/ndcg@10", "validation/mrr@10"}
     assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-5
-    folder = path.parent / "compact"
-
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_GRAIN, str(folder), json.dumps(PAIRS), str(tmp_path / "ce.pt")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = run_dir / "compact"
+    run_without_grain(WITHOUT_GRAIN, str(folder), json.dumps(PAIRS), str(tmp_path / "ce.pt"), tmp_path=tmp_path)
     theirs = torch.load(tmp_path / "ce.pt", weights_only=True)
     compact = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = CrossEncoder(str(folder), device="cpu").tokenizer  # grain imported: no remote code needed

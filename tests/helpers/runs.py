@@ -3,6 +3,7 @@ commands the README shows."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -68,3 +69,15 @@ def readme_commands(section: str = "Running", module: str = "grain.run") -> list
             if words[1:3] == ["-m", module]:
                 commands.append(words[3:])
     return commands
+
+
+def readme_tiny_run(section: str, option: str, tmp_path) -> tuple[dict, Path]:
+    """The README section's grain.run command that holds `option` (e.g. "task=sts"), on model=tiny for
+    four steps (its `=/my/...` placeholders dropped: the tiny model stands for the reader's), run from the
+    repository root; asserts it succeeded and returns its summary and run dir."""
+    [command] = [c for c in readme_commands(section) if option in c]
+    args = [arg for arg in command if "=/my/" not in arg]
+    result = run_grain([*args, "model=tiny", "trainer.max_steps=4", "logger=csv"], tmp_path, data_dir=None, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    return json.loads(path.read_text()), path.parent
