@@ -50,9 +50,9 @@ def task_vocabulary(cfg: DictConfig, compact, tokenizer, datamodule) -> tuple:
     (`grain.models.vocabulary`), and what they give: tokens and embedding parameters kept, and the
     copy's metrics on the eval splits re-tokenized by that tokenizer. The re-tokenized eval splits are
     checked to hold the same tokens renumbered (RuntimeError otherwise: the tokenizer would be wrong)."""
-    splits = ["train", *datamodule.eval_splits]
-    rows = (row for split in splits for column, values in datamodule.dataset(split).to_dict().items()
-            if column.endswith("input_ids") for row in values)  # a reranker's triples hold negative_input_ids too
+    tables = [datamodule.dataset(split) for split in ["train", *datamodule.eval_splits]]
+    rows = (row for table in tables for column in table.column_names if column.endswith("input_ids")
+            for row in table[column])  # only the id columns (a reranker's triples hold negative_input_ids too)
     kept = used_token_ids(rows, tokenizer)
     small_tokenizer = pruned_tokenizer(tokenizer, kept)
     small = copy.deepcopy(compact)

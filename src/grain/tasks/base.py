@@ -169,6 +169,18 @@ class Task(pl.LightningDataModule):
         raises GrainError naming the setting. Nothing to check here."""
 
     @classmethod
+    def unloaded(cls, cfg: DictConfig) -> "Task":
+        """The data module of `cfg`'s task without a tokenizer, which reads nothing until asked (for checks)."""
+        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
+        params.pop("_target_", None)
+        return cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
+
+    @staticmethod
+    def trains(cfg: DictConfig) -> bool:
+        """Whether the run `cfg` reads a training split (it prunes, or fine-tunes its teacher)."""
+        return "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path)
+
+    @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
         """Check the data the run `cfg` would use before anything trains; raises GrainError naming the
         file or source and the fix. Here: without a data directory, that the hub dataset the data module

@@ -6,7 +6,10 @@ read by the retrieval (grain.tasks.embedding) and reranking (grain.tasks.reranki
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from grain.errors import GrainError
 from grain.tasks.text_files import check_utf8
@@ -30,6 +33,18 @@ def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str,
 
     return {"ndcg@10": mean(scores, "ndcg_cut_10"), "mrr@10": mean(ranks, "recip_rank"),
             "recall@100": mean(scores, "recall_100")}
+
+
+def judged_subset(query_ids: list[str], qrels: dict[str, dict[str, int]], max_samples: int | None, seed: int,
+                  usable: list[bool] | None = None) -> list[int]:
+    """Positions of the queries that have a relevant document (and are `usable`, where given), in order;
+    `max_samples` of them drawn with `seed` where there are more (None: all)."""
+    keep = [i for i, q in enumerate(query_ids)
+            if (usable is None or usable[i]) and any(g > 0 for g in qrels.get(q, {}).values())]
+    if max_samples is not None and max_samples < len(keep):
+        picked = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:max_samples].tolist()
+        keep = sorted(keep[i] for i in picked)
+    return keep
 
 
 def read_jsonl(path: Path, fields: tuple[str, ...]) -> list[dict]:
@@ -67,3 +82,29 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 def beir_document(row: dict) -> str:
     """A BEIR document's text as sentence-transformers' retrieval evaluators embed it: title and text."""
     return f"{row.get('title', '')} {row['text']}".strip()
+
+
+@dataclass(frozen=True)
+class BeirFolder:
+    """A BEIR folder (`folder`: corpus.jsonl {_id, title, text}, queries.jsonl {_id, text},
+    qrels/<split>.tsv) that `task` (the option named in its errors) evaluates on `split`'s judgments."""
+
+    folder: Path
+    split: str
+    task: str
+
+    def file(self, relative: str) -> Path:
+        """The folder's file `relative`; GrainError naming it and the layout where it is missing."""
+        path = self.folder / relative
+        if not path.is_file():
+            raise GrainError(f"task={self.task}: no {path}; task.datamodule.data_folder must be a BEIR folder with "
+                             f"corpus.jsonl, queries.jsonl and qrels/{self.split}.tsv")
+        return path
+
+    def files(self) -> list[Path]:
+        return [self.file(name) for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{self.split}.tsv")]
+
+    def read(self) -> tuple[list[dict], list[dict], dict[str, dict[str, int]]]:
+        """(query rows, corpus rows, relevance judgments), every file checked."""
+        corpus, queries, qrels = self.files()
+        return read_jsonl(queries, ("_id", "text")), read_jsonl(corpus, ("_id", "text")), read_qrels(qrels)

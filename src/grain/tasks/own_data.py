@@ -8,11 +8,12 @@ Used by the generic tasks (`task=text_classification`, `task=token_classificatio
 from __future__ import annotations
 
 import csv
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from grain.errors import GrainError
 from grain.tasks.text_files import check_utf8
@@ -132,6 +133,25 @@ def require_columns(where: str, dataset: datasets.Dataset, columns: dict[str, st
             )
 
 
+def require_texts(where: str, dataset: datasets.Dataset, columns: dict[str, str]) -> None:
+    """columns: {setting: column name}; a row without text in one (None or blank: it would be trained on as
+    "") is named with the setting and the fix."""
+    for setting, column in columns.items():
+        empty = next((row for row, text in enumerate(dataset[column], start=1) if text is None or not str(text).strip()),
+                     None)
+        if empty is not None:
+            raise GrainError(f"{where}: row {empty} has no text in column '{column}' ({setting}); fill it in or drop "
+                             f"the row")
+
+
+def as_number(value) -> float:
+    """A cell as a float, NaN where it is no number (empty, text)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def require_rows(where: str, dataset: datasets.Dataset) -> None:
     if len(dataset) == 0:
         raise GrainError(f"{where}: no rows (an empty split); give a file with at least one example")
@@ -168,18 +188,6 @@ class OwnDataSource:
         return ["validation"] + (["test"] if self.has_split("test") else [])
 
     @classmethod
-    def unloaded(cls, cfg: DictConfig):
-        """The data module of `cfg`'s task without a tokenizer, which reads nothing until asked (for checks)."""
-        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
-        params.pop("_target_", None)
-        return cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-
-    @staticmethod
-    def trains(cfg: DictConfig) -> bool:
-        """Whether the run `cfg` reads a training split (it prunes, or fine-tunes its teacher)."""
-        return "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path)
-
-    @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
         """Load and check every split the run `cfg` reads (`check`); raises GrainError naming the
         file or setting and the fix."""
@@ -190,6 +198,15 @@ class OwnDataSource:
         """The labels of the user's data (`labels`: from its training split unless task.labels lists
         them; checked by `check_data` before)."""
         return getattr(cls.unloaded(cfg), "labels", None)
+
+    def check_source(self) -> None:
+        """Refuse a hub dataset and local files given together (GrainError naming both)."""
+        if self.from_hub and any(self.files.values()):
+            given = [f"task.{split}_file" for split, f in self.files.items() if f]
+            raise GrainError(
+                f"task.dataset_name={self.dataset_name} and {', '.join(given)} are both set; read either a hub "
+                f"dataset or your files (task.dataset_name=null)"
+            )
 
     def where(self, split: str) -> str:
         """How the errors name a split: its file, or the hub dataset and split."""

@@ -23,7 +23,16 @@ from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.classification.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, TextClassificationEvaluator
 from grain.tasks.classification.task import ClassificationTask
-from grain.tasks.own_data import OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
+from grain.tasks.own_data import (
+    OwnDataSource,
+    as_number,
+    load_file,
+    load_hub_split,
+    require_columns,
+    require_rows,
+    require_texts,
+    resolve_file,
+)
 
 
 def _label_name(value) -> str | None:
@@ -98,12 +107,7 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
             require_rows(where, table)
             columns = {f"task.text_columns[{i}]": column for i, column in enumerate(self.text_columns)}
             require_columns(where, table, {**columns, "task.label_column": self.label_column})
-            for setting, column in columns.items():  # an empty text would be trained on as ""
-                empty = next((row for row, text in enumerate(table[column], start=1)
-                              if text is None or not str(text).strip()), None)
-                if empty is not None:
-                    raise GrainError(f"{where}: row {empty} has no text in column '{column}' ({setting}); fill it in "
-                                     f"or drop the row")
+            require_texts(where, table, columns)
             self._tables[split] = table
         return self._tables[split]
 
@@ -158,10 +162,7 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
             values = self.table(split)[self.label_column]
             out = []
             for row, value in enumerate(values, start=1):
-                try:
-                    number = float(value)
-                except (TypeError, ValueError):
-                    number = math.nan
+                number = as_number(value)
                 if math.isnan(number):
                     raise GrainError(
                         f"{where}: row {row} has label {value!r} in column '{self.label_column}', not a number; "
@@ -192,12 +193,7 @@ class TextClassificationDataModule(OwnDataSource, ClassificationTask):
                 f"task.text_columns={self.text_columns}: give one text column or a pair, e.g. "
                 f"task.text_columns=[sentence] or task.text_columns=[premise,hypothesis]"
             )
-        if self.from_hub and any(self.files.values()):
-            given = [f"task.{split}_file" for split, f in self.files.items() if f]
-            raise GrainError(
-                f"task.dataset_name={self.dataset_name} and {', '.join(given)} are both set; read either a hub "
-                f"dataset or your files (task.dataset_name=null)"
-            )
+        self.check_source()
         if self.given_num_labels is not None and (
             isinstance(self.given_num_labels, bool) or not isinstance(self.given_num_labels, int)
             or self.given_num_labels < 1

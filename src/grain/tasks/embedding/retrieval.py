@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
-import torch
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.embedding.task import EmbeddedRows, EmbeddingTask
-from grain.tasks.ir import beir_document, read_jsonl, read_qrels, retrieval_metrics
+from grain.tasks.ir import BeirFolder, beir_document, judged_subset, retrieval_metrics
 from grain.tasks.text_files import check_utf8
 
 QUERY, DOCUMENT = 0, 1
@@ -86,10 +85,7 @@ class RetrievalTask(EmbeddingTask):
         cache = self._eval_data
         if split not in cache:
             data = self.retrieval_data(split)
-            keep = [i for i, q in enumerate(data.query_ids) if any(g > 0 for g in data.qrels.get(q, {}).values())]
-            if self.max_eval_samples is not None and self.max_eval_samples < len(keep):
-                generator = torch.Generator().manual_seed(self.seed)
-                keep = sorted(keep[i] for i in torch.randperm(len(keep), generator=generator)[: self.max_eval_samples].tolist())
+            keep = judged_subset(data.query_ids, data.qrels, self.max_eval_samples, self.seed)
             data.query_ids = [data.query_ids[i] for i in keep]
             data.queries = [data.queries[i] for i in keep]
             data.qrels = {q: data.qrels[q] for q in data.query_ids}
@@ -122,26 +118,16 @@ class BeirRetrievalDataModule(RetrievalTask):
 
     def __init__(self, data_folder: str, eval_split: str = "test", train_file: str | None = None, **kwargs):
         super().__init__(**kwargs)
-        self.folder = Path(data_folder).expanduser()
+        self.beir = BeirFolder(Path(data_folder).expanduser(), eval_split, "retrieval")
         self.eval_split = eval_split
         self.train_file = Path(train_file).expanduser() if train_file else None
 
-    def _file(self, relative: str) -> Path:
-        path = self.folder / relative
-        if not path.is_file():
-            raise GrainError(f"task=retrieval: no {path}; task.datamodule.data_folder must be a BEIR folder with "
-                             f"corpus.jsonl, queries.jsonl and qrels/{self.eval_split}.tsv")
-        return path
-
     def source_signature(self, split: str) -> list:
-        names = ["corpus.jsonl", "queries.jsonl", f"qrels/{self.eval_split}.tsv"]
-        files = [self._file(n) for n in names] + ([self.train_file] if split == "train" and self.train_file else [])
+        files = self.beir.files() + ([self.train_file] if split == "train" and self.train_file else [])
         return [file_signature(f) for f in files]
 
     def retrieval_data(self, split: str) -> RetrievalData:
-        corpus = read_jsonl(self._file("corpus.jsonl"), ("_id", "text"))
-        queries = read_jsonl(self._file("queries.jsonl"), ("_id", "text"))
-        qrels = read_qrels(self._file(f"qrels/{self.eval_split}.tsv"))
+        queries, corpus, qrels = self.beir.read()
         return RetrievalData([str(q["_id"]) for q in queries], [q["text"] for q in queries],
                              [str(d["_id"]) for d in corpus], [beir_document(d) for d in corpus], qrels)
 

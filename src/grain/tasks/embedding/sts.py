@@ -22,7 +22,17 @@ from grain.errors import GrainError
 from grain.tasks.base import seeded_subset
 from grain.tasks.cache import file_signature
 from grain.tasks.embedding.task import EmbeddedRows, EmbeddingTask
-from grain.tasks.own_data import FORMATS, OwnDataSource, load_file, load_hub_split, require_columns, require_rows, resolve_file
+from grain.tasks.own_data import (
+    FORMATS,
+    OwnDataSource,
+    as_number,
+    load_file,
+    load_hub_split,
+    require_columns,
+    require_rows,
+    require_texts,
+    resolve_file,
+)
 from grain.tasks.text_files import check_utf8
 
 FIRST, SECOND = 0, 1
@@ -99,12 +109,7 @@ class StsDataModule(OwnDataSource, EmbeddingTask):
             require_rows(where, table)
             columns = {f"task.sentence_columns[{i}]": c for i, c in enumerate(self.sentence_columns)}
             require_columns(where, table, {**columns, **({"task.score_column": self.score_column} if scored else {})})
-            for setting, column in columns.items():
-                empty = next((row for row, text in enumerate(table[column], start=1)
-                              if text is None or not str(text).strip()), None)
-                if empty is not None:
-                    raise GrainError(f"{where}: row {empty} has no text in column '{column}' ({setting}); fill it in "
-                                     f"or drop the row")
+            require_texts(where, table, columns)
             # eval splits: `max_eval_samples` pairs (seeded), both sentences and the score of each
             self._tables[split] = table if split == "train" else seeded_subset(table, self.max_eval_samples, self.seed)
         return self._tables[split]
@@ -113,10 +118,7 @@ class StsDataModule(OwnDataSource, EmbeddingTask):
         """The split's gold score per pair, each checked to be a number."""
         out = []
         for row, value in enumerate(self.table(split)[self.score_column], start=1):
-            try:
-                number = float(value)
-            except (TypeError, ValueError):
-                number = math.nan
+            number = as_number(value)
             if math.isnan(number):
                 raise GrainError(f"{self.where(split)}: row {row} has score {value!r} in column '{self.score_column}' "
                                  f"(task.score_column), not a number; give every pair a similarity score")
@@ -141,10 +143,7 @@ class StsDataModule(OwnDataSource, EmbeddingTask):
         if len(self.sentence_columns) != 2:
             raise GrainError(f"task.sentence_columns={self.sentence_columns}: give the two sentence columns of a pair, "
                              f"e.g. task.sentence_columns=[sentence1,sentence2]")
-        if self.from_hub and any(self.files.values()):
-            given = [f"task.{split}_file" for split, f in self.files.items() if f]
-            raise GrainError(f"task.dataset_name={self.dataset_name} and {', '.join(given)} are both set; read either "
-                             f"a hub dataset or your files (task.dataset_name=null)")
+        self.check_source()
         for split in self.eval_splits:
             self.scores(split)
         if needs_train and not self.train_texts():

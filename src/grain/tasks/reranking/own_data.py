@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
-from grain.tasks.ir import beir_document, read_jsonl, read_qrels
+from grain.tasks.ir import BeirFolder, beir_document
 from grain.tasks.own_data import load_file, require_columns, require_rows, resolve_file
 from grain.tasks.reranking.task import RerankData, RerankingTask
 from grain.tasks.text_files import check_utf8
@@ -65,30 +65,20 @@ class RerankingDataModule(RerankingTask):
     def __init__(self, data_folder: str, train_file: str | None = None, eval_split: str = "test",
                  candidates_file: str | None = None, top_k: int = 100, **kwargs):
         super().__init__(**kwargs)
-        self.folder = Path(data_folder).expanduser()
+        self.beir = BeirFolder(Path(data_folder).expanduser(), eval_split, "reranking")
         self.train_file = train_file
         self.eval_split = eval_split
         self.candidates_file = Path(candidates_file).expanduser() if candidates_file else None
         self.top_k = top_k
 
-    def _file(self, relative: str) -> Path:
-        path = self.folder / relative
-        if not path.is_file():
-            raise GrainError(f"task=reranking: no {path}; task.datamodule.data_folder must be a BEIR folder with "
-                             f"corpus.jsonl, queries.jsonl and qrels/{self.eval_split}.tsv")
-        return path
-
     def source_signature(self, split: str) -> list:
         if split == "train":
             return [file_signature(resolve_file("reranking", "train", self.train_file))]
-        names = ["corpus.jsonl", "queries.jsonl", f"qrels/{self.eval_split}.tsv"]
-        files = [self._file(n) for n in names] + ([self.candidates_file] if self.candidates_file else [])
+        files = self.beir.files() + ([self.candidates_file] if self.candidates_file else [])
         return [*(file_signature(f) for f in files), self.top_k]
 
     def rerank_data(self, split: str) -> RerankData:
-        corpus = read_jsonl(self._file("corpus.jsonl"), ("_id", "text"))
-        queries = read_jsonl(self._file("queries.jsonl"), ("_id", "text"))
-        qrels = read_qrels(self._file(f"qrels/{self.eval_split}.tsv"))
+        queries, corpus, qrels = self.beir.read()
         queries = [q for q in queries if str(q["_id"]) in qrels]
         documents = {str(d["_id"]): beir_document(d) for d in corpus}
         query_ids = [str(q["_id"]) for q in queries]
@@ -99,7 +89,7 @@ class RerankingDataModule(RerankingTask):
             run = read_candidates(self.candidates_file)
             unknown = next((d for q in query_ids for d in run.get(q, []) if d not in documents), None)
             if unknown is not None:
-                raise GrainError(f"{self.candidates_file}: document {unknown!r} is not in {self._file('corpus.jsonl')}")
+                raise GrainError(f"{self.candidates_file}: document {unknown!r} is not in {self.beir.file('corpus.jsonl')}")
             candidates = [[(d, documents[d]) for d in run.get(q, [])[: self.top_k]] for q in query_ids]
         else:
             ids = list(documents)
@@ -118,9 +108,7 @@ class RerankingDataModule(RerankingTask):
     def check_data(cls, cfg: DictConfig) -> None:
         """Read every file the run `cfg` reads (the triples where it trains, the BEIR folder, the candidates)
         before anything trains; GrainError in one line naming the file and the fix."""
-        params = OmegaConf.to_container(cfg.task.datamodule, resolve=True)
-        params.pop("_target_", None)
-        module = cls(**params, tokenizer=None, data_dir=cfg.paths.data_dir, cache_dir=cfg.paths.cache_dir, seed=cfg.seed)
-        if "prune" in cfg.stages or ("teacher" in cfg.stages and not cfg.teacher.path):
+        module = cls.unloaded(cfg)
+        if cls.trains(cfg):
             module.train_triples()
         module.eval_data("validation")

@@ -27,7 +27,7 @@ from transformers import AutoModelForSequenceClassification
 from grain.errors import GrainError
 from grain.tasks.base import Task
 from grain.tasks.gather import GatheredRows
-from grain.tasks.ir import retrieval_metrics
+from grain.tasks.ir import judged_subset, retrieval_metrics
 
 METRICS = ("ndcg@10", "mrr@10")
 
@@ -116,15 +116,11 @@ class RerankingTask(Task):
         """`rerank_data(split)`: the judged queries with candidates, `max_eval_samples` of them (seeded), once."""
         if split not in self._eval_data:
             data = self.rerank_data(split)
-            keep = [i for i, q in enumerate(data.query_ids)
-                    if data.candidates[i] and any(g > 0 for g in data.qrels.get(q, {}).values())]
+            keep = judged_subset(data.query_ids, data.qrels, self.max_eval_samples, self.seed,
+                                 usable=[bool(c) for c in data.candidates])
             if not keep:
                 raise GrainError(f"task={type(self).__name__}: no query of the {split} split has candidates and a "
                                  f"relevant document (qrels)")
-            if self.max_eval_samples is not None and self.max_eval_samples < len(keep):
-                generator = torch.Generator().manual_seed(self.seed)
-                picked = torch.randperm(len(keep), generator=generator)[: self.max_eval_samples].tolist()
-                keep = sorted(keep[i] for i in picked)
             self._eval_data[split] = data.subset(keep)
         return self._eval_data[split]
 
