@@ -84,12 +84,13 @@ def test_compact_has_exactly_the_kept_parameters(family, seed):
     model = tiny_model(family, initializer_range=INIT)
     shape = EncoderShape.of(model)
     masks = hard_masks(shape, seed)
-    masks["qk"] *= masks["vo"].view(shape.num_layers, shape.num_heads, -1).amax(-1).repeat_interleave(shape.head_dim, 1)
+    masks["qk"] *= masks["vo"].view(shape.num_layers, shape.num_heads, -1).amax(-1).repeat_interleave(shape.qk_units_per_head, 1)
     compact, _ = compact_from_masked(model, masks)
     assert encoder_linear_param_count(compact) == kept_linear_params(masks, shape)
     assert encoder_linear_param_count(model) == kept_linear_params({k: torch.ones_like(m) for k, m in masks.items()}, shape)
-    outside = {n: p.shape for n, p in model.named_parameters() if ".layer." not in n}
-    assert outside == {n: p.shape for n, p in compact.named_parameters() if ".layer." not in n}  # embeddings, heads
+    layers = f".{architecture_of(model).layer_path}."
+    outside = {n: p.shape for n, p in model.named_parameters() if layers not in n}
+    assert outside == {n: p.shape for n, p in compact.named_parameters() if layers not in n}  # embeddings, heads
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -103,10 +104,12 @@ def test_compaction_checks_itself_against_the_masked_model(family, monkeypatch):
 
     real_plan = slicing.compaction_plan
 
-    def off_by_one(structure, arch, prefix):  # the FFN rows of layer 0 taken one unit too far
-        plan = real_plan(structure, arch, prefix)
+    def off_by_one(structure, arch, prefix, *shape):  # the FFN rows of layer 0 taken one unit too far
+        plan = real_plan(structure, arch, prefix, *shape)
         for name, rule in plan.items():
-            if ".0." in name and rule.rows is not None and name.endswith(("intermediate.dense.weight", "ffn.lin1.weight")):
+            if ".0." in name and rule.rows is not None and name.endswith(
+                ("intermediate.dense.weight", "ffn.lin1.weight", "mlp.Wi.weight")
+            ):
                 plan[name] = slicing.Slice(rule.source, rows=(rule.rows + 1) % model.config.to_dict().get(
                     "intermediate_size", model.config.to_dict().get("hidden_dim")), cols=rule.cols)
         return plan
@@ -168,10 +171,22 @@ def test_masks_hook_the_familys_modules(family):
     model = tiny_model(family, initializer_range=INIT)
     shape = EncoderShape.of(model)
     arch = architecture_of(model)
-    assert shape == EncoderShape(3, 32, 4, 48) and EncoderShape.of(model.config.to_dict()) == shape
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.intermediate_size) == (3, 32, 4, 48) and EncoderShape.of(model.config.to_dict()) == shape
     weights = unit_weights(model, 1)
-    assert [w.shape for w in weights["qk"] + weights["vo"]] == [(32, 32)] * 4
-    assert [w.shape for w in weights["ffn"]] == [(48, 32)] * 2
+    if family == "modernbert":  # rotary pairs (two Q/K rows each) and gated FFN units (input and gate rows)
+        assert shape == EncoderShape(3, 32, 4, 48, qk_unit_width=2, gated_ffn=True, bias=False)
+        assert [w.shape for w in weights["qk"]] == [(16, 64)] * 2 and [w.shape for w in weights["vo"]] == [(32, 32)] * 2
+        assert [w.shape for w in weights["ffn"]] == [(48, 64), (48, 32)]
+        # pair 1 of head 2 is Q rows 2 * 8 + 1 and 2 * 8 + 1 + 4 of Wqkv; FFN unit 5 is Wi rows 5 and 48 + 5
+        fused = model.model.layers[1].attn.Wqkv.weight
+        assert torch.equal(weights["qk"][0][2 * 4 + 1], torch.cat([fused[17], fused[21]]))
+        assert torch.equal(weights["qk"][1][2 * 4 + 1], torch.cat([fused[32 + 17], fused[32 + 21]]))
+        wi = model.model.layers[1].mlp.Wi.weight
+        assert torch.equal(weights["ffn"][0][5], torch.cat([wi[5], wi[53]]))
+    else:
+        assert shape == EncoderShape(3, 32, 4, 48)
+        assert [w.shape for w in weights["qk"] + weights["vo"]] == [(32, 32)] * 4
+        assert [w.shape for w in weights["ffn"]] == [(48, 32)] * 2
     handles = attach_mask_hooks(model, lambda layer, kind: None)
     assert len(handles) == 3 * shape.num_layers
     assert all(arch.module(model, 0, role)._forward_hooks or arch.module(model, 0, role)._forward_pre_hooks
@@ -205,7 +220,7 @@ def test_the_registry_finds_families_and_refuses_others():
     assert architecture_of("camembert").family == "roberta"
     assert architecture_of({"model_type": "grain_electra"}).family == "electra"
     assert find_architecture(GPT2Config()) is None
-    supported = "bert, camembert, deberta-v2, distilbert, electra, roberta"
+    supported = "bert, camembert, deberta-v2, distilbert, electra, modernbert, roberta"
     with pytest.raises(GrainError, match=f"grain does not support gpt2 models; .* {supported}"):
         architecture_of(GPT2Config())
     assert set(supported_families()) >= {"bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert", "deberta-v2"}

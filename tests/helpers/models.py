@@ -24,6 +24,10 @@ from transformers import (
     ElectraForQuestionAnswering,
     ElectraForSequenceClassification,
     ElectraForTokenClassification,
+    ModernBertConfig,
+    ModernBertForQuestionAnswering,
+    ModernBertForSequenceClassification,
+    ModernBertForTokenClassification,
     RobertaConfig,
     RobertaForQuestionAnswering,
     RobertaForSequenceClassification,
@@ -39,7 +43,8 @@ from grain.models.slicing import compact_from_masked
 # are: padding id 1 (positions from 2), one token type; ELECTRA with embeddings narrower than the encoder
 # (embeddings_project); DistilBERT under its own config names, without token types; DeBERTa-v3-like
 # (disentangled attention with c2p and p2c through the shared W_Q/W_K, log-bucketed positions, no token
-# types).
+# types); ModernBERT with a sliding window of 2 positions each side (local_attention 4) in layers 0 and 2,
+# so that the 12-token test batches reach past it, global attention in layer 1, no biases.
 ROBERTA_LIKE = dict(max_position_embeddings=66, pad_token_id=1, type_vocab_size=1)
 FAMILIES = {
     "bert": (
@@ -70,6 +75,19 @@ FAMILIES = {
         {"sequence": DebertaV2ForSequenceClassification, "token": DebertaV2ForTokenClassification,
          "qa": DebertaV2ForQuestionAnswering},
     ),
+    "modernbert": (
+        ModernBertConfig,
+        dict(max_position_embeddings=64, local_attention=4, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+             cls_token_id=1, sep_token_id=2,
+             layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+        {"sequence": ModernBertForSequenceClassification, "token": ModernBertForTokenClassification,
+         "qa": ModernBertForQuestionAnswering},
+    ),
+}
+# Each family's dropout settings, when tiny_model is given one probability for all.
+DROPOUTS = {
+    "distilbert": ("dropout", "attention_dropout"),
+    "modernbert": ("embedding_dropout", "attention_dropout", "mlp_dropout"),
 }
 # grain.measure.flops.dummy_inputs (the benchmarks' inputs) draws token ids from 1000 up
 BENCH_VOCAB = 1200
@@ -90,10 +108,12 @@ def tiny_model(family: str = "bert", head="sequence", *, layers: int = 3, hidden
     config_class, family_settings, heads_of = FAMILIES[family]
     if family == "distilbert":
         sizes = dict(dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn)
-        dropouts = dict(dropout=dropout, attention_dropout=dropout)
     else:
         sizes = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn)
-        dropouts = dict(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    dropouts = dict.fromkeys(DROPOUTS.get(family, ("hidden_dropout_prob", "attention_probs_dropout_prob")), dropout)
+    family_settings = dict(family_settings)
+    if "layer_types" in family_settings:  # one per layer, cycling
+        family_settings["layer_types"] = [family_settings["layer_types"][i % 3] for i in range(layers)]
     settings = {**family_settings, **sizes, "vocab_size": vocab, **config}
     if dropout is not None:
         settings.update(dropouts)
@@ -138,22 +158,23 @@ def all_kept_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
 
 def hard_masks(shape: EncoderShape, seed=0) -> dict[str, torch.Tensor]:
     """Random masks (of a 3-layer shape) plus the corner cases: empty heads, an empty MHA layer, an empty
-    FFN layer, a head with VO units but no QK units."""
+    FFN layer, a head with VO units but no QK units, a head with one QK unit (one rotary pair under RoPE)."""
     g = torch.Generator().manual_seed(seed)
+    units = shape.units_per_layer
     masks = {
-        "qk": (torch.rand(shape.num_layers, shape.hidden_size, generator=g) < 0.5).float(),
+        "qk": (torch.rand(shape.num_layers, units["qk"], generator=g) < 0.5).float(),
         "vo": (torch.rand(shape.num_layers, shape.hidden_size, generator=g) < 0.5).float(),
         "ffn": (torch.rand(shape.num_layers, shape.intermediate_size, generator=g) < 0.4).float(),
     }
-    d = shape.head_dim
+    d, q = shape.head_dim, shape.qk_units_per_head
     masks["vo"][0, :d] = 0          # layer 0, head 0 gone
-    masks["qk"][0, :d] = 0
-    masks["qk"][0, d : 2 * d] = 0   # layer 0, head 1 keeps VO but no QK: uniform attention
+    masks["qk"][0, :q] = 0
+    masks["qk"][0, q : 2 * q] = 0   # layer 0, head 1 keeps VO but no QK: uniform attention
     masks["vo"][0, d] = 1
     masks["vo"][1] = 0              # layer 1: no attention at all
     masks["qk"][1] = 0
     masks["ffn"][2] = 0             # layer 2: no FFN at all
-    masks["qk"][2, :d] = 0          # layer 2, head 0: a QK width of 1 (padded to 2 in the compact model)
+    masks["qk"][2, :q] = 0          # layer 2, head 0: one QK unit (a width of 1 is padded to 2 in the compact model)
     masks["qk"][2, 0] = masks["vo"][2, 0] = 1
     return masks
 

@@ -8,10 +8,11 @@ from grain.architectures.bert import BERT
 from grain.architectures.deberta import DEBERTA_V2
 from grain.architectures.distilbert import DISTILBERT
 from grain.architectures.electra import ELECTRA
+from grain.architectures.modernbert import MODERNBERT
 from grain.architectures.roberta import ROBERTA
 from grain.errors import GrainError
 
-ARCHITECTURES: tuple[Architecture, ...] = (BERT, ROBERTA, ELECTRA, DISTILBERT, DEBERTA_V2)
+ARCHITECTURES: tuple[Architecture, ...] = (BERT, ROBERTA, ELECTRA, DISTILBERT, DEBERTA_V2, MODERNBERT)
 
 # The family of a random model (`model.random_config`) that names no `model_type`.
 DEFAULT_MODEL_TYPE = "bert"
@@ -22,7 +23,8 @@ DEFAULT_MODEL_TYPE = "bert"
 NAMED_FAMILIES = (
     ("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("deberta-v3", "deberta-v2"), ("deberta-v2", "deberta-v2"),
     ("deberta", "deberta"), ("distilbert", "distilbert"), ("electra", "electra"), ("albert", "albert"),
-    ("camembert", "camembert"), ("mpnet", "mpnet"), ("modernbert", "modernbert"),
+    ("camembert", "camembert"), ("mpnet", "mpnet"), ("modernbert", "modernbert"), ("ettin-encoder", "modernbert"),
+    ("mmbert", "modernbert"),
 )
 
 __all__ = [

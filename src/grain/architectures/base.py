@@ -72,6 +72,21 @@ class Architecture:
     position_offset: int = 0
     # config -> why grain cannot prune this variant of the family exactly (None: it can)
     unsupported: Callable[[object], str | None] | None = None
+    # How the family's layers differ from BERT's (ModernBERT has all four):
+    # `fused_qkv`: query, key and value are one Linear whose output is [Q | K | V] (hidden each);
+    # `rotary`: RoPE rotates dimension i of a head with i + head_dim/2 (rotate_half), so a QK unit is
+    # that pair (`EncoderShape.qk_unit_width` 2); `gated_ffn`: W_1 maps to [input | gate] (GeGLU), so an
+    # FFN unit is W_1 rows j and intermediate + j with W_2 column j; `linear_bias`: config -> whether the
+    # encoder's Linears have biases (None: they do).
+    fused_qkv: bool = False
+    rotary: bool = False
+    gated_ffn: bool = False
+    linear_bias: Callable[[object], bool] | None = None
+    # How the family's compact layers name the modules (BERT's `COMPACT_LAYER` unless the family's
+    # compact layer is its own, as ModernBERT's pre-norm layer), and the output bias an emptied
+    # sub-layer keeps.
+    compact_modules: LayerModules = COMPACT_LAYER
+    compact_empty_bias: dict = field(default_factory=lambda: dict(COMPACT_EMPTY_BIAS))
 
     # --- where things are -------------------------------------------------------------------
 
@@ -82,13 +97,17 @@ class Architecture:
     def module(self, model: nn.Module, index: int, role: str) -> nn.Module:
         """The module of layer `index` playing `role` (a `LayerModules` field: "query", "ffn_out", ...),
         in an HF model of this family or in its compact model (named as `COMPACT_LAYER`)."""
-        names = COMPACT_LAYER if model.config.model_type == self.compact_model_type else self.modules
+        names = self.compact_modules if model.config.model_type == self.compact_model_type else self.modules
         return self.layers(model)[index].get_submodule(getattr(names, role))
 
     def config_value(self, config, name: str):
         """A `ConfigFields` entry ("hidden_size", ...) read from an HF config object or dict."""
         key = getattr(self.config_fields, name)
         return config[key] if isinstance(config, dict) else getattr(config, key)
+
+    def has_bias(self, config) -> bool:
+        """Whether the encoder's Linears of a model with HF config `config` (object or dict) have biases."""
+        return True if self.linear_bias is None else bool(self.linear_bias(config))
 
     def check(self, config) -> None:
         """Refuse a variant of the family that masks or compaction would not handle exactly."""

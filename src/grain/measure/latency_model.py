@@ -681,11 +681,11 @@ def random_masks(shape: EncoderShape, sparsity: float, seed: int) -> dict[str, t
     rng = random.Random(seed)
     density = 1.0 - sparsity
     masks = {kind: torch.zeros(shape.num_layers, n, device="cpu") for kind, n in shape.units_per_layer.items()}
-    d = shape.head_dim
+    d, q = shape.head_dim, shape.qk_units_per_head
     for layer in range(shape.num_layers):
         for h in range(shape.num_heads):
             if rng.random() < min(1.0, 2 * density):
-                masks["qk"][layer, h * d:h * d + rng.randint(0, max(1, int(2 * density * d)))] = 1
+                masks["qk"][layer, h * q:h * q + rng.randint(0, max(1, int(2 * density * q)))] = 1
                 masks["vo"][layer, h * d:h * d + rng.randint(1, max(1, int(2 * density * d)))] = 1
         masks["ffn"][layer, :rng.randint(0, max(1, int(2 * density * shape.intermediate_size)))] = 1
     return masks

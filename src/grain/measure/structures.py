@@ -9,14 +9,14 @@ from grain.models.masks import EncoderShape
 
 def first_units(shape: EncoderShape, heads_per_layer: list[int], qk: list[list[int]], vo: list[list[int]],
                 ffn: list[int]) -> dict[str, torch.Tensor]:
-    """Masks {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} (CPU) keeping, in layer l,
-    heads 0..heads_per_layer[l]-1 with their first qk[l][h] / vo[l][h] units, and the first ffn[l]
-    FFN neurons."""
+    """Masks {"qk": [layers, qk units], "vo": [layers, hidden], "ffn": [layers, intermediate]} (CPU)
+    keeping, in layer l, heads 0..heads_per_layer[l]-1 with their first qk[l][h] / vo[l][h] units (a
+    rotary QK unit is a pair of dimensions), and the first ffn[l] FFN neurons."""
     masks = {kind: torch.zeros(shape.num_layers, size, device="cpu") for kind, size in shape.units_per_layer.items()}
-    d = shape.head_dim
+    d, q = shape.head_dim, shape.qk_units_per_head
     for layer in range(shape.num_layers):
         for h in range(heads_per_layer[layer]):
-            masks["qk"][layer, h * d:h * d + qk[layer][h]] = 1
+            masks["qk"][layer, h * q:h * q + qk[layer][h]] = 1
             masks["vo"][layer, h * d:h * d + vo[layer][h]] = 1
         masks["ffn"][layer, :ffn[layer]] = 1
     return masks

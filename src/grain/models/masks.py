@@ -1,8 +1,11 @@
 """Unit masks on a transformer encoder, applied with forward hooks (no change to the model's code).
 
 Per layer l, three mask vectors multiply unit outputs:
-- qk  [hidden]: the query projection's output (a QK unit's score contribution q_j * k_j becomes 0,
-  exactly as if row j of W_Q and W_K were removed);
+- qk  [hidden / qk_unit_width]: the query projection's output (a QK unit's score contribution q_j * k_j
+  becomes 0, exactly as if row j of W_Q and W_K were removed). Under rotary position embeddings (RoPE,
+  ModernBERT) dimension i of a head is rotated with i + head_dim/2 under one frequency, so a QK unit
+  is that pair and its mask value multiplies both dimensions (`expand_qk_mask`); where Q, K and V are
+  one fused Linear, only its Q columns are masked;
 - vo  [hidden]: the context vector, i.e. the input of the attention output projection W_O;
 - ffn [intermediate]: the FFN activation, i.e. the input of W_2.
 A mask of 0 therefore gives exactly the outputs of a model whose masked rows/columns are zero.
@@ -22,28 +25,68 @@ from grain.architectures import architecture_of
 
 @dataclass(frozen=True)
 class EncoderShape:
+    """The sizes of an encoder's prunable units.
+
+    qk_unit_width: dimensions of Q (and of K) one QK unit holds, 1, or 2 under RoPE (a rotary pair);
+    gated_ffn: W_1 holds an input and a gate row per FFN unit (GeGLU); bias: the Linears have biases.
+    """
+
     num_layers: int
     hidden_size: int
     num_heads: int
     intermediate_size: int
+    qk_unit_width: int = 1
+    gated_ffn: bool = False
+    bias: bool = True
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
     @property
+    def qk_units_per_head(self) -> int:
+        """QK units of one head: head_dim, or head_dim / 2 rotary pairs."""
+        return self.head_dim // self.qk_unit_width
+
+    @property
     def units_per_layer(self) -> dict[str, int]:
         """Number of pruning units of each kind in one layer."""
-        return {"qk": self.hidden_size, "vo": self.hidden_size, "ffn": self.intermediate_size}
+        return {"qk": self.num_heads * self.qk_units_per_head, "vo": self.hidden_size, "ffn": self.intermediate_size}
 
     @classmethod
     def of(cls, model_or_config) -> "EncoderShape":
         """The shape of a model's encoder, or of an HF config (object or dict)."""
         config = getattr(model_or_config, "config", model_or_config)
         arch = architecture_of(config)
-        return cls(*(int(arch.config_value(config, name)) for name in (
+        sizes = (int(arch.config_value(config, name)) for name in (
             "num_layers", "hidden_size", "num_heads", "intermediate_size",
-        )))
+        ))
+        return cls(*sizes, qk_unit_width=2 if arch.rotary else 1, gated_ffn=arch.gated_ffn, bias=arch.has_bias(config))
+
+
+def expand_qk_mask(mask: torch.Tensor, shape: EncoderShape) -> torch.Tensor:
+    """A layer's QK mask [qk units] as a mask of Q's dimensions [hidden]: under RoPE pair p of a head
+    masks its dimensions p and p + head_dim/2 (the head's [first halves | second halves], as
+    rotate_half splits it); otherwise the mask itself. Differentiable (the pair's gradient is the sum of
+    its two dimensions')."""
+    if shape.qk_unit_width == 1:
+        return mask
+    return mask.view(shape.num_heads, 1, shape.qk_units_per_head).expand(-1, 2, -1).reshape(shape.hidden_size)
+
+
+def qk_dimensions(units: torch.Tensor, shape: EncoderShape) -> torch.Tensor:
+    """Q rows (within one layer's [hidden] Q) of QK units `units` (long, in unit numbering): per head, the
+    first dimensions of its kept pairs, then their partners (+ head_dim/2), so that the compact head's
+    rotate_half pairs the same dimensions; the units themselves without RoPE."""
+    if shape.qk_unit_width == 1:
+        return units
+    per_head, d = shape.qk_units_per_head, shape.head_dim
+    head, pair = units // per_head, units % per_head
+    rows = []
+    for h in head.unique(sorted=True).tolist():  # (compaction reads the kept units on the host anyway)
+        first = h * d + pair[head == h]
+        rows += [first, first + d // 2]
+    return torch.cat(rows) if rows else units
 
 
 @dataclass(frozen=True)
@@ -55,17 +98,17 @@ class KeptStructure:
     `layers` (`as_layers`) and the latency model's predictions read it.
     """
 
-    qk: list[list[int]]   # [layers][heads]
+    qk: list[list[int]]   # [layers][heads]: Q (and K) dimensions, i.e. QK units x qk_unit_width
     vo: list[list[int]]   # [layers][heads]
     ffn: list[int]        # [layers]
 
     @classmethod
     def of(cls, masks: dict[str, torch.Tensor], shape: EncoderShape) -> "KeptStructure":
-        """From masks {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} on any device (read
-        back to the host once: for planning and reporting, not for a training step's hot path)."""
-        per_head = (shape.num_layers, shape.num_heads, shape.head_dim)
-        qk = (masks["qk"].detach() > 0).view(per_head).sum(-1).cpu()
-        vo = (masks["vo"].detach() > 0).view(per_head).sum(-1).cpu()
+        """From masks {"qk": [layers, qk units], "vo": [layers, hidden], "ffn": [layers, intermediate]} on
+        any device (read back to the host once: for planning and reporting, not for a training step's hot
+        path)."""
+        qk = (masks["qk"].detach() > 0).view(shape.num_layers, shape.num_heads, -1).sum(-1).cpu() * shape.qk_unit_width
+        vo = (masks["vo"].detach() > 0).view(shape.num_layers, shape.num_heads, shape.head_dim).sum(-1).cpu()
         ffn = (masks["ffn"].detach() > 0).sum(-1).cpu()
         return cls(qk.tolist(), vo.tolist(), ffn.tolist())
 
@@ -99,9 +142,13 @@ def attach_mask_hooks(model: nn.Module, mask_for: MaskSource) -> list:
     """Register hooks that multiply each layer's units by `mask_for(layer, kind)`; returns the handles."""
     arch = architecture_of(model)
     arch.check(model.config)
+    shape = EncoderShape.of(model)
     handles = []
     for index in range(len(arch.layers(model))):
-        handles.append(arch.module(model, index, "query").register_forward_hook(MaskOutput(mask_for, index, "qk")))
+        query_mask = MaskOutput(mask_for, index, "qk")
+        if arch.rotary or arch.fused_qkv:
+            query_mask = MaskQueryOutput(mask_for, index, "qk", shape, fused=arch.fused_qkv)
+        handles.append(arch.module(model, index, "query").register_forward_hook(query_mask))
         handles.append(arch.module(model, index, "attention_output").register_forward_pre_hook(MaskInput(mask_for, index, "vo")))
         handles.append(arch.module(model, index, "ffn_out").register_forward_pre_hook(MaskInput(mask_for, index, "ffn")))
     return handles
@@ -152,6 +199,25 @@ class MaskOutput:
         return output if mask is None else apply_mask(output, mask)
 
 
+class MaskQueryOutput(MaskOutput):
+    """Forward hook on the query projection of a rotary and/or fused-QKV family: the QK mask expanded
+    to Q's dimensions (`expand_qk_mask`), and where the Linear is the fused [Q | K | V] one, padded with
+    ones over its K and V columns."""
+
+    def __init__(self, mask_for: MaskSource, index: int, kind: str, shape: EncoderShape, fused: bool):
+        super().__init__(mask_for, index, kind)
+        self.shape, self.fused = shape, fused
+
+    def __call__(self, module, args, output):
+        mask = self.mask_for(self.index, self.kind)
+        if mask is None:
+            return output
+        mask = expand_qk_mask(mask, self.shape)
+        if self.fused:
+            mask = torch.cat([mask, mask.new_ones(output.shape[-1] - mask.shape[-1])])
+        return apply_mask(output, mask)
+
+
 class MaskInput(MaskOutput):
     """Forward pre-hook multiplying a module's input by a mask."""
 
@@ -161,14 +227,27 @@ class MaskInput(MaskOutput):
 
 
 def unit_weights(model: nn.Module, index: int) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Weight slices of each unit kind of layer `index`, each laid out [units, fan] (for magnitude scores)."""
+    """Weight slices of each unit kind of layer `index`, each laid out [units, fan] (for magnitude scores):
+    a rotary pair's two Q (K) rows side by side, a gated FFN unit's input and gate rows side by side."""
     arch = architecture_of(model)
+    shape = EncoderShape.of(model)
+    h = shape.hidden_size
 
     def weight(role: str) -> torch.Tensor:
         return arch.module(model, index, role).weight
 
+    query, key, value = weight("query"), weight("key"), weight("value")
+    if arch.fused_qkv:  # one [3 hidden, hidden] weight
+        query, key, value = query[:h], key[h:2 * h], value[2 * h:]
+    if arch.rotary:  # [heads, 2, pairs, fan] -> [heads * pairs, 2 fan]
+        def pairs(w: torch.Tensor) -> torch.Tensor:
+            return w.view(shape.num_heads, 2, shape.qk_units_per_head, -1).transpose(1, 2).reshape(shape.units_per_layer["qk"], -1)
+        query, key = pairs(query), pairs(key)
+    ffn_in = weight("ffn_in")
+    if arch.gated_ffn:  # [2 intermediate, hidden] -> [intermediate, 2 hidden]
+        ffn_in = ffn_in.view(2, shape.intermediate_size, -1).transpose(0, 1).reshape(shape.intermediate_size, -1)
     return {
-        "qk": (weight("query"), weight("key")),
-        "vo": (weight("value"), weight("attention_output").t()),
-        "ffn": (weight("ffn_in"), weight("ffn_out").t()),
+        "qk": (query, key),
+        "vo": (value, weight("attention_output").t()),
+        "ffn": (ffn_in, weight("ffn_out").t()),
     }

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from grain.architectures import COMPACT_EMPTY_BIAS, COMPACT_LAYER, Architecture, find_architecture, supported_families
+from grain.architectures import Architecture, find_architecture, supported_families
 from grain.errors import GrainError
 from grain.models.backbone import eval_mode
 from grain.models.compact.bert import FactorizedEmbedding
 from grain.models.inputs import random_batch
-from grain.models.masks import EncoderShape, KeptStructure, attach_mask_hooks
+from grain.models.masks import EncoderShape, KeptStructure, attach_mask_hooks, qk_dimensions
 from grain.models.registry import compact_class, compact_family, head_names
 
 # The padded random batch [batch, length] every compaction is checked on.
@@ -45,23 +45,37 @@ class Slice:
 
 
 def kept_indices(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[dict[str, torch.Tensor]]:
-    """Per layer, the indices (in the full layout, long, CPU) of the units compaction keeps:
-    {"qk": [..], "vo": [..], "ffn": [..]}; QK and VO units only of heads that keep VO units, in head order.
+    """Per layer, the indices (in the full layout, long, CPU) of what compaction keeps: {"qk": Q rows,
+    "vo": [..], "ffn": [..]}; QK and VO units only of heads that keep VO units, in head order. A rotary
+    QK unit (a pair) is two Q rows, laid out per head as `qk_dimensions` says.
 
-    masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]} on any device, read back to the
-    host once; the indices are moved to the weights' device where they are used.
+    masks: {"qk": [layers, qk units], "vo": [layers, hidden], "ffn": [layers, intermediate]} on any
+    device, read back to the host once; the indices are moved to the weights' device where they are used.
     """
-    d = shape.head_dim
     host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
-    per_head = (shape.num_layers, shape.num_heads, d)
-    heads_with_vo = host["vo"].view(per_head).any(-1, keepdim=True)
-    kept = {"qk": (host["qk"].view(per_head) & heads_with_vo).flatten(1), "vo": host["vo"], "ffn": host["ffn"]}
-    return [{kind: units[layer].nonzero().flatten() for kind, units in kept.items()} for layer in range(shape.num_layers)]
+    layers, heads = shape.num_layers, shape.num_heads
+    heads_with_vo = host["vo"].view(layers, heads, shape.head_dim).any(-1, keepdim=True)
+    kept = {"qk": (host["qk"].view(layers, heads, -1) & heads_with_vo).flatten(1), "vo": host["vo"], "ffn": host["ffn"]}
+    indices = [{kind: units[layer].nonzero().flatten() for kind, units in kept.items()} for layer in range(layers)]
+    for layer in indices:
+        layer["qk"] = qk_dimensions(layer["qk"], shape)
+    return indices
 
 
-def compact_config(model: nn.Module, kept: KeptStructure, embedding_rank: int | None = None):
+def rotary_pairs(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[list[list[int]]]:
+    """Per layer, per head that keeps VO units, the kept rotary pairs (their index within the head, i.e.
+    the RoPE frequency each keeps): what a rotary compact config holds (`rotary_pairs`)."""
+    host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
+    layers, heads = shape.num_layers, shape.num_heads
+    qk = host["qk"].view(layers, heads, -1)
+    vo = host["vo"].view(layers, heads, shape.head_dim).any(-1)
+    return [[qk[i, h].nonzero().flatten().tolist() for h in range(heads) if vo[i, h]] for i in range(layers)]
+
+
+def compact_config(model: nn.Module, kept: KeptStructure, embedding_rank: int | None = None, **settings):
     """The family's compact config (e.g. GrainBertConfig): `model`'s config plus the kept structure's
-    per-layer widths (`KeptStructure.compact_dims`) and the word embeddings' rank (None: full)."""
+    per-layer widths (`KeptStructure.compact_dims`), the word embeddings' rank (None: full) and the
+    family's own `settings` (a rotary family's `rotary_pairs`)."""
     arch = find_architecture(model)
     config = model.config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
@@ -70,44 +84,55 @@ def compact_config(model: nn.Module, kept: KeptStructure, embedding_rank: int | 
     return compact_family(arch).config(
         **config, qk_dims=qk_dims, vo_dims=vo_dims, ffn_dims=ffn_dims,
         original_head_dim=model.config.hidden_size // model.config.num_attention_heads,
-        embedding_rank=embedding_rank,
+        embedding_rank=embedding_rank, **settings,
     )
 
 
-def compaction_plan(indices: list[dict[str, torch.Tensor]], arch: Architecture, prefix: str) -> dict[str, Slice]:
+def compaction_plan(indices: list[dict[str, torch.Tensor]], arch: Architecture, prefix: str,
+                    shape: EncoderShape | None = None) -> dict[str, Slice]:
     """Compact parameter name -> Slice of the masked model's parameter, for every parameter of the
     encoder layers (the others, embeddings and heads, keep their names and are copied whole).
 
-    indices: `kept_indices` of the masks; arch: the masked model's family (its module names); prefix:
-    the models' `base_model_prefix` (the compact model of a family keeps it, and the family's layer path;
-    "" for a base model without a head, whose parameters have no prefix).
+    indices: `kept_indices` of the masks; arch: the masked model's family (its module names, and whether
+    its Q, K, V are one fused Linear and its FFN is gated); prefix: the models' `base_model_prefix` (the
+    compact model of a family keeps it, and the family's layer path; "" for a base model without a head,
+    whose parameters have no prefix); shape: the encoder's sizes, needed for fused or gated weights.
     """
+    if (arch.fused_qkv or arch.gated_ffn) and shape is None:
+        raise ValueError(f"the {arch.family} plan needs the EncoderShape (fused QKV or gated FFN)")
+    # row offsets of Q, K and V within the query / key / value modules' weights (one fused [Q | K | V])
+    offset = dict.fromkeys(("query", "key", "value"), 0)
+    if arch.fused_qkv:
+        offset = {"query": 0, "key": shape.hidden_size, "value": 2 * shape.hidden_size}
     plan = {}
     for i, kept in enumerate(indices):
         base = f"{prefix}.{arch.layer_path}.{i}" if prefix else f"{arch.layer_path}.{i}"
 
-        def add(role: str, rows=None, cols=None, bias_rows=None, target: str | None = None) -> None:
-            """The weight (and bias) of `role`, sliced by rows or columns (the bias by `bias_rows`)."""
+        def add(role: str, rows=None, cols=None, target: str | None = None) -> None:
+            """The weight (and bias) of `role`, sliced by rows (the bias too) or columns."""
             source = f"{base}.{getattr(arch.modules, role)}"
-            params = {"weight": Slice(f"{source}.weight", rows=rows, cols=cols), "bias": Slice(f"{source}.bias", rows=bias_rows)}
+            params = {"weight": Slice(f"{source}.weight", rows=rows, cols=cols), "bias": Slice(f"{source}.bias", rows=rows)}
             for param, rule in params.items():
                 if target is None:
-                    plan[f"{base}.{getattr(COMPACT_LAYER, role)}.{param}"] = rule
+                    plan[f"{base}.{getattr(arch.compact_modules, role)}.{param}"] = rule
                 elif param == "bias":  # an emptied sub-layer keeps only its output bias
                     plan[f"{base}.{target}"] = rule
 
         if len(kept["vo"]):
             for role in ("query", "key"):
-                add(role, rows=kept["qk"], bias_rows=kept["qk"])
-            add("value", rows=kept["vo"], bias_rows=kept["vo"])
+                add(role, rows=kept["qk"] + offset[role])
+            add("value", rows=kept["vo"] + offset["value"])
             add("attention_output", cols=kept["vo"])
         else:
-            add("attention_output", target=COMPACT_EMPTY_BIAS["attention_output"])
+            add("attention_output", target=arch.compact_empty_bias["attention_output"])
         if len(kept["ffn"]):
-            add("ffn_in", rows=kept["ffn"], bias_rows=kept["ffn"])
+            rows = kept["ffn"]
+            if arch.gated_ffn:  # input rows, then their gate rows
+                rows = torch.cat([rows, rows + shape.intermediate_size])
+            add("ffn_in", rows=rows)
             add("ffn_out", cols=kept["ffn"])
         else:
-            add("ffn_out", target=COMPACT_EMPTY_BIAS["ffn_out"])
+            add("ffn_out", target=arch.compact_empty_bias["ffn_out"])
         for role in ("attention_norm", "ffn_norm"):
             add(role)
     return plan
@@ -140,11 +165,13 @@ def compact_from_masked(model: nn.Module, masks: dict[str, torch.Tensor]):
     """
     check_supported(model)
     shape = EncoderShape.of(model)
-    config = compact_config(model, KeptStructure.of(masks, shape), factorized_rank(model))
+    arch = find_architecture(model)
+    settings = {"rotary_pairs": rotary_pairs(masks, shape)} if arch.rotary else {}
+    config = compact_config(model, KeptStructure.of(masks, shape), factorized_rank(model), **settings)
     with torch.device(next(model.parameters()).device):  # built where the weights are: no round trip to the host
         compact = compact_class(model)(config)
     prefix = model.base_model_prefix if model.base_model is not model else ""  # a base model: no prefix
-    plan = compaction_plan(kept_indices(masks, shape), find_architecture(model), prefix)
+    plan = compaction_plan(kept_indices(masks, shape), arch, prefix, shape)
     source = dict(model.named_parameters())
     for name, target in compact.named_parameters():  # buffers (position ids) are built alike
         rule = plan.get(name, Slice(name))

@@ -320,12 +320,13 @@ class PruningController(nn.Module):
         layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
         costs = unit_costs(self.shape)
         head_alive = masks["vo"].view(layers, heads, d).amax(-1) > 0
-        head_scores = (scores["qk"] + scores["vo"]).float().view(layers, heads, d).sum(-1)
+        head_scores = scores["qk"].float().view(layers, heads, -1).sum(-1) + scores["vo"].float().view(layers, heads, d).sum(-1)
         head_scores = head_scores.masked_fill(~head_alive, float("-inf")).flatten()
         ffn_scores = scores["ffn"].float().masked_fill(masks["ffn"] == 0, float("-inf")).flatten()
         flat_scores = torch.cat([head_scores, ffn_scores])
-        flat_costs = torch.cat([  # a head: d * (4h + 3), ISPruner's head_unit_size
-            torch.full((head_scores.numel(),), d * (costs["qk"] + costs["vo"]), device=flat_scores.device),
+        head_cost = self.shape.qk_units_per_head * costs["qk"] + d * costs["vo"]  # BERT: d (4h + 3), ISPruner's head_unit_size
+        flat_costs = torch.cat([
+            torch.full((head_scores.numel(),), head_cost, device=flat_scores.device),
             torch.full((ffn_scores.numel(),), costs["ffn"], device=flat_scores.device),
         ])
         remove = select_lowest(flat_scores, flat_costs, budget)
@@ -334,9 +335,9 @@ class PruningController(nn.Module):
         masks["ffn"].masked_fill_(remove[head_scores.numel():].view_as(masks["ffn"]), 0.0)
 
     def _remove_qk_of_empty_heads(self, masks: dict[str, torch.Tensor]) -> None:
-        layers, heads, d = self.shape.num_layers, self.shape.num_heads, self.shape.head_dim
-        empty = masks["vo"].view(layers, heads, d).amax(-1, keepdim=True) == 0
-        masks["qk"].view(layers, heads, d).masked_fill_(empty, 0.0)
+        layers, heads = self.shape.num_layers, self.shape.num_heads
+        empty = masks["vo"].view(layers, heads, -1).amax(-1, keepdim=True) == 0
+        masks["qk"].view(layers, heads, -1).masked_fill_(empty, 0.0)
 
     # --- reporting ----------------------------------------------------------------------------
     def sparsity(self) -> float:

@@ -40,7 +40,7 @@ _SAVES = 1e-9  # ms: a saving below this is no saving
 
 
 def removed_widths(qk: list[int], vo: list[int], head: int, kind: str, count: int = 1) -> tuple[list[int], list[int]]:
-    """A layer's head widths after removing `count` units of `kind` from `head` (its last VO unit
+    """A layer's head widths after removing `count` dimensions of `kind` from `head` (its last VO unit
     takes the head, QK units included)."""
     qk, vo = list(qk), list(vo)
     if kind == "qk":
@@ -57,7 +57,7 @@ class _State:
     increasing score order, per layer the kept FFN neurons; widths follow the removals."""
 
     def __init__(self, scores, masks, shape: EncoderShape):
-        layers, heads, d = shape.num_layers, shape.num_heads, shape.head_dim
+        layers, heads, d, q = shape.num_layers, shape.num_heads, shape.head_dim, shape.qk_units_per_head
         self.shape = shape
         self.score = {k: scores[k].detach().cpu().double().clamp_min(0).view(layers, -1).tolist() for k in scores}
         kept = {k: (masks[k].detach().cpu() > 0).view(layers, -1).tolist() for k in masks}
@@ -66,14 +66,15 @@ class _State:
             return sorted((u for u in units if kept[kind][layer][u]), key=lambda u: self.score[kind][layer][u], reverse=True)
 
         # stacks: the next unit to remove is at the end
-        self.qk = [[order("qk", i, range(h * d, (h + 1) * d)) for h in range(heads)] for i in range(layers)]
+        self.qk = [[order("qk", i, range(h * q, (h + 1) * q)) for h in range(heads)] for i in range(layers)]
         self.vo = [[order("vo", i, range(h * d, (h + 1) * d)) for h in range(heads)] for i in range(layers)]
         self.ffn = [order("ffn", i, range(shape.intermediate_size)) for i in range(layers)]
         self.removed = {"qk": [], "vo": [], "ffn": []}  # (layer, unit)
         self._attention_ms: dict[int, float] = {}  # per layer, for its current widths
 
     def widths(self, layer: int) -> tuple[list[int], list[int]]:
-        return [len(s) for s in self.qk[layer]], [len(s) for s in self.vo[layer]]
+        """The layer's QK widths (units x qk_unit_width: a rotary pair is two dimensions) and VO widths."""
+        return [len(s) * self.shape.qk_unit_width for s in self.qk[layer]], [len(s) for s in self.vo[layer]]
 
     def attention_ms(self, model, layer: int) -> float:
         if layer not in self._attention_ms:
@@ -104,7 +105,8 @@ class _State:
         for k in range(1, len(stack) + 1):
             loss += self.score[kind][layer][stack[-k]]
             whole = loss + (sum(self.score["qk"][layer][u] for u in qk_stack) if kind == "vo" and k == len(stack) else 0.0)
-            saved = before - model.attention_cost(*removed_widths(qk, vo, head, kind, k))
+            width = k * self.shape.qk_unit_width if kind == "qk" else k
+            saved = before - model.attention_cost(*removed_widths(qk, vo, head, kind, width))
             if first is None:
                 first = (whole, saved, 1)
             if saved > _SAVES:
@@ -131,7 +133,7 @@ def prune_to_latency(scores: dict[str, torch.Tensor], masks: dict[str, torch.Ten
     exactly for the structure left at that moment (a heap of every head's and layer's next run; a
     removal re-prices its layer). Orphaned QK units (heads without VO units) go with their head.
 
-    scores/masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}, on any device; target
+    scores/masks: {"qk": [layers, qk units], "vo": [layers, hidden], "ffn": [layers, intermediate]}, on any device; target
     in ms. Returns the predicted ms of the result (kept exactly along the way).
     """
     _remove_orphan_qk(masks, shape)
@@ -179,6 +181,6 @@ def prune_to_latency(scores: dict[str, torch.Tensor], masks: dict[str, torch.Ten
 
 
 def _remove_orphan_qk(masks: dict[str, torch.Tensor], shape: EncoderShape) -> None:
-    layers, heads, d = shape.num_layers, shape.num_heads, shape.head_dim
-    empty = masks["vo"].view(layers, heads, d).amax(-1, keepdim=True) == 0
-    masks["qk"].view(layers, heads, d).masked_fill_(empty, 0.0)
+    layers, heads = shape.num_layers, shape.num_heads
+    empty = masks["vo"].view(layers, heads, -1).amax(-1, keepdim=True) == 0
+    masks["qk"].view(layers, heads, -1).masked_fill_(empty, 0.0)

@@ -23,9 +23,12 @@ TIE_SEED = 0  # equal scores are ranked in the random order this seed draws (`ne
 
 def unit_costs(shape: EncoderShape) -> dict[str, int]:
     """Parameters removed with one unit: QK = Q row + K row + 2 biases; VO = V row + bias + O column;
-    FFN = W1 row + bias + W2 column (FineISPruner's qk/vo/ffn_unit_size)."""
-    h = shape.hidden_size
-    return {"qk": 2 * h + 2, "vo": 2 * h + 1, "ffn": 2 * h + 1}
+    FFN = W1 row + bias + W2 column (FineISPruner's qk/vo/ffn_unit_size). A rotary QK unit is two Q and
+    two K rows (`EncoderShape.qk_unit_width`); a gated FFN unit two W1 rows (input and gate); without
+    biases (ModernBERT) the bias terms are 0."""
+    h, b = shape.hidden_size, int(shape.bias)
+    ffn_rows = 2 if shape.gated_ffn else 1
+    return {"qk": shape.qk_unit_width * 2 * (h + b), "vo": 2 * h + b, "ffn": ffn_rows * (h + b) + h}
 
 
 def prunable_params(shape: EncoderShape) -> int:
@@ -38,9 +41,9 @@ def prunable_params(shape: EncoderShape) -> int:
 
 
 def encoder_linear_params(shape: EncoderShape) -> int:
-    """All parameters of the encoder's linear layers (Q, K, V, O, W1, W2 with biases)."""
-    h, i = shape.hidden_size, shape.intermediate_size
-    return shape.num_layers * (4 * h * h + 4 * h + 2 * h * i + i + h)
+    """All parameters of the encoder's linear layers (Q, K, V, O, W1, W2 with biases): the prunable
+    units' and the output biases of W_O and W_2 (for BERT 4h^2 + 4h + 2hi + i + h per layer)."""
+    return prunable_params(shape) + shape.num_layers * 2 * shape.hidden_size * int(shape.bias)
 
 
 def kept_linear_params(masks: dict[str, torch.Tensor], shape: EncoderShape) -> int:
@@ -50,7 +53,7 @@ def kept_linear_params(masks: dict[str, torch.Tensor], shape: EncoderShape) -> i
     """
     costs = unit_costs(shape)
     kept_units = sum(masks[kind].count_nonzero() * cost for kind, cost in costs.items())  # int64
-    return int(kept_units) + shape.num_layers * 2 * shape.hidden_size
+    return int(kept_units) + shape.num_layers * 2 * shape.hidden_size * int(shape.bias)
 
 
 def removed_unit_params(masks: dict[str, torch.Tensor], shape: EncoderShape) -> int:
@@ -99,7 +102,7 @@ def select_units(
 ) -> dict[str, torch.Tensor]:
     """Units to remove now, {kind: bool [layers, units]}, before the QK units of emptied heads.
 
-    scores/masks: {"qk"|"vo": [layers, hidden], "ffn": [layers, intermediate]}; budget: parameters
+    scores/masks: {"qk": [layers, qk units], "vo": [layers, hidden], "ffn": [layers, intermediate]}; budget: parameters
     of prunable units to have removed in all (already removed units included); select: the prefix
     rule, `select_lowest` (a parameter so that a caller's own reference to it is the one used).
 
@@ -138,30 +141,31 @@ def _select_charging_heads(flat_scores, plain, sizes, shape: EncoderShape, budge
     order = neutral_order(flat_scores)                          # the order `select` sorts in
     position = torch.empty_like(order)
     position[order] = torch.arange(n, device=device)
-    head_of = torch.arange(n_qk, device=device) // shape.head_dim  # QK/VO unit -> layer * heads + head
+    qk_head = torch.arange(n_qk, device=device) // shape.qk_units_per_head  # QK unit -> layer * heads + head
+    vo_head = torch.arange(n - n_ffn - n_qk, device=device) // shape.head_dim  # VO unit -> the same
     qk, vo = slice(n_ffn, n_ffn + n_qk), slice(n_ffn + n_qk, n)
     heads = shape.num_layers * shape.num_heads
     last_vo = torch.full((heads,), -1, dtype=order.dtype, device=device).scatter_reduce(
-        0, head_of, position[vo], reduce="amax", include_self=True
+        0, vo_head, position[vo], reduce="amax", include_self=True
     )
-    charged_qk = position[qk] > last_vo[head_of]                # QK units that go with their head's last VO
-    extra = torch.zeros(heads, dtype=torch.float64, device=device).index_add_(0, head_of, plain[qk] * charged_qk)
-    is_last_vo = position[vo] == last_vo[head_of]
+    charged_qk = position[qk] > last_vo[qk_head]                # QK units that go with their head's last VO
+    extra = torch.zeros(heads, dtype=torch.float64, device=device).index_add_(0, qk_head, plain[qk] * charged_qk)
+    is_last_vo = position[vo] == last_vo[vo_head]
     charged = plain.clone()
     charged[qk] = plain[qk].masked_fill(charged_qk, 0.0)
-    charged[vo] += extra[head_of] * is_last_vo
+    charged[vo] += extra[vo_head] * is_last_vo
     # 1. the prefix under the budget, charged costs (all >= 0, so the selection is a prefix)
     first = select(flat_scores, charged, budget)
     # 2. if the unit that stopped it empties a head, units that empty none fill the rest
     empties = torch.zeros(n, dtype=torch.bool, device=device)
-    empties[vo] = is_last_vo & (extra[head_of] > 0)
+    empties[vo] = is_last_vo & (extra[vo_head] > 0)
     stopper = first.sum().clamp(max=n - 1)                      # its index in the order, on the device
     stopped_by_head = empties[order].gather(0, stopper.view(1)) & ~first.all()
     head_emptied = torch.zeros(heads, dtype=torch.bool, device=device).scatter_reduce(
-        0, head_of, first[vo] & is_last_vo, reduce="amax"
+        0, vo_head, first[vo] & is_last_vo, reduce="amax"
     )
     skip = empties.clone()                                      # last VO units stay in step 2, and
-    skip[qk] = charged_qk & head_emptied[head_of]               # QK units of emptied heads go anyway
+    skip[qk] = charged_qk & head_emptied[qk_head]               # QK units of emptied heads go anyway
     skip |= first
     gap = budget - (charged * first).sum()
     fill = select(flat_scores, plain.masked_fill(skip, 0.0), gap) & ~skip & stopped_by_head

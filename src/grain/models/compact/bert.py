@@ -113,15 +113,19 @@ class GrainSelfAttention(nn.Module):
     the Q rows; outside training (no grad) the assembled weights are kept between forwards.
     """
 
+    # whether heads without QK units are computed apart on the CPU plan (attention over every kept key)
+    uniform_apart = True
+
     def __init__(self, config: GrainBertConfig, index: int):
         super().__init__()
         self.qk_dims, self.vo_dims = list(config.qk_dims[index]), list(config.vo_dims[index])
-        self.query = nn.Linear(config.hidden_size, sum(self.qk_dims))
-        self.key = nn.Linear(config.hidden_size, sum(self.qk_dims))
-        self.value = nn.Linear(config.hidden_size, sum(self.vo_dims))
+        bias = getattr(config, "attention_bias", True)  # (ModernBERT's Linears have none by default)
+        self.query = nn.Linear(config.hidden_size, sum(self.qk_dims), bias=bias)
+        self.key = nn.Linear(config.hidden_size, sum(self.qk_dims), bias=bias)
+        self.value = nn.Linear(config.hidden_size, sum(self.vo_dims), bias=bias)
         self.scale = config.original_head_dim ** -0.5
-        self.dropout_p = config.attention_probs_dropout_prob
-        self.layout = GroupedLayout.plan(self.qk_dims, self.vo_dims)
+        self.dropout_p = getattr(config, "attention_probs_dropout_prob", getattr(config, "attention_dropout", 0.0))
+        self.layout = GroupedLayout.plan(self.qk_dims, self.vo_dims, self.uniform_apart)
         self.padded_layout = PaddedLayout.plan(self.qk_dims, self.vo_dims)
         self._indices: dict = {}  # per device; plain tensors, not buffers (from_pretrained leaves those unset)
         self._derived = DerivedWeights()
@@ -134,18 +138,27 @@ class GrainSelfAttention(nn.Module):
             self._indices[(name, device)] = torch.tensor(values, dtype=torch.long, device=device)
         return self._indices[(name, device)]
 
-    def _projection(self, layout, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Weight [columns, hidden] and bias of the fused [Q | K | V] projection of `layout`."""
+    def _projection(self, layout, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Weight [columns, hidden] and bias (None without biases) of the fused [Q | K | V] projection of
+        `layout`."""
         q, k, v = self.query, self.key, self.value
 
         def build():
             weight = torch.cat([q.weight * self.scale, k.weight, v.weight, v.weight.new_zeros(1, v.weight.shape[1])])
-            bias = torch.cat([q.bias * self.scale, k.bias, v.bias, v.bias.new_zeros(1)])
             rows = self._index(layout.projection_rows, f"{type(layout).__name__}.rows", device)
+            if v.bias is None:
+                return weight.index_select(0, rows), None
+            bias = torch.cat([q.bias * self.scale, k.bias, v.bias, v.bias.new_zeros(1)])
             return weight.index_select(0, rows), bias.index_select(0, rows)
 
-        sources = [q.weight, q.bias, k.weight, k.bias, v.weight, v.bias]
+        sources = [t for t in (q.weight, q.bias, k.weight, k.bias, v.weight, v.bias) if t is not None]
         return self._derived.get(f"{type(layout).__name__}.projection", sources, build)
+
+    def position(self, projected: torch.Tensor, layout, positions) -> torch.Tensor:
+        """The fused projection [batch, seq, columns of `layout`] after the family's position encoding
+        of Q and K (`positions`: what the base model passes its layers): nothing in BERT, whose positions
+        are embeddings; ModernBERT rotates Q and K here."""
+        return projected
 
     def _output_weight(self, output: nn.Linear, layout) -> torch.Tensor:
         """W_o with its columns in the order of `layout`'s contexts ([hidden, contexts])."""
@@ -164,20 +177,21 @@ class GrainSelfAttention(nn.Module):
         hidden state; no attention dropout there, the only difference from the masked model)."""
         uniform = self._index(self.layout.uniform_vo, "uniform_vo", hidden.device)
         mean = hidden.mean(1) if keys.weights is None else torch.bmm(keys.weights[:, None, :], hidden)[:, 0]
-        values = F.linear(mean, self.value.weight.index_select(0, uniform), self.value.bias.index_select(0, uniform))
+        bias = None if self.value.bias is None else self.value.bias.index_select(0, uniform)
+        values = F.linear(mean, self.value.weight.index_select(0, uniform), bias)
         return F.linear(values, output.weight.index_select(1, uniform))[:, None, :]
 
-    def forward(self, hidden: torch.Tensor, keys: KeyMask, output: nn.Linear) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, keys: KeyMask, output: nn.Linear, positions=None) -> torch.Tensor:
         """[batch, seq, hidden] -> the attention block's update before dropout and LayerNorm: the heads'
-        contexts through `output` (W_o and its bias)."""
+        contexts through `output` (W_o and its bias); `positions`: see `position`."""
         layout = self.layout_for(hidden.device)
         dropout_p = self.dropout_p if self.training else 0.0
-        projected = F.linear(hidden, *self._projection(layout, hidden.device))
+        projected = self.position(F.linear(hidden, *self._projection(layout, hidden.device)), layout, positions)
         if isinstance(layout, PaddedLayout):
             contexts = padded_contexts(projected, layout, keys.bias, dropout_p)
             return F.linear(contexts, self._output_weight(output, layout), output.bias)
         batch, seq, hidden_size = hidden.shape
-        per_sequence = output.bias[None, None, :]
+        per_sequence = output.bias[None, None, :] if output.bias is not None else hidden.new_zeros(1, 1, hidden_size)
         if layout.uniform_vo:
             per_sequence = per_sequence + self._uniform_update(hidden, keys, output)
         if not layout.groups:
@@ -474,9 +488,13 @@ class GrainBertForQuestionAnswering(TokenHead):
         outputs = self.base_model(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states)
         return self.answer(outputs.last_hidden_state, start_positions, end_positions, outputs.hidden_states)
 
+    def span_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, hidden] final hidden states -> [batch, seq, 2] start and end logits."""
+        return self.qa_outputs(hidden)
+
     def answer(self, hidden, start_positions, end_positions, hidden_states) -> QuestionAnsweringModelOutput:
         """Start/end logits of the final hidden states [batch, seq, hidden], and their loss."""
-        start_logits, end_logits = self.qa_outputs(hidden).split(1, dim=-1)
+        start_logits, end_logits = self.span_logits(hidden).split(1, dim=-1)
         start_logits, end_logits = start_logits.squeeze(-1).contiguous(), end_logits.squeeze(-1).contiguous()
         loss = None
         if start_positions is not None and end_positions is not None:

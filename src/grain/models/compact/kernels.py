@@ -95,16 +95,18 @@ class HeadGroup:
         return len(self.heads) * (2 * self.qk_slot + self.vo_slot)
 
 
-def plan_head_groups(qk_dims: list[int], vo_dims: list[int]) -> list[HeadGroup]:
+def plan_head_groups(qk_dims: list[int], vo_dims: list[int], uniform_apart: bool = True) -> list[HeadGroup]:
     """Group the heads with both QK and VO units by their (QK, VO) widths, widest first: one batched
     attention per group, with no padding (padding heads to share fewer calls measured slower on CPU).
     Only a QK width of 1 is padded to 2: MKL's batched matmul runs width 1 slower than width 2
     (docs/measurements.md).
     Heads without VO units add nothing and are left out; heads without QK units attend uniformly and
-    are handled apart (`GroupedLayout.uniform_vo`)."""
+    are handled apart (`GroupedLayout.uniform_vo`), unless `uniform_apart` is False (a sliding-window
+    layer, where the keys a query attends depend on its position): then they join a group with a QK
+    slot of 2 zero columns (all-zero scores: uniform attention over the keys the mask leaves)."""
     widths: dict[tuple[int, int], list[int]] = {}
     for h in range(len(vo_dims)):
-        if qk_dims[h] > 0 and vo_dims[h] > 0:
+        if vo_dims[h] > 0 and (qk_dims[h] > 0 or not uniform_apart):
             widths.setdefault((max(qk_dims[h], 2), vo_dims[h]), []).append(h)
     return [HeadGroup(tuple(heads), qk, vo) for (qk, vo), heads in sorted(widths.items(), reverse=True)]
 
@@ -134,11 +136,13 @@ class GroupedLayout:
     padded_qk: int
 
     @classmethod
-    def plan(cls, qk_dims: list[int], vo_dims: list[int]) -> "GroupedLayout":
+    def plan(cls, qk_dims: list[int], vo_dims: list[int], uniform_apart: bool = True) -> "GroupedLayout":
+        """uniform_apart: heads without QK units are computed apart (`uniform_vo`), as suits attention
+        over every kept key; False for a sliding-window layer (see `plan_head_groups`)."""
         qk_total, vo_total = sum(qk_dims), sum(vo_dims)
         qk_start, vo_start = _starts(qk_dims), _starts(vo_dims)
         zero_row = 2 * qk_total + vo_total
-        groups = plan_head_groups(qk_dims, vo_dims)
+        groups = plan_head_groups(qk_dims, vo_dims, uniform_apart)
         rows, context_columns = [], []
         for group in groups:
             for base in (0, qk_total):  # Q rows, then K rows
@@ -148,7 +152,8 @@ class GroupedLayout:
             rows += [2 * qk_total + c for c in values]  # V rows
             context_columns += values
         rows += [zero_row] * (round_up(len(rows)) - len(rows))
-        uniform_vo = [vo_start[h] + j for h in range(len(vo_dims)) if qk_dims[h] == 0 for j in range(vo_dims[h])]
+        uniform_vo = [vo_start[h] + j for h in range(len(vo_dims)) if qk_dims[h] == 0 and uniform_apart
+                      for j in range(vo_dims[h])]
         padded_qk = sum(group.qk_slot - qk_dims[h] for group in groups for h in group.heads)
         return cls(groups, rows, context_columns, uniform_vo, rows.count(zero_row), padded_qk)
 
