@@ -135,7 +135,7 @@ def test_save_and_load_through_auto_class(family, tmp_path):
         torch.testing.assert_close(loaded(**inputs).logits, compact.eval()(**inputs).logits, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert", "deberta-v2"])
+@pytest.mark.parametrize("family", ["roberta", "electra", "distilbert", "deberta-v2", "modernbert"])
 def test_compact_model_on_an_accelerator_forwards_without_syncs(family):
     """The families' embeddings (RoBERTa's position ids from the token ids, ELECTRA's projection,
     DistilBERT's) keep the compact forward on the device, with no host sync."""
@@ -229,7 +229,8 @@ def test_the_registry_finds_families_and_refuses_others():
 @pytest.mark.parametrize("name,model_type,positions", [("tiny", "bert", 512), ("tiny-roberta", "roberta", 514),
                                                         ("tiny-electra", "electra", 512),
                                                         ("tiny-distilbert", "distilbert", 512),
-                                                        ("tiny-deberta", "deberta-v2", 512)])
+                                                        ("tiny-deberta", "deberta-v2", 512),
+                                                        ("tiny-modernbert", "modernbert", 512)])
 def test_random_models_of_each_family(name, model_type, positions, tmp_path):
     from grain.config import validate_config
     from grain.models.backbone import load_task_model
@@ -244,11 +245,12 @@ def test_random_models_of_each_family(name, model_type, positions, tmp_path):
 
 
 # Every family end to end in `make test-full` (17-100 s each on two cores); by default BERT's tiny runs
-# only. Every family's compaction, save/load, hidden states and ONNX export are checked above and in
-# test_export.py / test_self_contained.py.
+# and ModernBERT's (the newest family, 10 s). Every family's compaction, save/load, hidden states and ONNX
+# export are checked above and in test_export.py / test_self_contained.py.
 @pytest.mark.parametrize("family", [
     pytest.param("roberta", marks=pytest.mark.slow), pytest.param("electra", marks=pytest.mark.slow),
     pytest.param("distilbert", marks=pytest.mark.slow), pytest.param("deberta", marks=pytest.mark.slow),
+    "modernbert",
 ])
 def test_tiny_run_compacts_exactly(family, tmp_path):
     """The issue's bar: `python -m grain.run model=tiny-<family> task=sst2 sparsity=0.9
@@ -266,5 +268,5 @@ def test_tiny_run_compacts_exactly(family, tmp_path):
     compact = summary["compact"]
     assert compact["max_abs_logit_diff_vs_masked"] <= 1e-5
     loaded = AutoModelForSequenceClassification.from_pretrained(compact["path"])
-    names = {"distilbert": "DistilBert", "deberta": "DebertaV2"}
+    names = {"distilbert": "DistilBert", "deberta": "DebertaV2", "modernbert": "ModernBert"}
     assert type(loaded).__name__ == f"Grain{names.get(family, family.capitalize())}ForSequenceClassification"

@@ -66,9 +66,9 @@ def pytorch_outputs(model, batch: dict) -> list[torch.Tensor]:
 
 # the inputs each family's file declares: token types only where the family has segments
 WITH_TOKEN_TYPES = {"bert", "electra"}
-# by default two families, without token types (BERT's sequence head, with them: the attention-mask test
+# by default three families, without token types (BERT's sequence head, with them: the attention-mask test
 # below); each export takes seconds, so the other cases, the token heads among them, are `slow`
-DEFAULT_CASES = {("roberta", "qa"), ("deberta-v2", "sequence")}
+DEFAULT_CASES = {("roberta", "qa"), ("deberta-v2", "sequence"), ("modernbert", "token")}
 CASES = [
     pytest.param(family, head, marks=() if (family, head) in DEFAULT_CASES else pytest.mark.slow)
     for family, (_, _, heads) in FAMILIES.items() for head in heads
