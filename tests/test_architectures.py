@@ -171,7 +171,8 @@ def test_masks_hook_the_familys_modules(family):
     model = tiny_model(family, initializer_range=INIT)
     shape = EncoderShape.of(model)
     arch = architecture_of(model)
-    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.intermediate_size) == (3, 32, 4, 48) and EncoderShape.of(model.config.to_dict()) == shape
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.intermediate_size) == (3, 32, 4, 48)
+    assert EncoderShape.of(model.config.to_dict()) == shape
     weights = unit_weights(model, 1)
     if family == "modernbert":  # rotary pairs (two Q/K rows each) and gated FFN units (input and gate rows)
         assert shape == EncoderShape(3, 32, 4, 48, qk_unit_width=2, gated_ffn=True, bias=False)

@@ -158,3 +158,27 @@ def test_tiny_modernbert_runs(task, auto, tmp_path):
     assert summary["compact"]["max_abs_logit_diff_vs_masked"] <= 1e-5
     loaded = auto.from_pretrained(summary["compact"]["path"])
     assert type(loaded).__name__.startswith("GrainModernBertFor")
+
+
+def test_latency_model_times_modernberts_own_layers(tmp_path, monkeypatch):
+    """`speedup=` on ModernBERT: the latency model times ModernBERT's compact sub-layers (rotary attention,
+    the gated FFN, pre-norm), not BERT's, and its empty model is ModernBERT's."""
+    from grain.measure import latency_model as lm
+    from grain.models.compact.modernbert import GrainGatedMLP, GrainModernBertForSequenceClassification
+
+    config = tiny_model("modernbert").config
+    shape = EncoderShape.of(config)
+    model = lm._timing_model(config, shape, [[4, 0]], [[8, 3]], [40], vocab_size=8)
+    assert isinstance(model.layers[0].mlp, GrainGatedMLP) and model.layers[0].mlp.Wi.weight.shape == (80, 32)
+    assert model.config.rotary_pairs == [[[0, 1], []]]
+    hidden = torch.randn(2, 12, 32)
+    attention, ffn = lm._sublayers(config, shape, [4, 0], [8, 3], 40, hidden, torch.ones(2, 12, dtype=torch.long))
+    assert attention().shape == ffn().shape == hidden.shape
+    built = []
+    real = lm._timing_model
+    monkeypatch.setattr(lm, "_timing_model", lambda *a, **k: built.append(real(*a, **k)) or built[-1])
+    measured = lm.latency_model(config, torch.device("cpu"), 2, 8, tmp_path, min_run_time=0.002, progress=lambda _: None,
+                                rounds=1)
+    assert built and all(type(m).__name__.startswith("GrainModernBert") for m in built)
+    assert any(isinstance(m, GrainModernBertForSequenceClassification) for m in built)  # the empty model
+    assert measured.key["model_type"] == "modernbert" and measured.ffn_ms[-1] > 0

@@ -81,13 +81,14 @@ import torch
 from torch.utils import benchmark
 from transformers import AutoModelForSequenceClassification
 
+from grain.architectures import architecture_of
 from grain.errors import GrainError, writing
 from grain.measure.compare import device_name, serving_defaults
 from grain.measure.latency import measure_latency, retain_freed_memory
-from grain.models.compact.bert import GrainBertConfig, GrainBertForSequenceClassification, GrainLayer
-from grain.models.compact.kernels import KeyMask, PaddedLayout, plan_head_groups, round_up, use_padded_plan
+from grain.models.compact.kernels import PaddedLayout, plan_head_groups, round_up, use_padded_plan
 from grain.models.masks import EncoderShape, KeptStructure
-from grain.models.slicing import compact_from_masked
+from grain.models.registry import compact_families, compact_family
+from grain.models.slicing import compact_config, compact_from_masked
 
 # In the cache key: older models are measured again (1: additive heads, no dense measurement; 2: an earlier
 # fit; 3: no self-check).
@@ -376,16 +377,46 @@ def _least_squares(rows: list[dict], times_ms: list[float]) -> dict:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def _layer(shape: EncoderShape, qk: list[int], vo: list[int], ffn: int, device, dtype) -> GrainLayer:
-    """One compact layer of these widths (BERT's compact layer: every family's compact model runs the
-    same attention and FFN kernels; DeBERTa's relative-position terms are not modelled)."""
-    config = GrainBertConfig(
-        hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
-        num_hidden_layers=1, qk_dims=[qk], vo_dims=[vo], ffn_dims=[ffn], original_head_dim=shape.head_dim,
-    )
+def _timing_model(hf_config, shape: EncoderShape, qk_dims: list[list[int]], vo_dims: list[list[int]],
+                  ffn_dims: list[int], head: str | None = None, **settings):
+    """A compact model of `hf_config`'s family with these per-layer widths (compact form: heads with VO
+    units), on the CPU in fp32 (the caller moves it): its base model, or with `head` ("ForSequenceClassification")
+    that head. Families whose compact base model has no `sublayers` (DeBERTa) are timed as BERT's
+    compact layers (their relative-position terms are not modelled). `settings`: config values over the
+    family's (a tiny vocabulary where only the layers are timed)."""
+    arch = architecture_of(hf_config)
+    family = compact_family(arch)
+    layers = len(ffn_dims)
+    kept = KeptStructure(qk_dims, vo_dims, ffn_dims)
     with warnings.catch_warnings():  # uniform heads: zero-row Q and K projections
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")
-        return GrainLayer(config, 0).to(device=device, dtype=dtype).eval()
+        if not hasattr(family.model, "sublayers"):
+            bert = compact_families()["bert"]
+            config = bert.config(
+                hidden_size=shape.hidden_size, num_attention_heads=shape.num_heads,
+                intermediate_size=shape.intermediate_size, num_hidden_layers=layers, qk_dims=qk_dims, vo_dims=vo_dims,
+                ffn_dims=ffn_dims, original_head_dim=shape.head_dim, **settings,
+            )
+            family = bert
+        else:
+            if getattr(hf_config, "layer_types", None):  # the first layer's type (ModernBERT: global)
+                settings.setdefault("layer_types", list(hf_config.layer_types[:layers]))
+            if arch.rotary:  # the first pairs of each head (which pairs does not change the time)
+                settings["rotary_pairs"] = [[list(range(q // 2)) for q in layer] for layer in qk_dims]
+            config = compact_config(hf_config, kept, num_hidden_layers=layers, **settings)
+        cls = family.model if head is None else family.head_suffixes()[head]
+        return cls(config).eval()
+
+
+def _sublayers(hf_config, shape: EncoderShape, qk: list[int], vo: list[int], ffn: int, hidden: torch.Tensor,
+               attention_mask: torch.Tensor):
+    """(attention, FFN) sub-layer calls of one compact layer of these widths, of `hf_config`'s family
+    (`sublayers` of its compact base model), on `hidden` [batch, seq, hidden] and its device and dtype."""
+    # a tiny vocabulary (only the layer is timed), so no special token ids within it
+    names = (f"{kind}_token_id" for kind in ("pad", "bos", "eos", "cls", "sep"))
+    no_tokens = {name: None for name in names if hasattr(hf_config, name)}
+    model = _timing_model(hf_config, shape, [qk], [vo], [ffn], vocab_size=8, **no_tokens)
+    return model.to(device=hidden.device, dtype=hidden.dtype).sublayers(hidden, attention_mask)
 
 
 @torch.inference_mode()
@@ -467,17 +498,13 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
     )
     generator = torch.Generator(device="cpu").manual_seed(0)
     hidden = torch.randn(batch, seq_len, shape.hidden_size, generator=generator, device="cpu").to(device, dtype)
-    keys = KeyMask.of(torch.ones(batch, seq_len, dtype=torch.long, device=device), dtype)
+    attention_mask = torch.ones(batch, seq_len, dtype=torch.long, device=device)
 
     def attention(qk, vo):
-        layer = _layer(shape, qk, vo, 0, device, dtype)
-        return lambda: layer.attention(hidden, keys)
+        return _sublayers(hf_config, shape, qk, vo, 0, hidden, attention_mask)[0]
 
     def ffn(width):
-        layer = _layer(shape, [], [], width, device, dtype)
-        if width == 0:
-            return lambda: layer.output(None, hidden)
-        return lambda: layer.output(layer.intermediate(hidden), hidden)
+        return _sublayers(hf_config, shape, [], [], width, hidden, attention_mask)[1]
 
     configs = attention_configs(shape, plan)
     progress(f"latency model on {device_name(device)} ({dtype}, {allocator}), batch {batch} x {seq_len}, "
@@ -505,14 +532,13 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
              f"largest {residuals[-1]:.1%}")
     progress("  FFN: " + ", ".join(f"{w}: {t:.2f}" for w, t in zip(model.ffn_widths, model.ffn_ms)) + " ms")
 
-    empty_config = GrainBertConfig(  # the fixed part, as a BERT-family compact model with every layer empty
-        vocab_size=hf_config.vocab_size, hidden_size=shape.hidden_size, num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads, intermediate_size=shape.intermediate_size,
+    empty = _timing_model(  # the fixed part: the family's compact model with every layer empty
+        hf_config, shape, [[]] * shape.num_layers, [[]] * shape.num_layers, [0] * shape.num_layers,
+        head="ForSequenceClassification", vocab_size=hf_config.vocab_size,
         max_position_embeddings=max(getattr(hf_config, "max_position_embeddings", 512), seq_len),
-        qk_dims=[[]] * shape.num_layers, vo_dims=[[]] * shape.num_layers, ffn_dims=[0] * shape.num_layers,
     )
     whole = {
-        "empty": GrainBertForSequenceClassification(empty_config).to(device=device, dtype=dtype).eval(),
+        "empty": empty.to(device=device, dtype=dtype).eval(),
         "dense": dense_model(hf_config, device, dtype),
     }
     layers_ms = {"empty": shape.num_layers * (model.attention_empty_ms + model.ffn_ms[0])}

@@ -241,7 +241,8 @@ def unit_weights(model: nn.Module, index: int) -> dict[str, tuple[torch.Tensor, 
         query, key, value = query[:h], key[h:2 * h], value[2 * h:]
     if arch.rotary:  # [heads, 2, pairs, fan] -> [heads * pairs, 2 fan]
         def pairs(w: torch.Tensor) -> torch.Tensor:
-            return w.view(shape.num_heads, 2, shape.qk_units_per_head, -1).transpose(1, 2).reshape(shape.units_per_layer["qk"], -1)
+            per_head = w.view(shape.num_heads, 2, shape.qk_units_per_head, -1)
+            return per_head.transpose(1, 2).reshape(shape.units_per_layer["qk"], -1)
         query, key = pairs(query), pairs(key)
     ffn_in = weight("ffn_in")
     if arch.gated_ffn:  # [2 intermediate, hidden] -> [intermediate, 2 hidden]

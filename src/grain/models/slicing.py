@@ -72,20 +72,22 @@ def rotary_pairs(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[li
     return [[qk[i, h].nonzero().flatten().tolist() for h in range(heads) if vo[i, h]] for i in range(layers)]
 
 
-def compact_config(model: nn.Module, kept: KeptStructure, embedding_rank: int | None = None, **settings):
-    """The family's compact config (e.g. GrainBertConfig): `model`'s config plus the kept structure's
-    per-layer widths (`KeptStructure.compact_dims`), the word embeddings' rank (None: full) and the
-    family's own `settings` (a rotary family's `rotary_pairs`)."""
-    arch = find_architecture(model)
-    config = model.config.to_dict()
+def compact_config(model_or_config, kept: KeptStructure, embedding_rank: int | None = None, **settings):
+    """The family's compact config (e.g. GrainBertConfig) of a model (or its HF config object): the HF
+    config plus the kept structure's per-layer widths (`KeptStructure.compact_dims`), the word embeddings'
+    rank (None: full) and `settings` over the rest (a rotary family's `rotary_pairs`; a timing model's
+    sizes)."""
+    hf_config = getattr(model_or_config, "config", model_or_config)
+    arch = find_architecture(hf_config)
+    config = hf_config.to_dict()
     for key in ("model_type", "architectures", "transformers_version", "_name_or_path"):
         config.pop(key, None)
     qk_dims, vo_dims, ffn_dims = kept.compact_dims()
-    return compact_family(arch).config(
-        **config, qk_dims=qk_dims, vo_dims=vo_dims, ffn_dims=ffn_dims,
-        original_head_dim=model.config.hidden_size // model.config.num_attention_heads,
-        embedding_rank=embedding_rank, **settings,
+    config.update(
+        qk_dims=qk_dims, vo_dims=vo_dims, ffn_dims=ffn_dims, embedding_rank=embedding_rank,
+        original_head_dim=hf_config.hidden_size // hf_config.num_attention_heads,
     )
+    return compact_family(arch).config(**{**config, **settings})
 
 
 def compaction_plan(indices: list[dict[str, torch.Tensor]], arch: Architecture, prefix: str,

@@ -387,6 +387,15 @@ class GrainBertModel(GrainBertPreTrainedModel):
             hidden_states=tuple(states) if output_hidden_states else None,
         )
 
+    def sublayers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Layer 0's attention and FFN sub-layers as calls on `hidden` [batch, seq, hidden] (each with its
+        residual and LayerNorm), for timing them apart (`grain.measure.latency_model`)."""
+        layer = getattr(self, self.encoder_name).layer[0]
+        keys = KeyMask.of(attention_mask, hidden.dtype)
+        if layer.intermediate is None:
+            return (lambda: layer.attention(hidden, keys)), (lambda: layer.output(None, hidden))
+        return (lambda: layer.attention(hidden, keys)), (lambda: layer.output(layer.intermediate(hidden), hidden))
+
 
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor | None, num_labels: int,
                         problem_type: str | None = None) -> torch.Tensor | None:

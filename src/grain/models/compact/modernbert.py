@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import ModernBertConfig
 from transformers import initialization as init
@@ -51,7 +52,7 @@ from .bert import (
     TokenHead,
     classification_loss,
 )
-from .kernels import KeyMask
+from .kernels import DerivedWeights, KeyMask, round_up
 
 SLIDING = "sliding_attention"
 
@@ -172,7 +173,8 @@ class OutputBias(nn.Module):
 
 class GrainGatedMLP(nn.Module):
     """ModernBERT's GeGLU FFN over `width` kept units: Wi [2 width, hidden] holds their input rows then
-    their gate rows; Wo(drop(act(input) * gate))."""
+    their gate rows; Wo(drop(act(input) * gate)). It runs at round_up(width) units, zero rows and columns
+    padding it (act(0) * 0 = 0 meets zero Wo columns: exact), as the other families' compact FFN."""
 
     def __init__(self, config: GrainModernBertConfig, width: int):
         super().__init__()
@@ -180,10 +182,31 @@ class GrainGatedMLP(nn.Module):
         self.act = ACT2FN[config.hidden_activation]
         self.drop = nn.Dropout(config.mlp_dropout)
         self.Wo = nn.Linear(width, config.hidden_size, bias=config.mlp_bias)
+        self.width, self.padded_width = width, round_up(width)
+        self._derived = DerivedWeights()
+
+    def _padded(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Wi's weight [2 padded, hidden] and bias ([input | 0 | gate | 0] rows), Wo's weight [hidden, padded]."""
+        wi, bias, wo = self.Wi.weight, self.Wi.bias, self.Wo.weight
+        extra = self.padded_width - self.width
+        if not extra:
+            return wi, bias, wo
+
+        def build():
+            value, gate = wi.chunk(2)
+            rows = wi.new_zeros(extra, wi.shape[1])
+            padded_bias = None
+            if bias is not None:
+                b_value, b_gate = bias.chunk(2)
+                padded_bias = torch.cat([b_value, bias.new_zeros(extra), b_gate, bias.new_zeros(extra)])
+            return torch.cat([value, rows, gate, rows]), padded_bias, torch.cat([wo, wo.new_zeros(wo.shape[0], extra)], 1)
+
+        return self._derived.get("padded", [t for t in (wi, bias, wo) if t is not None], build)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        value, gate = self.Wi(hidden).chunk(2, dim=-1)
-        return self.Wo(self.drop(self.act(value) * gate))
+        wi, bias, wo = self._padded()
+        value, gate = F.linear(hidden, wi, bias).chunk(2, dim=-1)
+        return F.linear(self.drop(self.act(value) * gate), wo, self.Wo.bias)
 
 
 class GrainModernBertLayer(nn.Module):
@@ -292,6 +315,20 @@ class GrainModernBertModel(GrainModernBertPreTrainedModel):
             states.append(hidden)
         states[-1] = self.final_norm(hidden)
         return BaseModelOutput(last_hidden_state=states[-1], hidden_states=tuple(states) if output_hidden_states else None)
+
+
+    def sublayers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Layer 0's attention and FFN sub-layers as calls on `hidden` [batch, seq, hidden] (each with its
+        norm and residual; the attention with its rotary tables and mask), for timing them apart
+        (`grain.measure.latency_model`)."""
+        layer = self.layers[0]
+        batch, seq, _ = hidden.shape
+        keys = KeyMask.of(attention_mask, hidden.dtype)
+        if layer.attention_type == SLIDING:
+            keys = sliding_keys(keys, batch, seq, self.config.sliding_window, hidden.dtype, hidden.device)
+        positions = self.rotary_emb(hidden, torch.arange(seq, device=hidden.device)[None], layer.attention_type)
+        return (lambda: hidden + layer.attn(layer.attn_norm(hidden), keys, positions)), \
+            (lambda: hidden + layer.mlp(layer.mlp_norm(hidden)))
 
 
 class ModernBertHead(TokenHead):
