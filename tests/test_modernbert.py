@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
+from transformers import AutoModelForQuestionAnswering, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
 import grain  # noqa: F401  (registers the compact classes with the Auto classes)
 from grain.models import masks as masks_module
@@ -16,7 +16,7 @@ from grain.models.compact import bert as compact_module
 from grain.models.masks import EncoderShape, expand_qk_mask
 from grain.models.slicing import compact_from_masked
 from tests.helpers.models import all_kept_masks, hard_masks, masked_outputs, tiny_model, token_batch
-from tests.helpers.runs import run_grain, summaries
+from tests.helpers.runs import readme_commands, run_grain, summaries
 
 INIT = 0.2  # logits of order 1, so that 1e-5 is a strict bound
 
@@ -138,23 +138,22 @@ def test_mean_pooling_head(plan):
     torch.testing.assert_close(compact_logits(model, masks), expected, atol=1e-5, rtol=0)
 
 
-# The bar: `python -m grain.run model=tiny-modernbert task=<t> sparsity=0.9 trainer.max_steps=30`
-# completes, compact == masked within 1e-5, and the compact model reloads through the Auto class. SST-2 runs
-# in test_architectures.py's family runs; token classification by default (10 s), QA in `make test-full`.
+# The bar, as the README's "Model families" section writes it: `python -m grain.run
+# model=tiny-modernbert task=<t> sparsity=0.9 trainer.max_steps=30` completes, compact == masked within
+# 1e-5, and the compact model reloads through the Auto class (10-30 s each: QA in `make test-full`).
 @pytest.mark.parametrize("task,auto", [
+    ("sst2", AutoModelForSequenceClassification),
     ("conll2003", AutoModelForTokenClassification),
     pytest.param("squad_offline", AutoModelForQuestionAnswering, marks=pytest.mark.slow),
 ])
-def test_tiny_modernbert_runs(task, auto, tmp_path):
-    result = run_grain(
-        ["model=tiny-modernbert", f"task={task}", "sparsity=0.9", "trainer.max_steps=30", "logger=csv",
-         "task.max_train_samples=64", "task.max_eval_samples=64", "teacher.max_steps=4"],
-        tmp_path,
-    )
+def test_readme_tiny_modernbert_runs(task, auto, tmp_path):
+    [command] = [c for c in readme_commands("Model families") if f"task={task}" in c]
+    cheap = ["logger=csv", "task.max_train_samples=64", "task.max_eval_samples=64", "teacher.max_steps=4"]
+    result = run_grain([*command, *cheap], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [path] = summaries(tmp_path)
     summary = json.loads(path.read_text())
-    assert summary["status"] == "completed"
+    assert summary["status"] == "completed" and summary["student"]["sparsity"] == pytest.approx(0.9, abs=0.01)
     assert summary["compact"]["max_abs_logit_diff_vs_masked"] <= 1e-5
     loaded = auto.from_pretrained(summary["compact"]["path"])
     assert type(loaded).__name__.startswith("GrainModernBertFor")
