@@ -1,5 +1,5 @@
 """Vocabulary pruning (compact.vocabulary=task): the kept word embeddings and a renumbered tokenizer that
-tokenizes the task's text into the same tokens, for WordPiece and Unigram tokenizers; exact logits."""
+tokenizes the task's text into the same tokens, for WordPiece, Unigram and BPE tokenizers; exact logits."""
 
 import json
 
@@ -72,13 +72,53 @@ def test_unigram_tokenizer_keeps_the_task_tokens_renumbered(tmp_path):
     same_tokens(full, small, TEXTS, pairs)
 
 
-def test_bpe_tokenizers_are_refused_in_one_line():
-    backend = Tokenizer(models.BPE(unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.train_from_iterator(TEXTS, trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>"], show_progress=False))
-    bpe = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
-    with pytest.raises(GrainError, match="BPE tokenizer, whose merges build tokens through others") as err:
-        pruned_tokenizer(bpe, [0, 1, 2])
+def bpe_tokenizer(kind: str) -> PreTrainedTokenizerFast:
+    """A small BPE tokenizer trained here: "byte-level" as RoBERTa's and ModernBERT's (<s> A </s></s> B </s>),
+    or "prefixed" with WordPiece-style continuation pieces (##) and an unknown token."""
+    if kind == "byte-level":
+        backend = Tokenizer(models.BPE())
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        backend = Tokenizer(models.BPE(unk_token="<unk>", continuing_subword_prefix="##"))
+        backend.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                      continuing_subword_prefix="##", show_progress=False)
+    backend.train_from_iterator(TEXTS * 3, trainer)
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", cls_token="<s>",
+                                   sep_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("kind", ["byte-level", "prefixed"])
+def test_bpe_tokenizer_keeps_the_task_tokens_and_their_merge_parts(kind, tmp_path):
+    """BPE: the kept tokens include the parts the merges build them through, the kept merges are those among
+    kept tokens, and the task's text (and pairs of it) tokenizes into the same tokens renumbered; the final
+    tokens alone would not do (a word's merges would stop short)."""
+    full = bpe_tokenizer(kind)
+    assert json.loads(full.backend_tokenizer.to_str())["model"]["type"] == "BPE"
+    texts, pairs = TEXTS[:12], [(TEXTS[0], TEXTS[1])]
+    rows = full(texts)["input_ids"] + [full(a, b)["input_ids"] for a, b in pairs]
+    final = sorted(set(full.all_special_ids).union(*rows))
+    kept = used_token_ids(rows, full)
+    assert set(final) < set(kept) and len(kept) < len(full)
+    small = pruned_tokenizer(full, kept)
+    assert len(small) == len(kept)
+    same_tokens(full, small, texts, pairs)
+    small.save_pretrained(tmp_path)
+    same_tokens(full, AutoTokenizer.from_pretrained(tmp_path), texts, pairs)
+    with pytest.raises(GrainError, match="lack tokens their merges pass through"):
+        pruned_tokenizer(full, final)
+
+
+def test_tokenizers_that_are_not_fast_are_refused_in_one_line():
+    class SlowTokenizer:  # no tokenizers backend, as a Python-only tokenizer
+        all_special_ids = [0]
+
+    with pytest.raises(GrainError, match="needs a fast \\(tokenizers\\) tokenizer") as err:
+        pruned_tokenizer(SlowTokenizer(), [0, 1, 2])
     assert "\n" not in str(err.value)
 
 

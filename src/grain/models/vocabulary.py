@@ -8,12 +8,19 @@ the tokenizer's special tokens, in their old order.
 
 The pruned tokenizer is the same tokenizers pipeline with the vocabulary cut to those tokens and renumbered
 (special tokens, the post-processor's and the unknown token's ids with them). It tokenizes that text into
-the same tokens, hence the renumbered ids, for the models whose tokenization only chooses among vocabulary
-entries: WordPiece (BERT, ELECTRA, DistilBERT, MiniLM: the greedy longest match finds the same entries,
-the ones it skipped were never in the vocabulary) and Unigram (XLM-R, DeBERTa-v3, SentencePiece models:
-the best segmentation of a text is still available and no new one appears). Byte-level BPE (RoBERTa, GPT-2)
-builds its tokens through merges of intermediate tokens and is refused. Text outside the task's may
-tokenize differently (tokens it needs are gone: the unknown token, or other pieces).
+the same tokens, hence the renumbered ids:
+- WordPiece (BERT, ELECTRA, DistilBERT, MiniLM): the greedy longest match finds the same entries (the ones
+  it skipped were never in the vocabulary); WordLevel likewise looks words up.
+- Unigram (XLM-R, DeBERTa-v3, SentencePiece models): the best segmentation of a text is still available
+  and no new one appears.
+- BPE (byte-level: RoBERTa, ModernBERT, GPT-2; SentencePiece BPE: mmBERT's Gemma tokenizer): a word's
+  tokens are built by merges, each step taking the applicable merge of lowest rank. The kept tokens also
+  hold the two parts of the merge that makes each kept token, recursively (`bpe_parts`: the tokens the
+  text's words pass through), and the kept merges are those whose parts and result are all kept, in
+  their order. Replaying a word, the merge BPE took at each step is kept and is still the lowest-ranked
+  applicable one among fewer, so every step, hence every token, is the same.
+Text outside the task's may tokenize differently (tokens it needs are gone: the unknown token, or other
+pieces).
 """
 
 from __future__ import annotations
@@ -27,15 +34,55 @@ from torch import nn
 
 from grain.errors import GrainError
 
-SUPPORTED_MODELS = ("WordPiece", "Unigram")
+SUPPORTED_MODELS = ("WordPiece", "WordLevel", "Unigram", "BPE")
+
+
+def _model_spec(tokenizer) -> dict | None:
+    """The tokenizers model spec ({"type": "WordPiece", "vocab": ..., ...}) of a fast tokenizer; None otherwise."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return None if backend is None else json.loads(backend.to_str())["model"]
 
 
 def used_token_ids(token_ids: Iterable[Sequence[int]], tokenizer) -> list[int]:
-    """The sorted ids that occur in `token_ids` (rows of input ids) and the tokenizer's special tokens."""
+    """The sorted ids that occur in `token_ids` (rows of input ids) and the tokenizer's special tokens; for a
+    BPE tokenizer also the tokens the merges build them through (`bpe_parts`)."""
     used: set[int] = set(tokenizer.all_special_ids)
     for row in token_ids:
         used.update(row)
+    model = _model_spec(tokenizer)
+    if model is not None and model["type"] == "BPE":
+        used |= bpe_parts(used, model)
     return sorted(used)
+
+
+def _merges(model: dict) -> list[tuple[str, str, str]]:
+    """A BPE model spec's merges as (left, right, result), in rank order; the result drops the right part's
+    `continuing_subword_prefix`, as the tokenizers library builds it."""
+    cut = len(model.get("continuing_subword_prefix") or "")
+    merges = []
+    for merge in model["merges"]:
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        merges.append((left, right, left + right[cut:]))
+    return merges
+
+
+def bpe_parts(ids: set[int], model: dict) -> set[int]:
+    """The ids of the tokens a BPE model (its spec) builds the tokens `ids` from: the two parts of each
+    merge whose result is one of them, recursively (in a trained BPE one merge makes each token)."""
+    vocab = model["vocab"]
+    token_of = {i: token for token, i in vocab.items()}
+    made_by: dict[str, list[tuple[str, str]]] = {}
+    for left, right, result in _merges(model):
+        made_by.setdefault(result, []).append((left, right))
+    seen = {token_of[i] for i in ids if i in token_of}
+    stack = list(seen)
+    while stack:
+        for pair in made_by.get(stack.pop(), ()):
+            for part in pair:
+                if part in vocab and part not in seen:
+                    seen.add(part)
+                    stack.append(part)
+    return {vocab[token] for token in seen}
 
 
 def renumbering(kept: Sequence[int]) -> dict[int, int]:
@@ -45,9 +92,9 @@ def renumbering(kept: Sequence[int]) -> dict[int, int]:
 
 def pruned_tokenizer(tokenizer, kept: Sequence[int]):
     """A fast tokenizer whose vocabulary is `tokenizer`'s kept ids (sorted old ids), renumbered 0..len-1 in
-    that order; special tokens, the unknown token and the post-processor (e.g. [CLS] ... [SEP]) follow.
-    Raises GrainError for a tokenizer that is not a fast WordPiece or Unigram one, or when `kept` lacks a
-    special token's id."""
+    that order; special tokens, the unknown token, a BPE model's merges among kept tokens and the
+    post-processor (e.g. [CLS] ... [SEP]) follow. Raises GrainError for a tokenizer that is not a fast
+    one of SUPPORTED_MODELS, or when `kept` lacks a special token's id (or, for BPE, a merge's part)."""
     from tokenizers import Tokenizer  # noqa: PLC0415  (transformers' dependency)
     from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
 
@@ -59,17 +106,23 @@ def pruned_tokenizer(tokenizer, kept: Sequence[int]):
     model = spec["model"]
     if model["type"] not in SUPPORTED_MODELS:
         raise GrainError(
-            f"compact.vocabulary=task: {type(tokenizer).__name__} is a {model['type']} tokenizer, whose merges build "
-            f"tokens through others; vocabulary pruning supports {' and '.join(SUPPORTED_MODELS)} tokenizers (BERT, "
-            f"ELECTRA, DistilBERT, XLM-R, DeBERTa-v3): set compact.vocabulary=null"
+            f"compact.vocabulary=task: {type(tokenizer).__name__} is a {model['type']} tokenizer; vocabulary pruning "
+            f"supports {', '.join(SUPPORTED_MODELS)} tokenizers: set compact.vocabulary=null"
         )
     new_id = renumbering(kept)
     missing = [i for i in tokenizer.all_special_ids if i not in new_id]
     if missing:
         raise GrainError(f"compact.vocabulary: the kept ids lack the special token ids {missing}")
-    if model["type"] == "WordPiece":
+    if model["type"] == "BPE" and bpe_parts(set(kept), model) - set(kept):
+        raise GrainError("compact.vocabulary: the kept ids of a BPE tokenizer lack tokens their merges pass "
+                         "through (give the ids used_token_ids returns)")
+    if model["type"] in ("WordPiece", "WordLevel", "BPE"):
         by_id = {i: token for token, i in model["vocab"].items()}
         model["vocab"] = {by_id[old]: new for old, new in new_id.items()}
+        if model["type"] == "BPE":  # the merges among kept tokens, in their order (format as given)
+            vocab = model["vocab"]
+            model["merges"] = [merge for merge, (left, right, result) in zip(model["merges"], _merges(model))
+                               if left in vocab and right in vocab and result in vocab]
     else:  # Unigram: [[piece, log probability], ...] in id order
         model["vocab"] = [model["vocab"][old] for old in kept]
         if model.get("unk_id") is not None:
