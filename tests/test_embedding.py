@@ -103,8 +103,10 @@ def test_sts_scores_equal_sentence_transformers_evaluator(tmp_path, tokenizer):
                                pooling_model=None, eval_batch_size=5)  # batches that split pairs apart
     datamodule.setup("validate")
     ours = evaluate(model, datamodule, "test")
-    assert ours["validation/spearman"] == pytest.approx(theirs["spearman_cosine"], abs=1e-6)
-    assert ours["validation/pearson"] == pytest.approx(theirs["pearson_cosine"], abs=1e-6)
+    # within float32 rounding: the two compute the cosines in other orders (sentence-transformers 6.3 moved
+    # Pearson by 1e-6 on this random model); a pair matched with the wrong partner moves them by 0.1 or more
+    assert ours["validation/spearman"] == pytest.approx(theirs["spearman_cosine"], abs=1e-5)
+    assert ours["validation/pearson"] == pytest.approx(theirs["pearson_cosine"], abs=1e-5)
     assert len(datamodule.train_texts()) == 2 * len(rows)  # no train file: the pairs' sentences, each once
 
 

@@ -247,7 +247,7 @@ def test_an_unsupported_family_is_refused_naming_the_supported_ones(tmp_path, to
         validate_config(compose_config(["model=tiny", f"model.pretrained={gpt2}", "model.name=mine"], tmp_path))
     message = one_line(err)
     assert message.startswith("model=mine") and "gpt2 model" in message
-    assert "bert, camembert, deberta-v2, distilbert, electra, roberta, xlm-roberta" in message
+    assert "bert, camembert, deberta-v2, distilbert, electra, modernbert, roberta, xlm-roberta" in message
     validate_config(compose_config(["model=roberta-base"], tmp_path))  # RoBERTa compacts now
 
 
