@@ -315,6 +315,18 @@ class FactorizedEmbedding(nn.Module):
         return self.projection(self.embedding(input_ids))
 
 
+def factorize_word_embeddings(model: nn.Module) -> None:
+    """Where `model.config.embedding_rank` is set, its word embeddings (found by get/set_input_embeddings)
+    become a FactorizedEmbedding of that rank, in place: how a compact model whose embeddings were
+    factorized (student.embedding_rank / compact.embedding_rank) is built before its weights load."""
+    config = model.config
+    if config.embedding_rank:
+        words = model.get_input_embeddings()
+        model.set_input_embeddings(
+            FactorizedEmbedding(config.vocab_size, config.embedding_rank, words.embedding_dim, config.pad_token_id)
+        )
+
+
 class GrainBertPreTrainedModel(BertPreTrainedModel):
     """Base of every compact model, whatever its family: the other families' compact classes
     (`.roberta`, ...) subclass these BERT ones, keeping the layers and swapping the
@@ -347,11 +359,7 @@ class GrainBertModel(GrainBertPreTrainedModel):
     def __init__(self, config: GrainBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.build_embeddings(config)
-        if config.embedding_rank:
-            words = self.embeddings.word_embeddings
-            self.embeddings.word_embeddings = FactorizedEmbedding(
-                config.vocab_size, config.embedding_rank, words.embedding_dim, config.pad_token_id
-            )
+        factorize_word_embeddings(self)
         encoder = nn.Module()
         encoder.layer = nn.ModuleList(GrainLayer(config, i) for i in range(config.num_hidden_layers))
         self.add_module(self.encoder_name, encoder)

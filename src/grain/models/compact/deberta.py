@@ -28,12 +28,12 @@ from .bert import (
     Classifier,
     CompactFamily,
     CompactStructure,
-    FactorizedEmbedding,
     GrainAttention,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertPreTrainedModel,
     GrainLayer,
+    factorize_word_embeddings,
 )
 
 
@@ -185,11 +185,7 @@ class GrainDebertaV2Model(GrainDebertaV2PreTrainedModel):
     def __init__(self, config: GrainDebertaV2Config, add_pooling_layer: bool = False):
         super().__init__(config)
         self.embeddings = DebertaV2Embeddings(config)
-        if config.embedding_rank:  # factorized word embeddings (student.embedding_rank / compact.embedding_rank)
-            words = self.embeddings.word_embeddings
-            self.embeddings.word_embeddings = FactorizedEmbedding(
-                config.vocab_size, config.embedding_rank, words.embedding_dim, config.pad_token_id
-            )
+        factorize_word_embeddings(self)
         without_layers = copy.deepcopy(config)
         without_layers.num_hidden_layers = 0
         self.encoder = DebertaV2Encoder(without_layers)  # relative embeddings, their LayerNorm, conv

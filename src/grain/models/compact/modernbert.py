@@ -44,13 +44,13 @@ from .bert import (
     Classifier,
     CompactFamily,
     CompactStructure,
-    FactorizedEmbedding,
     GrainBertForQuestionAnswering,
     GrainBertForTokenClassification,
     GrainBertPreTrainedModel,
     GrainSelfAttention,
     TokenHead,
     classification_loss,
+    factorize_word_embeddings,
 )
 from .kernels import DerivedWeights, KeyMask, round_up
 
@@ -277,11 +277,7 @@ class GrainModernBertModel(GrainModernBertPreTrainedModel):
     def __init__(self, config: GrainModernBertConfig, add_pooling_layer: bool = False):
         super().__init__(config)
         self.embeddings = ModernBertEmbeddings(config)
-        if config.embedding_rank:  # factorized word embeddings (student.embedding_rank / compact.embedding_rank)
-            words = self.embeddings.tok_embeddings
-            self.embeddings.tok_embeddings = FactorizedEmbedding(
-                config.vocab_size, config.embedding_rank, words.embedding_dim, config.pad_token_id
-            )
+        factorize_word_embeddings(self)
         self.layers = nn.ModuleList(GrainModernBertLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps, bias=config.norm_bias)
         self.rotary_emb = ModernBertRotaryEmbedding(config=config)
