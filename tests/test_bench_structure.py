@@ -82,3 +82,16 @@ def test_readme_structure_commands_run_as_written(tmp_path, capsys):
         args = [str(run_dir) if arg.startswith("outputs/") else arg for arg in words]
         assert main(args + ["--device", "cpu", "--shapes", "1x8", "--min-run-time", "0.02"]) == 0, args
     assert capsys.readouterr().out.count("FLOPs-ideal") >= 3
+
+
+def test_modernbert_base_with_random_grain_like_masks(tmp_path, capsys):
+    """`--family modernbert random-0.9`: transformers' ModernBERT-base (random weights) against its compact
+    form under GRAIN-like random masks (rotary pairs as QK units); a sparsity outside [0, 1) is refused."""
+    out = tmp_path / "structure.json"
+    assert main(["random-0.9", "--family", "modernbert", "--device", "cpu", "--shapes", "1x8",
+                 "--min-run-time", "0.02", "--json", str(out)]) == 0
+    assert "of modernbert-base's encoder linear weights" in capsys.readouterr().out
+    [result] = json.loads(out.read_text())
+    assert result["structure"] == "random-0.9" and result["flops_ratio"] > 3
+    assert main(["random-1.5", "--device", "cpu"]) == 2
+    assert "random-<sparsity> with a sparsity in [0, 1)" in capsys.readouterr().err

@@ -10,7 +10,8 @@ module names a family's modules.
 
 Module paths are dotted, relative to one encoder layer (`layer_path`: relative to the base model).
 The compact model of every family keeps the layer list at the same path and names its layer
-modules as `grain.models.compact.bert.GrainLayer` does (`COMPACT_LAYER`).
+modules as `grain.models.compact.bert.GrainLayer` does (`COMPACT_LAYER`), or as the family's own
+compact layer does (`compact_modules`: ModernBERT's pre-norm layer).
 """
 
 from __future__ import annotations

@@ -2,12 +2,16 @@
 
 The standard case to compare with the paper: a BERT-base-shaped model with random weights, pruned to a
 named structure, timed on CPU or GPU (bf16 there), eager and compiled, dense and compact the same way.
+`--family modernbert`: a ModernBERT-base-shaped model instead (22 layers, hidden 768, 12 heads, GeGLU
+FFN 1152, a global layer every third, 128-token windows elsewhere), the dense one transformers' own.
 
 Structures:
 - `paper-5pct`: the paper's reported 5% structure (Yang et al. 2023, Table 6 averages laid out):
   3 heads in the first layer and 2 in every other, each keeping its first 29 QK and 29 VO units, and
   the first 113 FFN neurons of every layer (density 5.07%);
 - `floor`: one head (QK 1, VO 1) and one FFN neuron per layer, what no sparsity gets past;
+- `random-<sparsity>` (e.g. `random-0.9`): GRAIN-like random masks (heads of random QK/VO widths, whole
+  heads gone, a random FFN width per layer: `grain.measure.latency_model.random_masks`, seed 0);
 - a run's `masks.safetensors` (or its run dir); `--upsample` maps masks of a smaller model (MiniLM:
   6 layers, head width 32, FFN 1536) onto BERT-base, keeping per head and per layer the same fraction.
 """
@@ -21,10 +25,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, ModernBertConfig, ModernBertForSequenceClassification
 
 from grain.errors import GrainError
 from grain.measure.compare import compare_models, format_table, serving_defaults
+from grain.measure.latency_model import random_masks
 from grain.measure.structures import first_units, floor_masks, paper_5pct
 from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
@@ -34,6 +39,14 @@ BERT_BASE = dict(
     vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
     max_position_embeddings=512, num_labels=2,
 )
+MODERNBERT_BASE = dict(  # answerdotai/ModernBERT-base's sizes
+    vocab_size=50368, hidden_size=768, num_hidden_layers=22, num_attention_heads=12, intermediate_size=1152,
+    max_position_embeddings=8192, local_attention=128, num_labels=2, pad_token_id=50283,
+)
+DENSE = {
+    "bert": lambda: BertForSequenceClassification(BertConfig(**BERT_BASE)),
+    "modernbert": lambda: ModernBertForSequenceClassification(ModernBertConfig(**MODERNBERT_BASE)),
+}
 
 
 def upsample(masks: dict[str, torch.Tensor], source: EncoderShape, target: EncoderShape) -> dict[str, torch.Tensor]:
@@ -68,6 +81,14 @@ def structure_masks(name: str, shape: EncoderShape, upsample_from: EncoderShape 
         return paper_5pct(shape)
     if name == "floor":
         return floor_masks(shape)
+    if name.startswith("random-"):
+        try:
+            sparsity = float(name.removeprefix("random-"))
+        except ValueError:
+            sparsity = -1.0
+        if not 0 <= sparsity < 1:
+            raise GrainError(f"{name}: give random-<sparsity> with a sparsity in [0, 1), e.g. random-0.9")
+        return random_masks(shape, sparsity, seed=0)
     masks = load_masks(Path(name))
     source = upsample_from or shape
     expected = source.units_per_layer
@@ -82,7 +103,10 @@ def structure_masks(name: str, shape: EncoderShape, upsample_from: EncoderShape 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grain.bench.structure", description=__doc__.splitlines()[0])
-    parser.add_argument("structure", nargs="?", default="paper-5pct", help="paper-5pct, floor, or a run dir / masks.safetensors")
+    parser.add_argument("structure", nargs="?", default="paper-5pct",
+                        help="paper-5pct, floor, random-<sparsity>, or a run dir / masks.safetensors")
+    parser.add_argument("--family", choices=sorted(DENSE), default="bert",
+                        help="the base-sized model pruned: BERT-base (default) or ModernBERT-base")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, help="default: 128 on GPU (the paper's), 32 on CPU")
     parser.add_argument("--seq-len", type=int, help="default: 512 on GPU, 128 on CPU")
@@ -106,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in modes.split(",") if m and m != "none"]
 
     torch.manual_seed(0)
-    dense = BertForSequenceClassification(BertConfig(**BERT_BASE)).eval()
+    dense = DENSE[args.family]().eval()
     shape = EncoderShape.of(dense)
     minilm = EncoderShape(num_layers=6, hidden_size=384, num_heads=12, intermediate_size=1536)
     try:
@@ -117,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     density = kept_linear_params(masks, shape) / encoder_linear_params(shape)
     compact, _ = compact_from_masked(dense, masks)
     dense, compact = dense.to(device=device, dtype=dtype), compact.to(device=device, dtype=dtype).eval()
-    print(f"{args.structure}: density {density:.2%} of BERT-base's encoder linear weights; "
+    print(f"{args.structure}: density {density:.2%} of {args.family}-base's encoder linear weights; "
           f"heads kept per layer {[len(v) for v in compact.config.vo_dims]}")
     results = []
     for batch, seq_len in shapes:

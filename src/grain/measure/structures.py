@@ -28,7 +28,8 @@ def paper_5pct(shape: EncoderShape) -> dict[str, torch.Tensor]:
     (on a BERT-base shape, a density of 5.07% of the encoder linear weights)."""
     heads = [3] + [2] * (shape.num_layers - 1)
     widths = [[29] * n for n in heads]
-    return first_units(shape, heads, widths, widths, [113] * shape.num_layers)
+    qk_units = [[-(-29 // shape.qk_unit_width)] * n for n in heads]  # rotary pairs: 15 (30 dimensions)
+    return first_units(shape, heads, qk_units, widths, [113] * shape.num_layers)
 
 
 def floor_masks(shape: EncoderShape) -> dict[str, torch.Tensor]:
