@@ -8,6 +8,7 @@
 #   floor       the floor structure at 128 x 512 (must be faster than any pruned model)
 #   run-bf16    a tiny end-to-end `grain.run trainer=gpu` (bf16-mixed); run-fp32: the same with 32-true
 #   steptime    GRAIN step / plain KD step on a BERT-base shape, bf16-mixed
+#   modernbert  ModernBERT-base at a GRAIN-like sparsity 0.9 (random-0.9), bf16, 128 x 512 and 32 x 128, eager
 # Writes under $OUT (default ./gpu-check-out): one log per step, steps.txt, and gpu-check.json with every
 # number; prints a short table last.
 set -uo pipefail
@@ -37,6 +38,8 @@ step run-bf16 150 $PY -m grain.run $TINY_RUN paths.root_dir=/tmp/gpu-check-bf16 
 step run-fp32 150 $PY -m grain.run $TINY_RUN trainer.precision=32-true paths.root_dir=/tmp/gpu-check-fp32 "hydra.run.dir=$OUT/run-fp32"
 step steptime 180 $PY -m grain.bench.steptime --model tiny --batch 32 --seq-len 128 --steps 40 \
   --json "$OUT/steptime.json" $BERT_BASE trainer.precision=bf16-mixed
+step modernbert 120 $PY -m grain.bench.structure random-0.9 --family modernbert --shapes 128x512,32x128 --compile none \
+  --min-run-time 2 --json "$OUT/structure-modernbert.json"
 
 $PY - "$OUT" <<'PY'
 import json, sys
@@ -48,7 +51,7 @@ def load(name):
 result = {
     "gpu": (out / "gpu.txt").read_text().strip().splitlines()[-1] if (out / "gpu.txt").exists() else None,
     "steps": (out / "steps.txt").read_text().split("\n"),
-    "structure": (load("structure-paper-5pct.json") or []) + (load("structure-floor.json") or []),
+    "structure": sum((load(f"structure-{name}.json") or [] for name in ("paper-5pct", "floor", "modernbert")), []),
     "steptime": load("steptime.json"),
     "runs": {name: (load(f"{name}/summary.json") or {}).get("compact") for name in ("run-bf16", "run-fp32")},
 }

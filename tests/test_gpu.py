@@ -14,17 +14,20 @@ pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda")
 
 
-def masked_and_compact(dtype=torch.float32):
-    model = tiny_model().to(CUDA)
+def masked_and_compact(dtype=torch.float32, family="bert"):
+    model = tiny_model(family).to(CUDA)
     masks = {k: m.to(CUDA) for k, m in hard_masks(EncoderShape.of(model)).items()}
     compact, _ = compact_from_masked(model, masks)
     handles = attach_mask_hooks(model, lambda layer, kind: masks[kind][layer])
-    inputs = {k: v.to(CUDA) for k, v in token_batch().items()}
+    batch = token_batch() if family == "bert" else token_batch(pad_id=model.config.pad_token_id, token_types=None)
+    inputs = {k: v.to(CUDA) for k, v in batch.items()}
     return model, handles, compact.to(CUDA, dtype).eval(), inputs
 
 
-def test_gpu_plan_is_exact_in_fp32():
-    model, _, compact, inputs = masked_and_compact()
+# ModernBERT: rotary heads of kept pairs and sliding-window masks on the padded (GPU) plan
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_gpu_plan_is_exact_in_fp32(family):
+    model, _, compact, inputs = masked_and_compact(family=family)
     assert next(compact.parameters()).is_cuda
     with torch.no_grad():
         torch.testing.assert_close(compact(**inputs).logits, model(**inputs).logits, atol=1e-5, rtol=0)
@@ -39,8 +42,9 @@ def test_gpu_plan_in_bf16_within_the_stated_tolerance():
     assert difference.max() <= 0.1 and difference.mean() <= 0.02
 
 
-def test_compact_forward_captures_whole_in_cuda_graphs():
-    _, _, compact, inputs = masked_and_compact(torch.bfloat16)
+@pytest.mark.parametrize("family", ["bert", "modernbert"])
+def test_compact_forward_captures_whole_in_cuda_graphs(family):
+    _, _, compact, inputs = masked_and_compact(torch.bfloat16, family)
     compiled = torch.compile(compact, mode="reduce-overhead", fullgraph=True)
     with torch.no_grad():
         eager = compact(**inputs).logits
