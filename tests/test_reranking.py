@@ -21,7 +21,7 @@ from tests.helpers.hidden_grain import HIDE_GRAIN, run_without_grain
 from tests.helpers.paths import FIXTURES
 from tests.helpers.runs import readme_tiny_run
 
-BEIR, TRIPLES = FIXTURES / "beir", FIXTURES / "rerank" / "train.jsonl"
+BEIR, TRIPLES, PAIRS_FILE = FIXTURES / "beir", FIXTURES / "rerank" / "train.jsonl", FIXTURES / "rerank" / "train_pairs.csv"
 
 
 def test_reranking_scores_of_a_known_ranking():
@@ -51,6 +51,32 @@ def test_triples_collate_into_positive_then_negative_pairs(tokenizer):
     triple = next(t for t in first if tokenizer.decode(tokenizer(t["query"], t["positive"])["input_ids"],
                                                        skip_special_tokens=True) == texts[0])
     assert texts[1] == tokenizer.decode(tokenizer(triple["query"], triple["negative"])["input_ids"], skip_special_tokens=True)
+
+
+def test_labelled_pairs_train_as_they_are(tokenizer):
+    """Labelled pairs {query, passage, label}: one row each, the label (graded ones too) as its target."""
+    datamodule = RerankingDataModule(data_folder=str(BEIR), train_file=str(PAIRS_FILE), tokenizer=tokenizer,
+                                     data_dir=None, cache_dir=None, batch_size=18)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 18 and batch["labels"].shape == (18, 1)
+    assert sorted(batch["labels"].flatten().tolist()) == [0.0] * 6 + [0.25] * 3 + [1.0] * 9
+    raw = datamodule.raw_split("train")
+    assert raw.column_names == ["query", "passage", "label"] and len(raw) == 18
+
+
+def test_bad_labelled_pairs_are_refused_in_one_line(tmp_path):
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("query,passage,label\nwhere,the nile,1\nwhy,beethoven,2\n")
+    module = RerankingDataModule(data_folder=str(BEIR), train_file=str(bad), tokenizer=None, data_dir=None,
+                                 cache_dir=None)
+    with pytest.raises(GrainError, match=r"pairs.csv, row 2: label 2 is not a number in \[0, 1\]") as err:
+        module.train_triples()
+    assert "\n" not in str(err.value)
+    cfg = compose_config(["task=reranking", "model=tiny", f"task.train_file={PAIRS_FILE}",
+                          f"task.datamodule.data_folder={BEIR}", "distillation.score_loss=margin_mse"], tmp_path)
+    with pytest.raises(GrainError, match="holds labelled pairs: use distillation.score_loss=mse"):
+        validate_config(cfg)
 
 
 def test_bm25_puts_the_matching_document_first():
@@ -103,7 +129,7 @@ def test_readme_reranking_command_saves_a_cross_encoder(tmp_path):
     candidates: the teacher fine-tunes on the triples, the student distils its scores, the metrics are
     reranking's, and the compact folder loads with CrossEncoder(dir) where grain is not installed, its
     scores equal to grain's compact model's logits (1e-5), which equal the masked student's."""
-    summary, run_dir = readme_tiny_run("Prune a reranker", "task=reranking", tmp_path)
+    summary, run_dir = readme_tiny_run("Prune a reranker", "task.train_file=tests/fixtures/rerank/train.jsonl", tmp_path)
     assert summary["metric_name"] == "mrr@10"
     for section in ("teacher", "student", "compact"):
         assert set(summary[section]["metrics"]) == {"validation/ndcg@10", "validation/mrr@10"}
@@ -117,3 +143,11 @@ def test_readme_reranking_command_saves_a_cross_encoder(tmp_path):
     with torch.no_grad():
         ours = compact(**batch).logits.reshape(-1)
     torch.testing.assert_close(theirs.reshape(-1), ours, atol=1e-5, rtol=0)
+
+
+def test_readme_reranking_command_on_labelled_pairs(tmp_path):
+    """The README's task=reranking command on labelled pairs (model=tiny, a few steps): the teacher
+    fine-tunes on the labels, the student distils its scores, and the run completes exactly."""
+    summary, _ = readme_tiny_run("Prune a reranker", "task.train_file=tests/fixtures/rerank/train_pairs.csv", tmp_path)
+    assert summary["status"] == "completed" and summary["metric_name"] == "mrr@10"
+    assert summary["compact"]["max_abs_logit_diff_vs_masked"] < 1e-5

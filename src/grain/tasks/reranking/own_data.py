@@ -2,8 +2,9 @@
 `queries.jsonl`, `qrels/<eval_split>.tsv`) and reranks each judged query's candidates: those of
 `candidates_file` (a TREC run, `query-id Q0 doc-id rank score tag`, or a TSV `query-id<TAB>doc-id[<TAB>score]`
 with a header), or else the top `top_k` documents of BM25 over the corpus (bm25s, Lù 2024). Training
-reads triples {query, positive, negative} from `train_file` (csv, tsv, json, jsonl, parquet; the texts
-themselves, not ids).
+reads `train_file` (csv, tsv, json, jsonl, parquet; the texts themselves, not ids): triples {query,
+positive, negative}, or labelled pairs {query, passage, label} with labels in [0, 1] (1 relevant, 0 not;
+graded between).
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from omegaconf import DictConfig
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.ir import BeirFolder, beir_document
-from grain.tasks.own_data import load_file, require_columns, require_rows, resolve_file
-from grain.tasks.reranking.task import RerankData, RerankingTask
+from grain.tasks.own_data import as_number, load_file, require_columns, require_rows, resolve_file
+from grain.tasks.reranking.task import PAIR_COLUMNS, TRIPLE_COLUMNS, RerankData, RerankingTask
 from grain.tasks.text_files import check_utf8
-
-TRIPLE_COLUMNS = ("query", "positive", "negative")
 
 
 def read_candidates(path: Path) -> dict[str, list[str]]:
@@ -98,17 +97,37 @@ class RerankingDataModule(RerankingTask):
         return RerankData(query_ids, [q["text"] for q in queries], candidates, qrels)
 
     def train_triples(self) -> datasets.Dataset:
-        path = resolve_file("reranking", "train", self.train_file, kind="a triples file (query, positive, negative)")
+        """The training rows of `train_file`: its triples, or its labelled pairs with labels read as numbers
+        in [0, 1]; GrainError in one line for other columns or a label outside it."""
+        path = resolve_file("reranking", "train", self.train_file,
+                            kind="a file of triples (query, positive, negative) or labelled pairs (query, passage, label)")
         table = load_file(path, self.cache_dir)
         require_rows(str(path), table)
-        require_columns(str(path), table, {f"the {c} column": c for c in TRIPLE_COLUMNS})
-        return table.select_columns(list(TRIPLE_COLUMNS))
+        if "positive" in table.column_names or "passage" not in table.column_names:
+            require_columns(str(path), table, {f"the {c} column (or query, passage, label)": c for c in TRIPLE_COLUMNS})
+            return table.select_columns(list(TRIPLE_COLUMNS))
+        require_columns(str(path), table, {f"the {c} column": c for c in PAIR_COLUMNS})
+        given = table["label"]
+        labels = [as_number(value) for value in given]
+        bad = next((row for row, label in enumerate(labels) if not 0.0 <= label <= 1.0), None)  # NaN fails too
+        if bad is not None:
+            raise GrainError(f"{path}, row {bad + 1}: label {given[bad]!r} is not a number in [0, 1]; give 1 for a "
+                             f"relevant passage, 0 for another (graded labels between)")
+        pairs = table.select_columns(["query", "passage"])
+        return pairs.add_column("label", labels)
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
-        """Read every file the run `cfg` reads (the triples where it trains, the BEIR folder, the candidates)
-        before anything trains; GrainError in one line naming the file and the fix."""
+        """Read every file the run `cfg` reads (the training rows where it trains, the BEIR folder, the
+        candidates) before anything trains; GrainError in one line naming the file and the fix, also for
+        `distillation.score_loss=margin_mse` on labelled pairs (it reads a positive and a negative per row)."""
         module = cls.unloaded(cfg)
         if cls.trains(cfg):
-            module.train_triples()
+            rows = module.train_triples()
+            if "label" in rows.column_names and cfg.distillation.get("score_loss") == "margin_mse":
+                raise GrainError(
+                    f"distillation.score_loss=margin_mse reads (positive, negative) pairs of rows; "
+                    f"task.train_file={module.train_file} holds labelled pairs: use distillation.score_loss=mse, "
+                    f"or a file of triples (query, positive, negative)"
+                )
         module.eval_data("validation")

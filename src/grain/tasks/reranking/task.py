@@ -7,6 +7,9 @@ labelled 1 and the negative 0, collated next to each other (rows 0 and 1, 2 and 
 that a teacher fine-tunes on them with binary cross-entropy (the head's `problem_type`
 multi_label_classification, one logit) and a student distils with `distillation.score_loss=mse` (the
 teacher's score of every pair) or `margin_mse` (the margin of each pair of rows; Hofstätter et al. 2020).
+Or they are labelled pairs {query, passage, label} (`PAIR_COLUMNS`; a label in [0, 1], graded labels
+as soft targets of the same binary cross-entropy), one row each: `mse` distils them, `margin_mse`, which
+reads pairs of rows, is refused for them.
 Eval rows are every candidate pair {query, passage, row (the query's position), doc (the candidate's)}.
 
 The saved model is a sentence-transformers `CrossEncoder` folder as it stands (transformers' sequence
@@ -30,6 +33,8 @@ from grain.tasks.gather import GatheredRows
 from grain.tasks.ir import judged_subset, retrieval_metrics
 
 METRICS = ("ndcg@10", "mrr@10")
+TRIPLE_COLUMNS = ("query", "positive", "negative")
+PAIR_COLUMNS = ("query", "passage", "label")
 
 
 @dataclass
@@ -86,8 +91,9 @@ class RerankEvaluator(GatheredRows):
 
 class RerankingTask(Task):
     """Cross-encoder reranking (see the module docstring). A data module implements
-    `rerank_data(split) -> RerankData` and `train_triples() -> datasets.Dataset` ({query, positive,
-    negative}); `max_eval_samples` keeps that many queries (seeded), each with all its candidates."""
+    `rerank_data(split) -> RerankData` and `train_triples() -> datasets.Dataset` (the training rows:
+    {query, positive, negative} triples or {query, passage, label} pairs); `max_eval_samples` keeps that
+    many queries (seeded), each with all its candidates."""
 
     auto_model_class = AutoModelForSequenceClassification
     num_labels = 1
@@ -131,8 +137,13 @@ class RerankingTask(Task):
 
     def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
         """Train: the (query, positive) pair's features and the (query, negative) pair's under `negative_`
-        names; eval: each candidate pair's features with `row` and `doc`."""
-        if split == "train":
+        names, or a labelled pair's features and its `labels` ([label]); eval: each candidate pair's
+        features with `row` and `doc`."""
+        if split == "train" and "label" in raw.column_names:
+            def tokenize(rows):
+                pairs = self.tokenizer(rows["query"], rows["passage"], truncation=True, max_length=self.max_length)
+                return {**pairs, "labels": [[float(label)] for label in rows["label"]]}
+        elif split == "train":
             def tokenize(rows):
                 positive = self.tokenizer(rows["query"], rows["positive"], truncation=True, max_length=self.max_length)
                 negative = self.tokenizer(rows["query"], rows["negative"], truncation=True, max_length=self.max_length)
@@ -146,7 +157,8 @@ class RerankingTask(Task):
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Training triples become their two pairs, positive then negative, labelled 1.0 and 0.0
-        ([rows, 1] labels, as binary cross-entropy on one logit reads them)."""
+        ([rows, 1] labels, as binary cross-entropy on one logit reads them); labelled pairs and eval rows
+        are collated as they are."""
         if not features or "negative_input_ids" not in features[0]:
             return self.collator(features)
         rows = []
