@@ -71,7 +71,7 @@ def test_bad_labelled_pairs_are_refused_in_one_line(tmp_path):
     module = RerankingDataModule(data_folder=str(BEIR), train_file=str(bad), tokenizer=None, data_dir=None,
                                  cache_dir=None)
     with pytest.raises(GrainError, match=r"pairs.csv, row 2: label 2 is not a number in \[0, 1\]") as err:
-        module.train_triples()
+        module.train_rows()
     assert "\n" not in str(err.value)
     cfg = compose_config(["task=reranking", "model=tiny", f"task.train_file={PAIRS_FILE}",
                           f"task.datamodule.data_folder={BEIR}", "distillation.score_loss=margin_mse"], tmp_path)

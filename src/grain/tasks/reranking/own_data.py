@@ -96,7 +96,7 @@ class RerankingDataModule(RerankingTask):
             candidates = [[(ids[j], documents[ids[j]]) for j in row] for row in ranked]
         return RerankData(query_ids, [q["text"] for q in queries], candidates, qrels)
 
-    def train_triples(self) -> datasets.Dataset:
+    def train_rows(self) -> datasets.Dataset:
         """The training rows of `train_file`: its triples, or its labelled pairs with labels read as numbers
         in [0, 1]; GrainError in one line for other columns or a label outside it."""
         path = resolve_file("reranking", "train", self.train_file,
@@ -123,7 +123,7 @@ class RerankingDataModule(RerankingTask):
         `distillation.score_loss=margin_mse` on labelled pairs (it reads a positive and a negative per row)."""
         module = cls.unloaded(cfg)
         if cls.trains(cfg):
-            rows = module.train_triples()
+            rows = module.train_rows()
             if "label" in rows.column_names and cfg.distillation.get("score_loss") == "margin_mse":
                 raise GrainError(
                     f"distillation.score_loss=margin_mse reads (positive, negative) pairs of rows; "

@@ -39,7 +39,7 @@ class SquadRerankDataModule(HeldOutArticles, RerankingTask):
     def source_signature(self, split: str) -> list:
         return [*self.squad_signature(), self.negatives]
 
-    def train_triples(self) -> datasets.Dataset:
+    def train_rows(self) -> datasets.Dataset:
         train = self.articles()[0]
         paragraphs = paragraphs_by_article(train)
         rng = random.Random(self.seed)

@@ -91,7 +91,7 @@ class RerankEvaluator(GatheredRows):
 
 class RerankingTask(Task):
     """Cross-encoder reranking (see the module docstring). A data module implements
-    `rerank_data(split) -> RerankData` and `train_triples() -> datasets.Dataset` (the training rows:
+    `rerank_data(split) -> RerankData` and `train_rows() -> datasets.Dataset` (the training rows:
     {query, positive, negative} triples or {query, passage, label} pairs); `max_eval_samples` keeps that
     many queries (seeded), each with all its candidates."""
 
@@ -109,7 +109,7 @@ class RerankingTask(Task):
     def rerank_data(self, split: str) -> RerankData:
         raise NotImplementedError
 
-    def train_triples(self) -> datasets.Dataset:
+    def train_rows(self) -> datasets.Dataset:
         raise NotImplementedError
 
     def _max_samples(self, split: str) -> int | None:
@@ -132,7 +132,7 @@ class RerankingTask(Task):
 
     def load_split(self, split: str) -> datasets.Dataset:
         if split == "train":
-            return self.train_triples()
+            return self.train_rows()
         return self.eval_data(split).rows()
 
     def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
