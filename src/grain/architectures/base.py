@@ -44,6 +44,11 @@ COMPACT_LAYER = LayerModules()
 COMPACT_EMPTY_BIAS = {"attention_output": "attention.output.bias", "ffn_out": "output.bias"}
 
 
+def setting(config, key: str, default=None):
+    """`config[key]` of an HF config dict, or the attribute of a config object; `default` where absent."""
+    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+
+
 @dataclass(frozen=True)
 class ConfigFields:
     """Names of the HF config fields that hold the encoder's sizes."""

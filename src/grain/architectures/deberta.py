@@ -9,15 +9,15 @@ the rows once for both uses. Checkpoints with separate position projections (`sh
 false) are refused: their units would also live in pos_key_proj / pos_query_proj.
 """
 
-from grain.architectures.base import Architecture, LayerModules
+from grain.architectures.base import Architecture, LayerModules, setting
 
 
 def _unsupported(config) -> str | None:
-    get = config.get if isinstance(config, dict) else lambda key, default=None: getattr(config, key, default)
-    if get("relative_attention", False) and get("pos_att_type") and not get("share_att_key", False):
+    relative = setting(config, "relative_attention", False) and setting(config, "pos_att_type")
+    if relative and not setting(config, "share_att_key", False):
         return "its relative-position projections are separate from W_Q/W_K (share_att_key=false)"
-    head_size = get("attention_head_size")
-    if head_size is not None and head_size * get("num_attention_heads") != get("hidden_size"):
+    head_size = setting(config, "attention_head_size")
+    if head_size is not None and head_size * setting(config, "num_attention_heads") != setting(config, "hidden_size"):
         return "its heads are not hidden_size / num_attention_heads wide (attention_head_size)"
     return None
 

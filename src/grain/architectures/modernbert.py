@@ -17,23 +17,18 @@ What differs from BERT (transformers' `modeling_modernbert.py`), and what grain 
   global attention, each type with its own rope theta (`layer_types`, `rope_parameters`).
 """
 
-from grain.architectures.base import Architecture, ConfigFields, LayerModules
-
-
-def _get(config, key, default=None):
-    return config.get(key, default) if isinstance(config, dict) else getattr(config, key, default)
+from grain.architectures.base import Architecture, ConfigFields, LayerModules, setting
 
 
 def _linear_bias(config) -> bool:
-    return bool(_get(config, "attention_bias", False))
+    return bool(setting(config, "attention_bias", False))
 
 
 def _unsupported(config) -> str | None:
-    if bool(_get(config, "attention_bias", False)) != bool(_get(config, "mlp_bias", False)):
+    if _linear_bias(config) != bool(setting(config, "mlp_bias", False)):
         return "its attention_bias and mlp_bias differ (grain prunes encoders whose Linears all have biases or none)"
-    if _get(config, "hidden_size") % _get(config, "num_attention_heads") or (
-        _get(config, "hidden_size") // _get(config, "num_attention_heads")
-    ) % 2:
+    hidden, heads = setting(config, "hidden_size"), setting(config, "num_attention_heads")
+    if hidden % heads or (hidden // heads) % 2:
         return "its head dimension is not an even divisor of hidden_size (rotary pairs need one)"
     return None
 

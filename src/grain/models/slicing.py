@@ -44,6 +44,17 @@ class Slice:
         return tensor
 
 
+def kept_units(masks: dict[str, torch.Tensor], shape: EncoderShape) -> dict[str, torch.Tensor]:
+    """The masks read back to the host (once) as booleans: {"qk": [layers, heads, QK units per head], only
+    of heads that keep VO units; "heads": [layers, heads], which heads keep VO units; "vo": [layers,
+    hidden]; "ffn": [layers, intermediate]}."""
+    host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
+    layers, heads = shape.num_layers, shape.num_heads
+    with_vo = host["vo"].view(layers, heads, shape.head_dim).any(-1)
+    return {"qk": host["qk"].view(layers, heads, -1) & with_vo[..., None], "heads": with_vo,
+            "vo": host["vo"], "ffn": host["ffn"]}
+
+
 def kept_indices(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[dict[str, torch.Tensor]]:
     """Per layer, the indices (in the full layout, long, CPU) of what compaction keeps: {"qk": Q rows,
     "vo": [..], "ffn": [..]}; QK and VO units only of heads that keep VO units, in head order. A rotary
@@ -52,24 +63,20 @@ def kept_indices(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[di
     masks: {"qk": [layers, qk units], "vo": [layers, hidden], "ffn": [layers, intermediate]} on any
     device, read back to the host once; the indices are moved to the weights' device where they are used.
     """
-    host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
-    layers, heads = shape.num_layers, shape.num_heads
-    heads_with_vo = host["vo"].view(layers, heads, shape.head_dim).any(-1, keepdim=True)
-    kept = {"qk": (host["qk"].view(layers, heads, -1) & heads_with_vo).flatten(1), "vo": host["vo"], "ffn": host["ffn"]}
-    indices = [{kind: units[layer].nonzero().flatten() for kind, units in kept.items()} for layer in range(layers)]
-    for layer in indices:
-        layer["qk"] = qk_dimensions(layer["qk"], shape)
-    return indices
+    kept = kept_units(masks, shape)
+    return [
+        {"qk": qk_dimensions(kept["qk"][layer].flatten().nonzero().flatten(), shape),
+         "vo": kept["vo"][layer].nonzero().flatten(), "ffn": kept["ffn"][layer].nonzero().flatten()}
+        for layer in range(shape.num_layers)
+    ]
 
 
 def rotary_pairs(masks: dict[str, torch.Tensor], shape: EncoderShape) -> list[list[list[int]]]:
     """Per layer, per head that keeps VO units, the kept rotary pairs (their index within the head, i.e.
     the RoPE frequency each keeps): what a rotary compact config holds (`rotary_pairs`)."""
-    host = {kind: mask.detach().bool().cpu() for kind, mask in masks.items()}
-    layers, heads = shape.num_layers, shape.num_heads
-    qk = host["qk"].view(layers, heads, -1)
-    vo = host["vo"].view(layers, heads, shape.head_dim).any(-1)
-    return [[qk[i, h].nonzero().flatten().tolist() for h in range(heads) if vo[i, h]] for i in range(layers)]
+    kept = kept_units(masks, shape)
+    return [[kept["qk"][i, h].nonzero().flatten().tolist() for h in range(shape.num_heads) if kept["heads"][i, h]]
+            for i in range(shape.num_layers)]
 
 
 def compact_config(model_or_config, kept: KeptStructure, embedding_rank: int | None = None, **settings):

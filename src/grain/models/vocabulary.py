@@ -37,10 +37,11 @@ from grain.errors import GrainError
 SUPPORTED_MODELS = ("WordPiece", "WordLevel", "Unigram", "BPE")
 
 
-def _model_spec(tokenizer) -> dict | None:
-    """The tokenizers model spec ({"type": "WordPiece", "vocab": ..., ...}) of a fast tokenizer; None otherwise."""
+def _spec(tokenizer) -> dict | None:
+    """The tokenizers pipeline spec of a fast tokenizer (its "model": {"type": "WordPiece", "vocab": ...},
+    post-processor, added tokens); None for a tokenizer without a tokenizers backend."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    return None if backend is None else json.loads(backend.to_str())["model"]
+    return None if backend is None else json.loads(backend.to_str())
 
 
 def used_token_ids(token_ids: Iterable[Sequence[int]], tokenizer) -> list[int]:
@@ -49,9 +50,9 @@ def used_token_ids(token_ids: Iterable[Sequence[int]], tokenizer) -> list[int]:
     used: set[int] = set(tokenizer.all_special_ids)
     for row in token_ids:
         used.update(row)
-    model = _model_spec(tokenizer)
-    if model is not None and model["type"] == "BPE":
-        used |= bpe_parts(used, model)
+    spec = _spec(tokenizer)
+    if spec is not None and spec["model"]["type"] == "BPE":
+        used |= bpe_parts(used, spec["model"])
     return sorted(used)
 
 
@@ -98,11 +99,10 @@ def pruned_tokenizer(tokenizer, kept: Sequence[int]):
     from tokenizers import Tokenizer  # noqa: PLC0415  (transformers' dependency)
     from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
 
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    spec = _spec(tokenizer)
+    if spec is None:
         raise GrainError(f"compact.vocabulary=task needs a fast (tokenizers) tokenizer; {type(tokenizer).__name__} is "
                          f"not one: set compact.vocabulary=null")
-    spec = json.loads(backend.to_str())
     model = spec["model"]
     if model["type"] not in SUPPORTED_MODELS:
         raise GrainError(

@@ -46,6 +46,7 @@ from .kernels import (
     padded_contexts,
     round_up,
     use_padded_plan,
+    zero_padded,
 )
 
 
@@ -165,7 +166,7 @@ class GrainSelfAttention(nn.Module):
         weight = output.weight
         if isinstance(layout, PaddedLayout):
             def build():
-                padded = torch.cat([weight, weight.new_zeros(weight.shape[0], 1)], 1)
+                padded = zero_padded(weight, 1, dim=1)
                 return (padded.index_select(1, self._index(layout.output_columns, "output_columns", weight.device)),)
         else:
             def build():
@@ -224,7 +225,7 @@ class ResidualOutput(nn.Module):
         if extra <= 0:
             return weight
         return self._derived.get(
-            "weight", [weight], lambda: (torch.cat([weight, weight.new_zeros(weight.shape[0], extra)], 1),)
+            "weight", [weight], lambda: (zero_padded(weight, extra, dim=1),)
         )[0]
 
     def forward(self, states: torch.Tensor | None, residual: torch.Tensor) -> torch.Tensor:
@@ -276,7 +277,7 @@ class GrainIntermediate(nn.Module):
             return weight, bias
         # the padding columns meet zero weights in the output dense (act(0) = 0 is not needed)
         return self._derived.get("padded", [weight, bias], lambda: (
-            torch.cat([weight, weight.new_zeros(extra, weight.shape[1])]), torch.cat([bias, bias.new_zeros(extra)]),
+            zero_padded(weight, extra), zero_padded(bias, extra),
         ))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

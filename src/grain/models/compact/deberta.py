@@ -35,6 +35,7 @@ from .bert import (
     GrainLayer,
     factorize_word_embeddings,
 )
+from .kernels import zero_padded
 
 
 class GrainDebertaV2Config(CompactStructure, DebertaV2Config):
@@ -91,7 +92,7 @@ class GrainDisentangledAttention(nn.Module):
 
     def _heads(self, projected: torch.Tensor, kind: str, width: int) -> torch.Tensor:
         """[..., seq, kept units] -> [..., heads, seq, width], zero columns padding each head."""
-        padded = torch.cat([projected, projected.new_zeros(*projected.shape[:-1], 1)], -1)
+        padded = zero_padded(projected, 1, dim=-1)
         padded = padded.index_select(-1, self._index(kind, projected.device))
         return padded.unflatten(-1, (self.heads, width)).transpose(-3, -2)
 

@@ -37,6 +37,14 @@ def round_up(width: int, multiple: int = 8) -> int:
     return -(-width // multiple) * multiple
 
 
+def zero_padded(tensor: torch.Tensor, extra: int, dim: int = 0) -> torch.Tensor:
+    """`tensor` with `extra` zero slices appended along `dim` (zero rows or columns padding a weight), in its
+    dtype and on its device."""
+    shape = list(tensor.shape)
+    shape[dim] = extra
+    return torch.cat([tensor, tensor.new_zeros(shape)], dim)
+
+
 def use_padded_plan(device: torch.device) -> bool:
     """The GPU plan (one padded attention call per layer) off the CPU; the grouped plan on CPU."""
     return device.type != "cpu"

@@ -52,7 +52,7 @@ from .bert import (
     classification_loss,
     factorize_word_embeddings,
 )
-from .kernels import DerivedWeights, KeyMask, round_up
+from .kernels import DerivedWeights, KeyMask, round_up, zero_padded
 
 SLIDING = "sliding_attention"
 
@@ -192,14 +192,12 @@ class GrainGatedMLP(nn.Module):
         if not extra:
             return wi, bias, wo
 
+        def padded_halves(tensor: torch.Tensor) -> torch.Tensor:  # [input | 0 | gate | 0]
+            return torch.cat([zero_padded(half, extra) for half in tensor.chunk(2)])
+
         def build():
-            value, gate = wi.chunk(2)
-            rows = wi.new_zeros(extra, wi.shape[1])
-            padded_bias = None
-            if bias is not None:
-                b_value, b_gate = bias.chunk(2)
-                padded_bias = torch.cat([b_value, bias.new_zeros(extra), b_gate, bias.new_zeros(extra)])
-            return torch.cat([value, rows, gate, rows]), padded_bias, torch.cat([wo, wo.new_zeros(wo.shape[0], extra)], 1)
+            padded_bias = None if bias is None else padded_halves(bias)
+            return padded_halves(wi), padded_bias, zero_padded(wo, extra, dim=1)
 
         return self._derived.get("padded", [t for t in (wi, bias, wo) if t is not None], build)
 
@@ -295,16 +293,8 @@ class GrainModernBertModel(GrainModernBertPreTrainedModel):
         final norm); hidden_states: the embeddings' output and every layer's, the last after the final
         norm, as transformers' ModernBertModel records them. token_type_ids are accepted and unused (ModernBERT has
         none)."""
-        batch, seq = input_ids.shape
         hidden = self.embeddings(input_ids=input_ids)
-        if position_ids is None:
-            position_ids = torch.arange(seq, device=input_ids.device)[None]
-        keys = KeyMask.of(attention_mask, hidden.dtype)
-        types = set(self.config.layer_types[: len(self.layers)])
-        positions = {kind: self.rotary_emb(hidden, position_ids, kind) for kind in types}
-        masks = {kind: keys for kind in types}
-        if SLIDING in types:
-            masks[SLIDING] = sliding_keys(keys, batch, seq, self.config.sliding_window, hidden.dtype, hidden.device)
+        masks, positions = self.layer_inputs(hidden, attention_mask, position_ids)
         states = [hidden]
         for layer in self.layers:
             hidden = layer(hidden, masks[layer.attention_type], positions[layer.attention_type])
@@ -312,18 +302,28 @@ class GrainModernBertModel(GrainModernBertPreTrainedModel):
         states[-1] = self.final_norm(hidden)
         return BaseModelOutput(last_hidden_state=states[-1], hidden_states=tuple(states) if output_hidden_states else None)
 
+    def layer_inputs(self, hidden: torch.Tensor, attention_mask=None, position_ids=None) -> tuple[dict, dict]:
+        """Per layer type of this model's layers: the mask ({type: KeyMask}; a `WindowMask` for sliding-window
+        layers) and the rotary tables ({type: (cos, sin)}) for `hidden` [batch, seq, hidden]."""
+        batch, seq, _ = hidden.shape
+        if position_ids is None:
+            position_ids = torch.arange(seq, device=hidden.device)[None]
+        keys = KeyMask.of(attention_mask, hidden.dtype)
+        types = {layer.attention_type for layer in self.layers}
+        positions = {kind: self.rotary_emb(hidden, position_ids, kind) for kind in types}
+        masks = {kind: keys for kind in types}
+        if SLIDING in types:
+            masks[SLIDING] = sliding_keys(keys, batch, seq, self.config.sliding_window, hidden.dtype, hidden.device)
+        return masks, positions
 
     def sublayers(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Layer 0's attention and FFN sub-layers as calls on `hidden` [batch, seq, hidden] (each with its
         norm and residual; the attention with its rotary tables and mask), for timing them apart
         (`grain.measure.latency_model`)."""
         layer = self.layers[0]
-        batch, seq, _ = hidden.shape
-        keys = KeyMask.of(attention_mask, hidden.dtype)
-        if layer.attention_type == SLIDING:
-            keys = sliding_keys(keys, batch, seq, self.config.sliding_window, hidden.dtype, hidden.device)
-        positions = self.rotary_emb(hidden, torch.arange(seq, device=hidden.device)[None], layer.attention_type)
-        return (lambda: hidden + layer.attn(layer.attn_norm(hidden), keys, positions)), \
+        masks, positions = self.layer_inputs(hidden, attention_mask)
+        keys, tables = masks[layer.attention_type], positions[layer.attention_type]
+        return (lambda: hidden + layer.attn(layer.attn_norm(hidden), keys, tables)), \
             (lambda: hidden + layer.mlp(layer.mlp_norm(hidden)))
 
 
