@@ -181,3 +181,16 @@ def test_latency_model_times_modernberts_own_layers(tmp_path, monkeypatch):
     assert built and all(type(m).__name__.startswith("GrainModernBert") for m in built)
     assert any(isinstance(m, GrainModernBertForSequenceClassification) for m in built)  # the empty model
     assert measured.key["model_type"] == "modernbert" and measured.ffn_ms[-1] > 0
+
+
+def test_scaled_rope_survives_save_and_load(tmp_path):
+    """A rope type other than the default (here linear scaling, as long-context checkpoints set it): the
+    reloaded compact model rebuilds its rotary tables as transformers does and gives the same logits."""
+    rope = {"sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 160000.0}}
+    model = tiny_model("modernbert", initializer_range=INIT, rope_parameters=rope)
+    compact, _ = compact_from_masked(model, hard_masks(EncoderShape.of(model)))
+    compact.save_pretrained(tmp_path)
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch(model)).logits, compact.eval()(**batch(model)).logits, atol=0, rtol=0)

@@ -34,6 +34,7 @@ from transformers import ModernBertConfig
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.modernbert.modeling_modernbert import (
     ModernBertEmbeddings,
     ModernBertPredictionHead,
@@ -263,10 +264,11 @@ class GrainModernBertPreTrainedModel(GrainBertPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, ModernBertRotaryEmbedding):  # non-persistent tables: rebuilt, as transformers does
             for layer_type in module.layer_types:
-                inv_freq, _ = module.compute_default_rope_parameters(module.config, layer_type=layer_type)
-                if module.rope_type[layer_type] == "default":
-                    init.copy_(getattr(module, f"{layer_type}_inv_freq"), inv_freq)
-                    init.copy_(getattr(module, f"{layer_type}_original_inv_freq"), inv_freq)
+                rope_type = module.rope_type[layer_type]
+                init_fn = module.compute_default_rope_parameters if rope_type == "default" else ROPE_INIT_FUNCTIONS[rope_type]
+                inv_freq, _ = init_fn(module.config, layer_type=layer_type)
+                init.copy_(getattr(module, f"{layer_type}_inv_freq"), inv_freq)
+                init.copy_(getattr(module, f"{layer_type}_original_inv_freq"), inv_freq)
 
 
 class GrainModernBertModel(GrainModernBertPreTrainedModel):
