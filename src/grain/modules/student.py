@@ -23,7 +23,7 @@ from grain.models.layer_drop import teacher_hidden_index
 from grain.models.slicing import compact_from_masked, slice_optimizer_state
 from grain.modules.common import SplitEvaluation, adamw_with_linear_schedule, decay_groups
 from grain.pruning.controller import PruningController
-from grain.tasks.base import Task, model_inputs
+from grain.tasks.base import TEACHER_SCORES_KEY, Task, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +109,15 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
 
     # --- losses ---------------------------------------------------------------------------------
     def losses(self, batch) -> dict[str, torch.Tensor]:
-        """Forward teacher and student; returns the prediction, hidden and total losses."""
+        """Forward teacher and student; returns the prediction, hidden and total losses. Score losses
+        compare with the batch's own teacher scores where it has them (`TEACHER_SCORES_KEY`), and the
+        teacher then runs only for the hidden-state loss."""
         use_hidden = self.hidden_weight > 0
-        inputs = model_inputs(batch)
-        with torch.no_grad():
-            teacher_out = self.teacher(**inputs, output_hidden_states=use_hidden)
+        given_scores = batch.get(TEACHER_SCORES_KEY) if self.score_loss in SCORE_LOSSES else None
+        teacher_out = None
+        if use_hidden or given_scores is None:
+            with torch.no_grad():
+                teacher_out = self.teacher(**model_inputs(batch), output_hidden_states=use_hidden)
         student_inputs = model_inputs(batch, with_labels=self.hard_label_weight > 0)
         student_out = self.student(**student_inputs, output_hidden_states=use_hidden)
         prediction = torch.zeros((), device=self.device)
@@ -125,7 +129,8 @@ class StudentModule(SplitEvaluation, pl.LightningModule):
                 kd = kd_loss(self.task.prediction_logits(student_out), self.task.prediction_logits(teacher_out),
                              self.temperature, self.task.distillation_positions(batch))
             else:
-                [student_scores], [teacher_scores] = (self.task.prediction_logits(o) for o in (student_out, teacher_out))
+                [student_scores] = self.task.prediction_logits(student_out)
+                [teacher_scores] = [given_scores] if given_scores is not None else self.task.prediction_logits(teacher_out)
                 kd = SCORE_LOSSES[self.score_loss](student_scores, teacher_scores)
             prediction = prediction + self.kd_weight * kd
         if self.hard_label_weight > 0:

@@ -33,6 +33,9 @@ from grain.tasks.sampler import EpochSeededRandomSampler, ResumableDataLoader
 # Keys a HF model's forward accepts; everything else in a batch is bookkeeping for evaluation.
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = ("labels", "start_positions", "end_positions")
+# a batch's teacher scores read from the training data ([rows, 1], raw logits of a one-logit head): where
+# present, score distillation compares the student's scores with them instead of the teacher's forward
+TEACHER_SCORES_KEY = "teacher_scores"
 
 
 def model_inputs(batch: dict[str, Any], with_labels: bool = False) -> dict[str, torch.Tensor]:

@@ -4,11 +4,14 @@
 with a header), or else the top `top_k` documents of BM25 over the corpus (bm25s, Lù 2024). Training
 reads `train_file` (csv, tsv, json, jsonl, parquet; the texts themselves, not ids): triples {query,
 positive, negative}, or labelled pairs {query, passage, label} with labels in [0, 1] (1 relevant, 0 not;
-graded between).
+graded between). Either may carry a teacher's scores (raw logits; `SCORE_COLUMNS`): a triple's
+`positive_score` and `negative_score`, a pair's `score` (a pair with a score needs no label), which the
+student distils instead of the teacher's own.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import datasets
@@ -18,7 +21,7 @@ from grain.errors import GrainError
 from grain.tasks.cache import file_signature
 from grain.tasks.ir import BeirFolder, beir_document
 from grain.tasks.own_data import as_number, load_file, require_columns, require_rows, resolve_file
-from grain.tasks.reranking.task import PAIR_COLUMNS, TRIPLE_COLUMNS, RerankData, RerankingTask
+from grain.tasks.reranking.task import PAIR_COLUMNS, SCORE_COLUMNS, TRIPLE_COLUMNS, RerankData, RerankingTask
 from grain.tasks.text_files import check_utf8
 
 
@@ -97,37 +100,76 @@ class RerankingDataModule(RerankingTask):
         return RerankData(query_ids, [q["text"] for q in queries], candidates, qrels)
 
     def train_rows(self) -> datasets.Dataset:
-        """The training rows of `train_file`: its triples, or its labelled pairs with labels read as numbers
-        in [0, 1]; GrainError in one line for other columns or a label outside it."""
+        """The training rows of `train_file`: its triples, or its pairs with labels read as numbers in
+        [0, 1], each with its teacher scores where the file has them (finite numbers); GrainError in one
+        line for other columns, a label outside [0, 1], a score that is not a finite number, or a triple
+        file with one of its two score columns."""
         path = resolve_file("reranking", "train", self.train_file,
                             kind="a file of triples (query, positive, negative) or labelled pairs (query, passage, label)")
         table = load_file(path, self.cache_dir)
         require_rows(str(path), table)
         if "positive" in table.column_names or "passage" not in table.column_names:
             require_columns(str(path), table, {f"the {c} column (or query, passage, label)": c for c in TRIPLE_COLUMNS})
-            return table.select_columns(list(TRIPLE_COLUMNS))
-        require_columns(str(path), table, {f"the {c} column": c for c in PAIR_COLUMNS})
-        given = table["label"]
-        labels = [as_number(value) for value in given]
-        bad = next((row for row, label in enumerate(labels) if not 0.0 <= label <= 1.0), None)  # NaN fails too
-        if bad is not None:
-            raise GrainError(f"{path}, row {bad + 1}: label {given[bad]!r} is not a number in [0, 1]; give 1 for a "
-                             f"relevant passage, 0 for another (graded labels between)")
-        pairs = table.select_columns(["query", "passage"])
-        return pairs.add_column("label", labels)
+            given = [c for c in SCORE_COLUMNS["triple"] if c in table.column_names]
+            if len(given) == 1:
+                raise GrainError(f"{path}: a {given[0]} column without its other half; give both positive_score "
+                                 f"and negative_score (the teacher's scores), or neither")
+            rows = table.select_columns(list(TRIPLE_COLUMNS))
+            return self._with_scores(path, table, rows, given)
+        if "label" not in table.column_names and "score" not in table.column_names:
+            raise GrainError(f"{path}: pairs (query, passage) need a label column (1 relevant, 0 not) or a score "
+                             f"column (the teacher's score, a raw logit); found {table.column_names}")
+        require_columns(str(path), table, {f"the {c} column": c for c in PAIR_COLUMNS[:2]})
+        rows = table.select_columns(["query", "passage"])
+        if "label" in table.column_names:
+            given = table["label"]
+            labels = [as_number(value) for value in given]
+            bad = next((row for row, label in enumerate(labels) if not 0.0 <= label <= 1.0), None)  # NaN fails too
+            if bad is not None:
+                raise GrainError(f"{path}, row {bad + 1}: label {given[bad]!r} is not a number in [0, 1]; give 1 for "
+                                 f"a relevant passage, 0 for another (graded labels between)")
+            rows = rows.add_column("label", labels)
+        return self._with_scores(path, table, rows, [c for c in SCORE_COLUMNS["pair"] if c in table.column_names])
+
+    @staticmethod
+    def _with_scores(path: Path, table: datasets.Dataset, rows: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
+        """`rows` with the teacher-score `columns` of `table`, read as finite numbers."""
+        for column in columns:
+            given = table[column]
+            scores = [as_number(value) for value in given]
+            bad = next((row for row, score in enumerate(scores) if not math.isfinite(score)), None)
+            if bad is not None:
+                raise GrainError(f"{path}, row {bad + 1}: {column} {given[bad]!r} is not a finite number; give the "
+                                 f"teacher's score of the pair (a raw logit)")
+            rows = rows.add_column(column, scores)
+        return rows
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
         """Read every file the run `cfg` reads (the training rows where it trains, the BEIR folder, the
         candidates) before anything trains; GrainError in one line naming the file and the fix, also for
-        `distillation.score_loss=margin_mse` on labelled pairs (it reads a positive and a negative per row)."""
+        `distillation.score_loss=margin_mse` on pairs (it reads a positive and a negative per row), and for
+        scored pairs without labels where the run would fine-tune its teacher or use hard labels."""
         module = cls.unloaded(cfg)
         if cls.trains(cfg):
             rows = module.train_rows()
-            if "label" in rows.column_names and cfg.distillation.get("score_loss") == "margin_mse":
+            pairs = "passage" in rows.column_names
+            if pairs and cfg.distillation.get("score_loss") == "margin_mse":
                 raise GrainError(
                     f"distillation.score_loss=margin_mse reads (positive, negative) pairs of rows; "
-                    f"task.train_file={module.train_file} holds labelled pairs: use distillation.score_loss=mse, "
+                    f"task.train_file={module.train_file} holds pairs: use distillation.score_loss=mse, "
                     f"or a file of triples (query, positive, negative)"
                 )
+            if pairs and "label" not in rows.column_names:
+                if "teacher" in cfg.stages and not cfg.teacher.path:
+                    raise GrainError(
+                        f"task.train_file={module.train_file} holds scored pairs without labels, so grain cannot "
+                        f"fine-tune a teacher on them: give teacher.path=<a cross-encoder>, or a label column"
+                    )
+                if float(cfg.distillation.hard_label_weight) > 0:
+                    raise GrainError(
+                        f"distillation.hard_label_weight={cfg.distillation.hard_label_weight}: "
+                        f"task.train_file={module.train_file} has no label column; set it to 0 (the scores are "
+                        f"distilled), or add labels"
+                    )
         module.eval_data("validation")

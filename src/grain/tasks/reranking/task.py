@@ -10,6 +10,10 @@ teacher's score of every pair) or `margin_mse` (the margin of each pair of rows;
 Or they are labelled pairs {query, passage, label} (`PAIR_COLUMNS`; a label in [0, 1], graded labels
 as soft targets of the same binary cross-entropy), one row each: `mse` distils them, `margin_mse`, which
 reads pairs of rows, is refused for them.
+Teacher scores may come with the rows (`SCORE_COLUMNS`: a pair's `score`, a triple's `positive_score` and
+`negative_score`; raw logits, as a cross-encoder gives them before its sigmoid, e.g. the published scores
+of an ensemble): the student's score loss then compares with them (batch key `TEACHER_SCORES_KEY`) instead
+of the teacher's forward, which runs only for GRAIN's hidden-state loss. A pair with a score needs no label.
 Eval rows are every candidate pair {query, passage, row (the query's position), doc (the candidate's)}.
 
 The saved model is a sentence-transformers `CrossEncoder` folder as it stands (transformers' sequence
@@ -28,13 +32,15 @@ from omegaconf import DictConfig
 from transformers import AutoModelForSequenceClassification
 
 from grain.errors import GrainError
-from grain.tasks.base import Task
+from grain.tasks.base import TEACHER_SCORES_KEY, Task
 from grain.tasks.gather import GatheredRows
 from grain.tasks.ir import judged_subset, retrieval_metrics
 
 METRICS = ("ndcg@10", "mrr@10")
 TRIPLE_COLUMNS = ("query", "positive", "negative")
 PAIR_COLUMNS = ("query", "passage", "label")
+# the teacher's scores a training file may carry: of a pair, and of a triple's positive and negative
+SCORE_COLUMNS = {"pair": ("score",), "triple": ("positive_score", "negative_score")}
 
 
 @dataclass
@@ -137,12 +143,17 @@ class RerankingTask(Task):
 
     def tokenize_split(self, split: str, raw: datasets.Dataset) -> datasets.Dataset:
         """Train: the (query, positive) pair's features and the (query, negative) pair's under `negative_`
-        names, or a labelled pair's features and its `labels` ([label]); eval: each candidate pair's
-        features with `row` and `doc`."""
-        if split == "train" and "label" in raw.column_names:
+        names (with the triple's score columns where given), or a pair's features with its `labels`
+        ([label]) and its teacher score ([score]) where given; eval: each candidate pair's features with
+        `row` and `doc`."""
+        if split == "train" and "passage" in raw.column_names:
             def tokenize(rows):
                 pairs = self.tokenizer(rows["query"], rows["passage"], truncation=True, max_length=self.max_length)
-                return {**pairs, "labels": [[float(label)] for label in rows["label"]]}
+                if "label" in rows:
+                    pairs["labels"] = [[float(label)] for label in rows["label"]]
+                if "score" in rows:
+                    pairs[TEACHER_SCORES_KEY] = [[float(score)] for score in rows["score"]]
+                return pairs
         elif split == "train":
             def tokenize(rows):
                 positive = self.tokenizer(rows["query"], rows["positive"], truncation=True, max_length=self.max_length)
@@ -151,21 +162,26 @@ class RerankingTask(Task):
         else:
             def tokenize(rows):
                 return self.tokenizer(rows["query"], rows["passage"], truncation=True, max_length=self.max_length)
-        keep = [c for c in ("row", "doc") if c in raw.column_names]
+        keep = [c for c in ("row", "doc", *SCORE_COLUMNS["triple"]) if c in raw.column_names]
         return raw.map(tokenize, batched=True, remove_columns=[c for c in raw.column_names if c not in keep],
                        desc=f"tokenize {split}")
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Training triples become their two pairs, positive then negative, labelled 1.0 and 0.0
-        ([rows, 1] labels, as binary cross-entropy on one logit reads them); labelled pairs and eval rows
-        are collated as they are."""
+        ([rows, 1] labels, as binary cross-entropy on one logit reads them), each with its teacher score
+        ([rows, 1] under `TEACHER_SCORES_KEY`) where the triple has them; pairs and eval rows are collated
+        as they are."""
         if not features or "negative_input_ids" not in features[0]:
             return self.collator(features)
         rows = []
         for feature in features:
-            rows.append({k: v for k, v in feature.items() if not k.startswith("negative_")} | {"labels": [1.0]})
-            rows.append({k.removeprefix("negative_"): v for k, v in feature.items() if k.startswith("negative_")}
-                        | {"labels": [0.0]})
+            inputs = {k: v for k, v in feature.items() if k not in SCORE_COLUMNS["triple"]}
+            for side, label in (("positive", 1.0), ("negative", 0.0)):
+                negative = side == "negative"
+                row = {k.removeprefix("negative_"): v for k, v in inputs.items() if k.startswith("negative_") == negative}
+                if f"{side}_score" in feature:
+                    row[TEACHER_SCORES_KEY] = [float(feature[f"{side}_score"])]
+                rows.append(row | {"labels": [label]})
         return self.collator(rows)
 
     def make_evaluator(self, split: str) -> RerankEvaluator:
