@@ -2,8 +2,9 @@
 
 GRAIN as published ranks units by importance and charges each its parameter count. Here a removal
 is charged what it saves under a measured latency model of the compact model (see
-`grain.bench.latency_model`; any object with its `attention_cost`, `ffn_cost` and `predict_masks`
-works), for the structure left at that moment, exactly:
+`grain.bench.latency_model`; any object with its `attention_cost`, `ffn_cost`, `layer_scale` and
+`predict_masks` works), for the structure left at that moment, exactly (each saving below is of the
+sub-layers timed alone; a whole model saves `layer_scale` times it, which orders nothing differently):
 
 - QK or VO units of a head: attention_cost(the layer before) - attention_cost(the layer after),
   the layer's heads grouped as the device's kernel plan groups them. The saving therefore holds
@@ -171,7 +172,7 @@ def prune_to_latency(scores: dict[str, torch.Tensor], masks: dict[str, torch.Ten
         if entry_version != version[(layer, part)]:
             continue
         state.remove(kind, layer, head, count)
-        predicted -= saved
+        predicted -= model.layer_scale * saved
         push_layer(layer, part)
     for kind, removed in state.removed.items():
         if removed:
