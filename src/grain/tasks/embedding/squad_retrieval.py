@@ -3,8 +3,9 @@
 
 Evaluation: every held-out question against every held-out paragraph, the paragraph it was asked on
 relevant. Distillation text (unlabelled): the sentences of the training articles' paragraphs and their
-questions, plus the sentences of `extra_text` files (SST-2's and CoNLL-2003's training sentences in the
-offline data) where they are present.
+questions, with `paragraphs=True` the whole paragraphs too (the length of text the evaluation embeds:
+148 tokens at the median, against 30 for a sentence), plus the sentences of `extra_text` files (SST-2's
+and CoNLL-2003's training sentences in the offline data) where they are present.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ EXTRA_READERS = {
 class SquadRetrievalDataModule(HeldOutArticles, RetrievalTask):
     """SQuAD dev split by article (`HeldOutArticles`: `local_file` under the data directory, or the hub's
     `squad` validation split) as retrieval; `extra_text`: {reader: file under the data directory}
-    (readers: EXTRA_READERS), skipped where the file is absent or without a data directory."""
+    (readers: EXTRA_READERS), skipped where the file is absent or without a data directory;
+    `paragraphs`: the training articles' whole paragraphs join their sentences in the distillation text."""
 
-    def __init__(self, extra_text: dict[str, str] | None = None, **kwargs):
+    def __init__(self, extra_text: dict[str, str] | None = None, paragraphs: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.extra_text = dict(extra_text or {})
+        self.paragraphs = bool(paragraphs)
         unknown = sorted(set(self.extra_text) - set(EXTRA_READERS))
         if unknown:
             raise GrainError(f"task.datamodule.extra_text: no reader for {unknown}; readers: {sorted(EXTRA_READERS)}")
@@ -52,8 +55,9 @@ class SquadRetrievalDataModule(HeldOutArticles, RetrievalTask):
         return {kind: self.data_dir / rel for kind, rel in self.extra_text.items() if (self.data_dir / rel).is_file()}
 
     def source_signature(self, split: str) -> list:
-        extra = [file_signature(p) for p in self._extra_files().values()] if split == "train" else []
-        return [*self.squad_signature(), *extra]
+        if split != "train":
+            return self.squad_signature()
+        return [*self.squad_signature(), *(file_signature(p) for p in self._extra_files().values()), self.paragraphs]
 
     def retrieval_data(self, split: str) -> RetrievalData:
         held_out = self.articles()[1]
@@ -67,7 +71,10 @@ class SquadRetrievalDataModule(HeldOutArticles, RetrievalTask):
 
     def train_texts(self) -> list[str]:
         train = self.articles()[0]
-        texts = [s for context in dict.fromkeys(train["context"]) for s in sentences(context)]
+        contexts = list(dict.fromkeys(train["context"]))
+        texts = [s for context in contexts for s in sentences(context)]
+        if self.paragraphs:
+            texts += contexts
         texts += list(train["question"])
         for kind, path in self._extra_files().items():
             texts += [t for t in EXTRA_READERS[kind](path) if t.strip()]
