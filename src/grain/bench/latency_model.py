@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                         getattr(hf_config, "model_type", "bert"))
         cache_path(args.cache_dir, key).unlink(missing_ok=True)
     model = latency_model(hf_config, device, batch, seq_len, args.cache_dir, args.min_run_time, rounds=args.rounds)
-    print(f"{model.plan} plan: fixed {model.fixed_ms:.2f} ms + {model.layer_scale:.3f} x the sub-layers; attention: empty {model.attention_empty_ms:.2f}, "
+    print(f"{model.plan} plan: fixed {model.fixed_ms:.2f} ms + {model.layer_scale:.3f} x the sub-layers; "
+          f"attention: empty {model.attention_empty_ms:.2f}, "
           f"with heads {model.attention_base_ms:.2f} ({model.grouped_ms:+.2f} with groups, {model.uniform_ms:+.2f} "
           f"with uniform heads) + {model.group_ms:.3f} per group + per head; FFN at full width {model.ffn_ms[-1]:.2f} ms; "
           f"dense (measured) {model.dense_ms():.1f} ms, its compact form (predicted) {model.compact_dense_ms():.1f} ms")
