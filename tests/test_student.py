@@ -141,3 +141,37 @@ def test_the_terminal_bar_counts_the_steps_that_will_run(tmp_path, capsys):
     shown = capsys.readouterr().out  # where Lightning draws its bars
     assert "student: 100%" in shown and " 6/6 " in shown
     assert "Epoch" not in shown and bar.train_progress_bar.n == 6
+
+
+@pytest.mark.parametrize("model_name", ["tiny", "tiny-modernbert"])
+def test_student_dropout_zero_makes_its_training_forward_its_eval_forward(model_name, tmp_path):
+    """student.dropout=0: the student distils without dropout noise (its training-mode forward is its
+    eval-mode one), ModernBERT's attention dropout included; the teacher is left as it is; a value
+    outside [0, 1) is refused in one line."""
+    from transformers import AutoModelForSequenceClassification
+
+    from grain.config import validate_config
+    from grain.errors import GrainError
+    from grain.models.backbone import load_task_model
+    from grain.stages.prune import init_student
+    from tests.helpers.configs import compose_config
+    from tests.helpers.models import token_batch
+
+    cfg = compose_config([f"model={model_name}", "student.dropout=0", "student.init=teacher"], tmp_path)
+    teacher = load_task_model(cfg.model, AutoModelForSequenceClassification, 2)
+    for module in teacher.modules():  # dropout everywhere, also where the tiny config says 0
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = 0.5
+    student = init_student(cfg, teacher, 2)
+    inputs = token_batch((3, 12), lengths=[12, 9, 5], token_types=None)
+    with torch.no_grad():
+        trained, evaluated = student.train()(**inputs).logits, student.eval()(**inputs).logits
+        torch.testing.assert_close(trained, evaluated)
+        torch.manual_seed(0)
+        noisy = teacher.train()(**inputs).logits
+        assert not torch.allclose(noisy, teacher.eval()(**inputs).logits)  # the teacher keeps its dropout
+    with pytest.raises(GrainError, match=r"student.dropout=1.0 is not a number in \[0.0, 1.0\)") as err:
+        validate_config(compose_config(["model=tiny", "student.dropout=1.0"], tmp_path))
+    assert "\n" not in str(err.value)

@@ -130,6 +130,8 @@ def validate_sizes(cfg: DictConfig) -> None:
         check_range(cfg, f"{stage}.warmup_ratio", 0.0, 1.0, f"{stage}.warmup_ratio=0.1", high_open=True)
     if cfg.student.get("max_grad_norm") is not None:
         check_range(cfg, "student.max_grad_norm", 0.0, float("inf"), "student.max_grad_norm=1.0", low_open=True)
+    if cfg.student.get("dropout") is not None:
+        check_range(cfg, "student.dropout", 0.0, 1.0, "student.dropout=0 (off) or null (the model's own)", high_open=True)
     for stage in ("teacher", "student"):
         check_count(cfg, f"{stage}.checkpoint_every_n_steps", f"{stage}.checkpoint_every_n_steps=200", null="off")
         if cfg[stage].get("checkpoint_every_minutes") is not None:

@@ -147,6 +147,17 @@ def name_labels(model, labels: list[str] | None) -> None:
     model.config.label2id = {str(name): i for i, name in enumerate(labels)}
 
 
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Every dropout of `model` at probability `p`: its `nn.Dropout` modules, and the float
+    `attention_dropout` of modules that hand it to their attention function (ModernBERT's). A dropout a
+    model was built without (ModernBERT's `nn.Identity` where its config says 0) stays off."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = float(p)
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            module.attention_dropout = float(p)
+
+
 def restore_output_capture(module: torch.nn.Module) -> None:
     """Re-register hidden-state capture of every HF model inside `module`.
 

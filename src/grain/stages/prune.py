@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from grain.errors import GrainError, writing
 from grain.measure.compare import bench_shapes, serving_device
 from grain.measure.latency_model import check_reachable, latency_model
-from grain.models.backbone import load_task_model, name_labels
+from grain.models.backbone import load_task_model, name_labels, set_dropout
 from grain.models.layer_drop import keep_layers
 from grain.models.masks import EncoderShape
 from grain.models.slicing import factorize_input_embeddings
@@ -76,7 +76,8 @@ def build_controller(cfg: DictConfig, student) -> PruningController:
 def init_student(cfg: DictConfig, teacher, num_labels):
     """The student before distillation: a copy of the teacher or the pre-trained backbone with the
     task's head (`num_labels` outputs), only the layers student.keep_layers names (the layer-dropping
-    baseline; null: all), its word embeddings factorized with student.embedding_rank."""
+    baseline; null: all), its word embeddings factorized with student.embedding_rank, its dropout at
+    student.dropout (null: the model's own)."""
     if cfg.student.init == "teacher":
         student = copy.deepcopy(teacher).requires_grad_(True)  # the teacher itself is frozen
     else:
@@ -94,6 +95,8 @@ def init_student(cfg: DictConfig, teacher, num_labels):
                 f"give a smaller rank (e.g. student.embedding_rank={max(1, size // 4)}) or null (no factorization)"
             )
         factorize_input_embeddings(student, int(rank))
+    if cfg.student.get("dropout") is not None:
+        set_dropout(student, cfg.student.dropout)
     return student
 
 
