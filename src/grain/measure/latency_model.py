@@ -59,7 +59,9 @@ widths are interpolated, not measured (odd widths run slower than the even ones 
 MKL's batched matmuls, which matters only for layers of one or two tiny heads); a group's
 time is taken as linear in its heads; what a whole model adds to its sub-layers timed alone (warm
 caches) is taken as linear in their time (`scale`), fitted on random structures; DeBERTa's relative-position terms
-are not modelled (every family is predicted as BERT's compact layers); the GPU path follows the
+are not modelled (it is predicted as BERT's compact layers); ModernBERT's sub-layers are timed as its first
+layer's type (global), which costs what a sliding-window layer costs in the padded compact model (the window
+is a band mask over full attention, not fewer keys); the GPU path follows the
 padded plan with the same fit but has not been validated on a GPU here (no GPU on the machine this
 was built on); predictions for a shape, dtype or device other than the key's are meaningless.
 `--check` prints predicted vs measured ms for random GRAIN-like structures and for given compact
