@@ -1,0 +1,58 @@
+"""A paired bootstrap of a compact reranker's MRR@10 over its teacher's, on task=squad_rerank's held-out
+questions (docs/results/rerank_squad).
+
+    GRAIN_DATA_DIR=../shared/data .venv/bin/python scripts/rerank-bootstrap.py TEACHER_DIR COMPACT_DIR [QUESTIONS]
+
+Scores every candidate pair of the held-out questions (QUESTIONS of them, seeded as the run's evaluation
+draws them; all 2,043 without) with sentence-transformers' CrossEncoder for both models (texts truncated at
+128 tokens, as experiment=rerank_cpu), takes each question's reciprocal rank of its paragraph within the
+top 10, and prints both MRR@10s, their ratio and the 2.5/50/97.5 percentiles of the ratio over 10,000
+resamples of the questions (the same resample for both models). Diagnostic only: grain's own evaluation
+(pytrec_eval) gives the runs' numbers, which this reproduces on the same questions.
+"""
+
+import os
+import sys
+
+import numpy as np
+import torch
+from sentence_transformers import CrossEncoder
+
+from grain.tasks.reranking.squad_rerank import SquadRerankDataModule
+
+
+def reciprocal_ranks(folder: str, data) -> np.ndarray:
+    model = CrossEncoder(folder, device="cpu", max_length=128)
+    out = []
+    for qid, query, candidates in zip(data.query_ids, data.queries, data.candidates):
+        scores = model.predict([[query, passage] for _, passage in candidates], batch_size=32,
+                               activation_fn=torch.nn.Identity())
+        order = np.argsort(-scores)
+        relevant = [i for i, (doc, _) in enumerate(candidates) if data.qrels[qid].get(doc, 0) > 0]
+        rank = int(np.where(np.isin(order, relevant))[0][0])
+        out.append(1.0 / (rank + 1) if rank < 10 else 0.0)
+    return np.array(out)
+
+
+def main() -> None:
+    teacher_dir, compact_dir = sys.argv[1], sys.argv[2]
+    questions = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    torch.set_num_threads(2)
+    module = SquadRerankDataModule(local_file="squad/v1.1/dev.json", eval_fraction=0.2, tokenizer=None,
+                                   data_dir=os.environ["GRAIN_DATA_DIR"], cache_dir=None, seed=42,
+                                   max_eval_samples=questions, max_length=128)
+    data = module.eval_data("validation")
+    teacher, student = reciprocal_ranks(teacher_dir, data), reciprocal_ranks(compact_dir, data)
+    print(f"{len(teacher)} questions: teacher MRR@10 {teacher.mean():.4f}, student {student.mean():.4f}, "
+          f"ratio {student.mean() / teacher.mean():.4f}")
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(10_000):
+        drawn = rng.integers(0, len(teacher), len(teacher))
+        ratios.append(student[drawn].mean() / teacher[drawn].mean())
+    low, mid, high = np.percentile(ratios, [2.5, 50, 97.5])
+    print(f"paired bootstrap of the ratio: 2.5% {low:.4f}, 50% {mid:.4f}, 97.5% {high:.4f}")
+
+
+if __name__ == "__main__":
+    main()
