@@ -551,11 +551,9 @@ def measure_model(hf_config, device: torch.device, batch: int, seq_len: int, min
         "empty": empty.to(device=device, dtype=dtype).eval(),
         "dense": dense_model(hf_config, device, dtype),
     }
-    layers_ms = {"empty": shape.num_layers * (model.attention_empty_ms + model.ffn_ms[0])}
     whole.update(calibration_models(hf_config, shape, device, dtype))
-    for name, m in whole.items():
-        if name not in layers_ms and name != "dense":
-            layers_ms[name] = model.sublayers_ms(m.config.qk_dims, m.config.vo_dims, m.config.ffn_dims)
+    layers_ms = {name: model.sublayers_ms(m.config.qk_dims, m.config.vo_dims, m.config.ffn_dims)
+                 for name, m in whole.items() if name != "dense"}
     with cpu.counting():
         rounds_ms = interleaved_models_ms(whole, batch, seq_len, rounds, min_run_time * 10, {"dense": min_run_time * 30},
                                           statistic=list)

@@ -60,6 +60,25 @@ def bm25_candidates(queries: list[str], documents: list[str], top_k: int) -> lis
     return [list(map(int, row)) for row in indices]
 
 
+# how a numeric training column is read: (what a value must be, the rest of the one-line error after "is not")
+LABEL = (lambda value: 0.0 <= value <= 1.0,  # NaN fails too
+         "a number in [0, 1]; give 1 for a relevant passage, 0 for another (graded labels between)")
+SCORE = (math.isfinite, "a finite number; give the teacher's score of the pair (a raw logit)")
+
+
+def _with_numbers(path: Path, table: datasets.Dataset, rows: datasets.Dataset, columns: dict) -> datasets.Dataset:
+    """`rows` with each of `columns` ({name: LABEL or SCORE}) of `table` read as numbers; GrainError in one
+    line naming the first row whose value is not what its column needs."""
+    for column, (valid, expected) in columns.items():
+        given = table[column]
+        numbers = [as_number(value) for value in given]
+        bad = next((row for row, number in enumerate(numbers) if not valid(number)), None)
+        if bad is not None:
+            raise GrainError(f"{path}, row {bad + 1}: {column} {given[bad]!r} is not {expected}")
+        rows = rows.add_column(column, numbers)
+    return rows
+
+
 class RerankingDataModule(RerankingTask):
     """`task=reranking`: see the module docstring. `data_folder`: the BEIR folder; `eval_split`: its qrels
     file; `train_file`: the triples; `candidates_file`: the first stage's run (else BM25, `top_k`)."""
@@ -115,34 +134,14 @@ class RerankingDataModule(RerankingTask):
                 raise GrainError(f"{path}: a {given[0]} column without its other half; give both positive_score "
                                  f"and negative_score (the teacher's scores), or neither")
             rows = table.select_columns(list(TRIPLE_COLUMNS))
-            return self._with_scores(path, table, rows, given)
+            return _with_numbers(path, table, rows, {column: SCORE for column in given})
         if "label" not in table.column_names and "score" not in table.column_names:
             raise GrainError(f"{path}: pairs (query, passage) need a label column (1 relevant, 0 not) or a score "
                              f"column (the teacher's score, a raw logit); found {table.column_names}")
         require_columns(str(path), table, {f"the {c} column": c for c in PAIR_COLUMNS[:2]})
-        rows = table.select_columns(["query", "passage"])
-        if "label" in table.column_names:
-            given = table["label"]
-            labels = [as_number(value) for value in given]
-            bad = next((row for row, label in enumerate(labels) if not 0.0 <= label <= 1.0), None)  # NaN fails too
-            if bad is not None:
-                raise GrainError(f"{path}, row {bad + 1}: label {given[bad]!r} is not a number in [0, 1]; give 1 for "
-                                 f"a relevant passage, 0 for another (graded labels between)")
-            rows = rows.add_column("label", labels)
-        return self._with_scores(path, table, rows, [c for c in SCORE_COLUMNS["pair"] if c in table.column_names])
-
-    @staticmethod
-    def _with_scores(path: Path, table: datasets.Dataset, rows: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
-        """`rows` with the teacher-score `columns` of `table`, read as finite numbers."""
-        for column in columns:
-            given = table[column]
-            scores = [as_number(value) for value in given]
-            bad = next((row for row, score in enumerate(scores) if not math.isfinite(score)), None)
-            if bad is not None:
-                raise GrainError(f"{path}, row {bad + 1}: {column} {given[bad]!r} is not a finite number; give the "
-                                 f"teacher's score of the pair (a raw logit)")
-            rows = rows.add_column(column, scores)
-        return rows
+        columns = {"label": LABEL, "score": SCORE}
+        return _with_numbers(path, table, table.select_columns(["query", "passage"]),
+                             {column: read for column, read in columns.items() if column in table.column_names})
 
     @classmethod
     def check_data(cls, cfg: DictConfig) -> None:
