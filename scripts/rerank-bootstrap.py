@@ -12,7 +12,7 @@ resamples of the questions (the same resample for both models). Diagnostic only:
 
 TEACHER and COMPACT are model folders, or a `.npy` of a model's reciprocal ranks that `--save DIR` wrote
 before (DIR/teacher-<questions>.npy, DIR/student-<questions>.npy) on the same questions: the teacher on
-all 2,043 questions takes about 22 minutes on 2 cores, so it is scored once.
+all 2,043 questions takes 19-22 minutes on 2 cores, so it is scored once.
 """
 
 import argparse
