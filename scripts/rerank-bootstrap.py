@@ -5,10 +5,11 @@ questions (docs/results/rerank_squad).
 
 Scores every candidate pair of the held-out questions (QUESTIONS of them, seeded as the run's evaluation
 draws them; all 2,043 without) with sentence-transformers' CrossEncoder for both models (texts truncated at
-128 tokens, as experiment=rerank_cpu), takes each question's reciprocal rank of its paragraph within the
-top 10, and prints both MRR@10s, their ratio and the 2.5/50/97.5 percentiles of the ratio over 10,000
-resamples of the questions (the same resample for both models). Diagnostic only: grain's own evaluation
-(pytrec_eval) gives the runs' numbers, which this reproduces on the same questions.
+128 tokens, as experiment=rerank_cpu), takes each question's MRR@10 by grain's own measure (trec_eval's
+recip_rank on the top 10, `grain.tasks.ir.per_query_metrics`), and prints both MRR@10s, their ratio and
+the 2.5/50/97.5 percentiles of the ratio over 10,000 resamples of the questions (the same resample for
+both models). Diagnostic only: grain's own evaluation gives the runs' numbers, which this reproduces on
+the same questions.
 
 TEACHER and COMPACT are model folders, or a `.npy` of a model's reciprocal ranks that `--save DIR` wrote
 before (DIR/teacher-<questions>.npy, DIR/student-<questions>.npy) on the same questions: the teacher on
@@ -23,20 +24,20 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
+from grain.tasks.ir import per_query_metrics
 from grain.tasks.reranking.squad_rerank import SquadRerankDataModule
 
 
 def reciprocal_ranks(folder: str, data) -> np.ndarray:
+    """Each question's MRR@10 (grain's trec_eval measure, `per_query_metrics`) under the CrossEncoder `folder`."""
     model = CrossEncoder(folder, device="cpu", max_length=128)
-    out = []
+    run = {}
     for qid, query, candidates in zip(data.query_ids, data.queries, data.candidates):
         scores = model.predict([[query, passage] for _, passage in candidates], batch_size=32,
                                activation_fn=torch.nn.Identity())
-        order = np.argsort(-scores)
-        relevant = [i for i, (doc, _) in enumerate(candidates) if data.qrels[qid].get(doc, 0) > 0]
-        rank = int(np.where(np.isin(order, relevant))[0][0])
-        out.append(1.0 / (rank + 1) if rank < 10 else 0.0)
-    return np.array(out)
+        run[qid] = {doc: float(score) for (doc, _), score in zip(candidates, scores)}
+    per_query = per_query_metrics(data.qrels, run)
+    return np.array([per_query[qid]["mrr@10"] for qid in data.query_ids])
 
 
 def ranks_of(model: str, data, save: Path | None, name: str) -> np.ndarray:

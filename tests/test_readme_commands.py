@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.paths import CONF_DIR, REPO
 from tests.helpers.runs import readme_commands, run_grain, summaries
 
 CHEAP = ["model=tiny", "trainer.max_steps=2", "logger=csv"]
@@ -29,8 +30,8 @@ def test_readme_lists_the_documented_commands():
 def test_readme_config_groups_table_names_every_preset():
     """Each row of the README's "Config groups" table names every option its `src/grain/conf/<group>/`
     holds, and every group but hydra's has a row: a preset added without a word in the README is found."""
-    conf = Path(__file__).resolve().parents[1] / "src" / "grain" / "conf"
-    readme = (conf.parents[2] / "README.md").read_text()
+    conf = Path(CONF_DIR)
+    readme = (REPO / "README.md").read_text()
     table = readme.split("## Config groups", 1)[1].split("\n\n", 2)[1]
     rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2] for line in table.splitlines()[2:]}
     for group in sorted(d.name for d in conf.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")):

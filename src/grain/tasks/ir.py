@@ -15,10 +15,11 @@ from grain.errors import GrainError
 from grain.tasks.text_files import check_utf8
 
 
-def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
-    """nDCG@10, MRR@10 and Recall@100 of `run` ({query id: {document id: score}}, higher first) against
-    `qrels`, each the mean over the judged queries (a query the run misses scores 0), computed by
-    trec_eval's measures (pytrec_eval: ndcg_cut_10, recall_100, and recip_rank on each query's top 10)."""
+def per_query_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """{query id: {ndcg@10, mrr@10, recall@100}} of `run` ({query id: {document id: score}}, higher first)
+    against `qrels`, for every judged query (one with a relevant document; a query the run misses scores 0),
+    computed by trec_eval's measures (pytrec_eval: ndcg_cut_10, recall_100, and recip_rank on each query's
+    top 10). GrainError where no query is judged."""
     import pytrec_eval  # noqa: PLC0415  (the embeddings and reranking extras)
 
     judged = {q: docs for q, docs in qrels.items() if any(grade > 0 for grade in docs.values())}
@@ -27,12 +28,15 @@ def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str,
     scores = pytrec_eval.RelevanceEvaluator(judged, {"ndcg_cut.10", "recall.100"}).evaluate(run)
     top10 = {q: dict(sorted(docs.items(), key=lambda item: -item[1])[:10]) for q, docs in run.items()}
     ranks = pytrec_eval.RelevanceEvaluator(judged, {"recip_rank"}).evaluate(top10)
+    return {q: {"ndcg@10": scores.get(q, {}).get("ndcg_cut_10", 0.0), "mrr@10": ranks.get(q, {}).get("recip_rank", 0.0),
+                "recall@100": scores.get(q, {}).get("recall_100", 0.0)} for q in judged}
 
-    def mean(table, measure):
-        return sum(table.get(q, {}).get(measure, 0.0) for q in judged) / len(judged)
 
-    return {"ndcg@10": mean(scores, "ndcg_cut_10"), "mrr@10": mean(ranks, "recip_rank"),
-            "recall@100": mean(scores, "recall_100")}
+def retrieval_metrics(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> dict[str, float]:
+    """nDCG@10, MRR@10 and Recall@100 of `run` against `qrels`: `per_query_metrics`, each the mean over the
+    judged queries."""
+    per_query = per_query_metrics(qrels, run)
+    return {name: sum(q[name] for q in per_query.values()) / len(per_query) for name in ("ndcg@10", "mrr@10", "recall@100")}
 
 
 def judged_subset(query_ids: list[str], qrels: dict[str, dict[str, int]], max_samples: int | None, seed: int,

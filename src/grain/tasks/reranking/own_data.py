@@ -139,7 +139,7 @@ class RerankingDataModule(RerankingTask):
             raise GrainError(f"{path}: pairs (query, passage) need a label column (1 relevant, 0 not) or a score "
                              f"column (the teacher's score, a raw logit); found {table.column_names}")
         require_columns(str(path), table, {f"the {c} column": c for c in PAIR_COLUMNS[:2]})
-        columns = {"label": LABEL, "score": SCORE}
+        columns = {"label": LABEL, **{column: SCORE for column in SCORE_COLUMNS["pair"]}}
         return _with_numbers(path, table, table.select_columns(["query", "passage"]),
                              {column: read for column, read in columns.items() if column in table.column_names})
 
