@@ -30,13 +30,12 @@ def test_readme_lists_the_documented_commands():
 def test_readme_config_groups_table_names_every_preset():
     """Each row of the README's "Config groups" table names every option its `src/grain/conf/<group>/`
     holds, and every group but hydra's has a row: a preset added without a word in the README is found."""
-    conf = Path(CONF_DIR)
     readme = (REPO / "README.md").read_text()
     table = readme.split("## Config groups", 1)[1].split("\n\n", 2)[1]
     rows = {line.split("|")[1].strip().strip("`"): line.split("|")[2] for line in table.splitlines()[2:]}
-    for group in sorted(d.name for d in conf.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")):
+    for group in sorted(d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name not in ("hydra", "__pycache__")):
         assert group in rows, f"README's config groups table has no row for {group}"
-        missing = [f.stem for f in sorted((conf / group).glob("*.yaml"))
+        missing = [f.stem for f in sorted((CONF_DIR / group).glob("*.yaml"))
                    if not re.search(rf"`{re.escape(f.stem)}[` ]", rows[group])]  # `name` or `name key=...`
         assert not missing, f"README's config groups table does not name {group} option(s) {missing}"
 
