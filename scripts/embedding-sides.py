@@ -11,9 +11,9 @@ For each COMPACT folder (a run's `compact/`, a sentence-transformers folder) it 
 The side whose mixed score falls further below the teacher's is the one the student embeds worse.
 
 Texts are truncated at 256 tokens, as task=squad_retrieval does; the article split is the task's (seed
-42, a fifth of the articles held out). nDCG@10 is grain's own measure (trec_eval's, through
-`grain.tasks.ir.retrieval_metrics`) over each question's 100 nearest paragraphs. About a minute per
-model on 2 cores.
+42, a fifth of the articles held out). nDCG@10 is grain's own measure over each question's 100 nearest
+paragraphs (`RetrievalData.metrics`, as the task's evaluator ranks; trec_eval's measures). About a minute
+per model on 2 cores.
 """
 
 import argparse
@@ -24,7 +24,6 @@ from sentence_transformers import SentenceTransformer
 
 from grain.models.backbone import resolve_pretrained
 from grain.tasks.embedding.squad_retrieval import SquadRetrievalDataModule
-from grain.tasks.ir import retrieval_metrics
 
 MAX_LENGTH = 256  # task=squad_retrieval's task.datamodule.max_length
 
@@ -43,10 +42,7 @@ def main() -> None:
     data = task.retrieval_data("test")
 
     def ndcg(questions: torch.Tensor, paragraphs: torch.Tensor) -> float:
-        top = (questions @ paragraphs.T).topk(min(100, len(data.doc_ids)), dim=1)
-        run = {qid: {data.doc_ids[j]: s for s, j in zip(scores.tolist(), rows.tolist())}
-               for qid, scores, rows in zip(data.query_ids, top.values, top.indices)}
-        return retrieval_metrics(data.qrels, run)["ndcg@10"]
+        return data.metrics(questions, paragraphs)["ndcg@10"]
 
     teacher = SentenceTransformer(resolve_pretrained(args.teacher), device="cpu")
     teacher.max_seq_length = MAX_LENGTH

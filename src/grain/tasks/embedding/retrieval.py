@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import torch
 
 from grain.errors import GrainError
 from grain.tasks.cache import file_signature
@@ -35,6 +36,16 @@ class RetrievalData:
     documents: list[str]
     qrels: dict[str, dict[str, int]]
 
+    def metrics(self, queries: torch.Tensor, documents: torch.Tensor, top_k: int = 100) -> dict[str, float]:
+        """`retrieval_metrics` of each query's `top_k` documents ranked by the dot product of the unit-norm
+        embeddings `queries` [len(query_ids), dim] and `documents` [len(doc_ids), dim] (their cosine)."""
+        top = (queries @ documents.T).topk(min(top_k, len(self.doc_ids)), dim=1)
+        run = {
+            qid: {self.doc_ids[j]: float(score) for score, j in zip(scores.tolist(), indices.tolist())}
+            for qid, scores, indices in zip(self.query_ids, top.values, top.indices)
+        }
+        return retrieval_metrics(self.qrels, run)
+
     def rows(self) -> datasets.Dataset:
         """{text, kind, row}: the queries with relevance judgments, then every document."""
         texts = self.queries + self.documents
@@ -54,12 +65,7 @@ class RetrievalEvaluator(EmbeddedRows):
     def compute(self) -> dict[str, float]:
         queries = self.by_kind(QUERY, len(self.data.query_ids))
         documents = self.by_kind(DOCUMENT, len(self.data.doc_ids))
-        top = (queries @ documents.T).topk(min(self.top_k, len(self.data.doc_ids)), dim=1)
-        run = {
-            qid: {self.data.doc_ids[j]: float(score) for score, j in zip(scores.tolist(), indices.tolist())}
-            for qid, scores, indices in zip(self.data.query_ids, top.values, top.indices)
-        }
-        return retrieval_metrics(self.data.qrels, run)
+        return self.data.metrics(queries, documents, self.top_k)
 
 
 class RetrievalTask(EmbeddingTask):
