@@ -1,6 +1,9 @@
 """FLOPs counted for dense and compact models match the arithmetic of their shapes; compare_models
 reports consistent ratios."""
 
+import sys
+import types
+
 import torch
 
 import grain  # noqa: F401  (registers the compact classes)
@@ -210,3 +213,19 @@ def test_a_small_vocabulary_is_timed_with_ids_inside_it():
     assert result["speedup"] > 0 and count_flops(compact, 2, 16) > 0
     ids = random_batch(dense.config, 4, 16)["input_ids"]
     assert 0 < ids.min() and ids.max() < 100
+
+
+def test_bench_command_reads_a_teacher_given_as_an_installed_package(tmp_path, capsys, monkeypatch):
+    """A run whose teacher is `package:<module>` (the offline MiniLM, task=squad_retrieval's teacher as
+    given) is compared with the model directory that package ships, not looked up as a hub name."""
+    dense = tiny_model(**DENSE)
+    dense.save_pretrained(tmp_path / "dense")
+    shipped = types.ModuleType("grain_test_shipped_model")
+    shipped.get_model_path = lambda: str(tmp_path / "dense")
+    monkeypatch.setitem(sys.modules, "grain_test_shipped_model", shipped)
+    run_dir = tmp_path / "run"
+    half_ffn_compact(dense).save_pretrained(run_dir / "compact")
+    write_summary(run_dir, {"teacher": {"path": "package:grain_test_shipped_model"}})
+    args = [str(run_dir), "--batch", str(BATCH), "--seq-len", str(SEQ), "--min-run-time", "0.05"]
+    assert bench_main(args) == 0, capsys.readouterr().err
+    assert read_summary(run_dir)[f"bench/cpu-float32-{BATCH}x{SEQ}"]["speedup"] > 0

@@ -27,6 +27,7 @@ from grain.errors import GrainError
 from grain.measure.compare import compare_models, floor_latency, format_table
 from grain.measure.onnx_runtime import compare_onnx, format_int8
 from grain.measure.profile import format_op_table, op_times
+from grain.models.backbone import resolve_pretrained
 from grain.models.registry import load_saved_model
 from grain.quiet import quiet_libraries
 from grain.summary import SUMMARY_FILE, model_dir_of, read_summary, write_summary
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         if on_onnx:
             require("onnx", "onnxscript", "onnxruntime")
         compact = load_saved_model(compact_dir)
-        dense = load_saved_model(dense_ref)
+        dense = load_saved_model(resolve_pretrained(dense_ref))  # a `package:` teacher: the dir it ships
         if on_onnx:  # exported and run in fp32 (onnxruntime's CPU kernels have no bf16 matmuls)
             result = compare_onnx(dense, compact, batch, seq_len, min_run_time=args.min_run_time, device=args.device)
     except (OSError, GrainError) as err:
