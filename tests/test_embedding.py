@@ -24,7 +24,7 @@ from grain.models.masks import EncoderShape
 from grain.models.self_contained import save_compact
 from grain.models.slicing import compact_from_masked
 from grain.tasks.embedding.retrieval import BeirRetrievalDataModule
-from grain.tasks.embedding.squad_retrieval import sentences
+from grain.tasks.embedding.squad_retrieval import sentence_windows, sentences
 from grain.tasks.embedding.sts import StsDataModule, similarity_correlations
 from grain.tasks.embedding.task import EmbeddingTask
 from grain.tasks.evaluate import evaluate
@@ -173,9 +173,21 @@ def test_paragraphs_are_cut_into_sentences():
                                "Was it 911?", "1 more."]
 
 
+def test_sentence_windows_are_the_runs_of_consecutive_sentences_shorter_than_the_paragraph():
+    text = "One here. Two here. Three here. Four here."
+    assert sentence_windows(text, [2, 3, 4]) == [
+        "One here. Two here.", "Two here. Three here.", "Three here. Four here.",
+        "One here. Two here. Three here.", "Two here. Three here. Four here.",
+    ]  # the run of 4 is the paragraph itself, which `paragraphs=true` adds
+    assert sentence_windows("Alone here.", [2]) == [] and sentence_windows(text, []) == []
+
+
 @pytest.mark.parametrize("overrides,message", [
     (["teacher.path=/some/model"], "give model.pretrained=/some/model instead"),
     (["distillation=none"], "has no labels: it distils embeddings"),
+    (["task.datamodule.sentence_windows=[1,3]"], r"sentence_windows=\[1, 3\]: .* each at least 2"),
+    (["task.datamodule.sentence_windows=[two]"], r"sentence_windows=\[.two.\]: .* e.g. \[2,3\]"),
+    (["+task.datamodule.extra_text.mnli=x.tsv"], r"no reader for \['mnli'\]; readers: \['conll2003', 'sst2'\]"),
 ])
 def test_embedding_settings_are_refused_in_one_line(overrides, message, tmp_path):
     with pytest.raises(GrainError, match=message):
