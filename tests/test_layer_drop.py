@@ -2,6 +2,7 @@
 distilled against the teacher's states after the same layers, and compacts like any student."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from grain.models.masks import EncoderShape
 from grain.models.slicing import compact_from_masked
 from grain.modules.student import StudentModule
 from grain.pruning.controller import PruningController
+from grain.report import row_of
 from grain.tasks.classification.task import ClassificationTask
 from tests.helpers.models import all_kept_masks, tiny_model, token_batch
+from tests.helpers.runs import run_grain, summaries
 
 
 @pytest.mark.parametrize("family", ["bert", "distilbert", "deberta-v2"])
@@ -63,3 +66,17 @@ def test_a_bad_layer_list_is_refused_at_validation(tmp_path):
     validate_config(compose_config(["model=tiny", "student.keep_layers=[1]", "pruner=none"], tmp_path))
     with pytest.raises(GrainError, match=r"student.keep_layers=\[0, 2\]: .* from 0 to 1 \(the model has 2 layers\)"):
         validate_config(compose_config(["model=tiny", "student.keep_layers=[0,2]", "pruner=none"], tmp_path))
+
+
+def test_a_layer_dropped_students_sparsity_counts_the_dropped_layers(tmp_path):
+    """pruner=none with student.keep_layers=[1] keeps one of model=tiny's two layers: half the teacher's
+    prunable and linear parameters are gone, and the run pursues no sparsity target (it reported sparsity 0
+    against the target 0.9, and grain.report placed the baseline at sparsity 0)."""
+    args = ["task=sst2", "model=tiny", "trainer.max_steps=3", "logger=csv", "pruner=none", "student.keep_layers=[1]"]
+    result = run_grain(args, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [path] = summaries(tmp_path)
+    student = json.loads(path.read_text())["student"]
+    assert student["sparsity"] == student["encoder_linear_sparsity"] == 0.5 and student["target_sparsity"] is None
+    [row] = [row_of(path)]
+    assert (row["sparsity"], row["target_sparsity"]) == (0.5, None)

@@ -118,6 +118,13 @@ def build_student_module(cfg: DictConfig, teacher, num_labels, task=None) -> Stu
     )
 
 
+def of_teacher(sparsity: float, depth: float) -> float:
+    """A student's sparsity among its own layers' parameters as a sparsity of the teacher's: the student
+    keeps `depth` of the teacher's layers (1 unless layers were dropped, student.keep_layers), and every
+    layer holds as many prunable (or linear) parameters, so 1 - (1 - sparsity) x depth of them are gone."""
+    return 1.0 - (1.0 - sparsity) * depth
+
+
 def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) -> PruneResult:
     datamodule = build_datamodule(cfg, tokenizer, cfg.student.batch_size, cfg.student.max_train_samples)
     module = build_student_module(cfg, teacher, datamodule.num_labels, task=datamodule)
@@ -138,12 +145,14 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
     controller, student = module.controller, module.student
     metrics = evaluate(student, datamodule, "student (masked)")
     structure = controller.structure()
+    # the student's layers of the teacher's: below 1 only for the layer-dropping baseline (student.keep_layers)
+    depth = controller.shape.num_layers / EncoderShape.of(teacher).num_layers
     summary = {
         "metric": metrics.get(f"validation/{cfg.task.metric}"),
         "metrics": metrics,
-        "sparsity": controller.sparsity(),
-        "encoder_linear_sparsity": controller.encoder_linear_sparsity(),
-        "target_sparsity": Target.of(cfg).sparsity,
+        "sparsity": of_teacher(controller.sparsity(), depth),
+        "encoder_linear_sparsity": of_teacher(controller.encoder_linear_sparsity(), depth),
+        "target_sparsity": Target.of(cfg).sparsity if cfg.pruner.name != "none" else None,  # none: no target
         **structure,
         "train_seconds": train_seconds,
         "steps": int(controller.step),
