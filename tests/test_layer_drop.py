@@ -71,7 +71,7 @@ def test_a_bad_layer_list_is_refused_at_validation(tmp_path):
 def test_a_layer_dropped_students_sparsity_counts_the_dropped_layers(tmp_path):
     """pruner=none with student.keep_layers=[1] keeps one of model=tiny's two layers: half the teacher's
     prunable and linear parameters are gone, and the run pursues no sparsity target (it reported sparsity 0
-    against the target 0.9, and grain.report placed the baseline at sparsity 0)."""
+    against the target 0.9, and grain.report placed the baseline at sparsity 0); the console says so."""
     args = ["task=sst2", "model=tiny", "trainer.max_steps=3", "logger=csv", "pruner=none", "student.keep_layers=[1]"]
     result = run_grain(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,3 +80,5 @@ def test_a_layer_dropped_students_sparsity_counts_the_dropped_layers(tmp_path):
     assert student["sparsity"] == student["encoder_linear_sparsity"] == 0.5 and student["target_sparsity"] is None
     [row] = [row_of(path)]
     assert (row["sparsity"], row["target_sparsity"]) == (0.5, None)
+    block = result.stdout[result.stdout.index("grain: sst2 tiny no pruning: completed"):]
+    assert f"student  accuracy {student['metric']:.4f}   sparsity 0.5000 (no target), heads 4/4" in block

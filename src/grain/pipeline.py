@@ -188,7 +188,10 @@ def results_block(summary: dict) -> str:
 
     run_dir = summary.get("run_dir", ".")
     target = f"speedup {summary['speedup']}" if summary.get("speedup") is not None else f"sparsity {summary.get('sparsity')}"
-    lines = [f"grain: {summary.get('task')} {summary.get('model')} {target}: {summary.get('status')}"]
+    prunes = summary.get("pruner") != "none"  # pruner=none (layer dropping, plain distillation): no target
+    sparsity_target = f"target {summary.get('sparsity')}" if prunes else "no target"
+    lines = [f"grain: {summary.get('task')} {summary.get('model')} {target if prunes else 'no pruning'}: "
+             f"{summary.get('status')}"]
     teacher = summary.get("teacher") or {}
     if teacher:
         cached = " (cached)" if teacher.get("cached") else ""
@@ -197,8 +200,8 @@ def results_block(summary: dict) -> str:
     if student:
         lines.append(
             f"  student  {metric} {value(student.get('metric'))}   sparsity {value(student.get('sparsity'))} "
-            f"(target {summary.get('sparsity')}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
-            if summary.get("speedup") is None else
+            f"({sparsity_target}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
+            if summary.get("speedup") is None or not prunes else
             f"  student  {metric} {value(student.get('metric'))}   sparsity {value(student.get('sparsity'))}, "
             f"predicted speedup {value(student.get('predicted_speedup'), '.2f')}x (target {summary['speedup']}x, "
             f"cost {student.get('cost')}), heads {student.get('heads_kept')}/{student.get('heads_total')}"
