@@ -78,7 +78,7 @@ def test_a_layer_dropped_students_sparsity_counts_the_dropped_layers(tmp_path):
     [path] = summaries(tmp_path)
     student = json.loads(path.read_text())["student"]
     assert student["sparsity"] == student["encoder_linear_sparsity"] == 0.5 and student["target_sparsity"] is None
-    [row] = [row_of(path)]
+    row = row_of(path)
     assert (row["sparsity"], row["target_sparsity"]) == (0.5, None)
     block = result.stdout[result.stdout.index("grain: sst2 tiny no pruning: completed"):]
     assert f"student  accuracy {student['metric']:.4f}   sparsity 0.5000 (no target), heads 4/4" in block

@@ -188,7 +188,8 @@ def results_block(summary: dict) -> str:
 
     run_dir = summary.get("run_dir", ".")
     target = f"speedup {summary['speedup']}" if summary.get("speedup") is not None else f"sparsity {summary.get('sparsity')}"
-    prunes = summary.get("pruner") != "none"  # pruner=none (layer dropping, plain distillation): no target
+    # pruner=none (layer dropping, plain distillation) pursues no target, as target_outcome reads the config
+    prunes = ((summary.get("config") or {}).get("pruner") or {}).get("units") != "none"
     sparsity_target = f"target {summary.get('sparsity')}" if prunes else "no target"
     lines = [f"grain: {summary.get('task')} {summary.get('model')} {target if prunes else 'no pruning'}: "
              f"{summary.get('status')}"]

@@ -152,7 +152,7 @@ def run_prune_stage(cfg: DictConfig, tokenizer, teacher, run_dir: Path, logger) 
         "metrics": metrics,
         "sparsity": of_teacher(controller.sparsity(), depth),
         "encoder_linear_sparsity": of_teacher(controller.encoder_linear_sparsity(), depth),
-        "target_sparsity": Target.of(cfg).sparsity if cfg.pruner.name != "none" else None,  # none: no target
+        "target_sparsity": Target.of(cfg).sparsity if cfg.pruner.units != "none" else None,  # pruner=none: no target
         **structure,
         "train_seconds": train_seconds,
         "steps": int(controller.step),
